@@ -1,0 +1,93 @@
+"""Batches drawn from data resident on the trial's device: no DataLoader workers in the hot loop.
+
+The uint8 images go to the device once; each batch is a slice of a seeded permutation, converted,
+normalised and (optionally) augmented there as a whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tuner.data import MEAN, STD, Split
+from tuner.spec import Augment
+
+
+@dataclass(frozen=True)
+class DeviceSplit:
+    images: torch.Tensor  # uint8 [N, C, H, W] on the device
+    labels: torch.Tensor  # int64 [N] on the device
+
+    @classmethod
+    def put(cls, split: Split, device: torch.device) -> DeviceSplit:
+        images = torch.from_numpy(np.ascontiguousarray(split.images))
+        if images.ndim == 3:
+            images = images.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
+        return cls(images.to(device), torch.from_numpy(split.labels).to(device))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[torch.Tensor]:
+    """Index batches covering all n examples once, in a permutation fixed by (seed, epoch).
+
+    The last batch keeps the remainder (as DataLoader does), except that a lone example is folded
+    into the batch before it: BatchNorm cannot train on a batch of one.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # CPU generator: same order anywhere
+    perm = torch.randperm(n, generator=g).to(device)
+    chunks = list(torch.split(perm, batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32 normalised with the training-set mean and std."""
+    return (images.float() / 255 - MEAN) / STD
+
+
+def augment(images: torch.Tensor, spec: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per example, on the whole batch.
+
+    Works on uint8 (padding with 0, the background) so that it runs before normalisation.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    if spec.crop_padding:
+        p = spec.crop_padding
+        padded = torch.nn.functional.pad(images, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b,), device="cpu", generator=generator).to(dev)
+        ox = torch.randint(0, 2 * p + 1, (b,), device="cpu", generator=generator).to(dev)
+        rows = (torch.arange(h, device=dev)[None, :] + oy[:, None])[:, :, None]  # [B, H, 1]
+        cols = (torch.arange(w, device=dev)[None, :] + ox[:, None])[:, None, :]  # [B, 1, W]
+        batch = torch.arange(b, device=dev)[:, None, None]
+        images = padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+    if spec.hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(dev)[:, None, None, None]
+        images = torch.where(flip, images.flip(3), images)
+    return images.contiguous()
+
+
+def train_batches(
+    data: DeviceSplit, batch_size: int, seed: int, epoch: int, aug: Augment,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (normalised float images, labels), every example exactly once."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)  # augmentation draws
+    for idx in epoch_order(len(data), batch_size, seed, epoch, data.images.device):
+        x = data.images[idx]
+        if aug.crop_padding or aug.hflip:
+            x = augment(x, aug, g)
+        yield normalize(x).contiguous(memory_format=memory_format), data.labels[idx]
+
+
+def eval_batches(data: DeviceSplit, batch_size: int, memory_format=torch.contiguous_format):
+    """The split in order, in large batches, for evaluation."""
+    for start in range(0, len(data), batch_size):
+        x = data.images[start:start + batch_size]
+        yield normalize(x).contiguous(memory_format=memory_format), data.labels[start:start + batch_size]

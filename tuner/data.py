@@ -1,0 +1,167 @@
+"""Fashion-MNIST as uint8 arrays: found, split (seeded, stratified) and subset once per process.
+
+Lookup order: the torchvision layout under data.root; a local mirror of the four original .gz files
+($FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist);
+then torchvision's download into data.root (under a file lock: trials and drivers may start at once).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from tuner.errors import InputError
+from tuner.spec import Data
+
+log = logging.getLogger(__name__)
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = {  # split -> (images, labels), names as published
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics, in [0, 1] units
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, H, W]
+    labels: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    source: str  # where the files came from, for the record
+    classes: tuple[str, ...] = CLASSES
+    in_channels: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_dataset(spec: Data) -> Dataset:
+    """Find the data, then carve out the seeded subsets and the stratified validation split."""
+    raw, source = find_fashion_mnist(spec.root, spec.download)
+    train, test = raw["train"], raw["test"]
+    if spec.train_subset and spec.train_subset < len(train):
+        train = subset(train, spec.train_subset, spec.seed)
+    if spec.test_subset and spec.test_subset < len(test):
+        test = subset(test, spec.test_subset, spec.seed)
+    keep, held = stratified_split(train.labels, spec.val_fraction, spec.seed)
+    if len(keep) == 0 or len(held) == 0:
+        raise InputError(
+            f"data.val_fraction: {spec.val_fraction} of {len(train)} images leaves an empty split; "
+            "use more images or another fraction"
+        )
+    return Dataset(
+        train=Split(train.images[keep], train.labels[keep]),
+        val=Split(train.images[held], train.labels[held]),
+        test=test,
+        source=source,
+    )
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): about `fraction` of every class held out, seeded, each sorted."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = int(round(fraction * len(idx)))
+        held.append(idx[:n])
+        kept.append(idx[n:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def subset(split: Split, n: int, seed: int) -> Split:
+    """A seeded, stratified subset of about n images."""
+    _, idx = stratified_split(split.labels, n / len(split), seed)
+    return Split(split.images[idx], split.labels[idx])
+
+
+# --- finding the files --------------------------------------------------------------------------
+
+
+def find_fashion_mnist(root: Path, download: bool = True) -> tuple[dict[str, Split], str]:
+    """The train and test splits and a description of where they were found. Raises InputError."""
+    tv_raw = Path(root) / "FashionMNIST" / "raw"
+    mirrors = [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
+    for where in (tv_raw, *mirrors):
+        found = _read_dir(where)
+        if found:
+            return found, str(where)
+    tried = f"{tv_raw} (torchvision layout under data.root), " + ", ".join(
+        f"{m} (.gz mirror)" for m in mirrors)
+    if not download:
+        raise InputError(
+            f"data: Fashion-MNIST not found in {tried}; set data.download: true, set "
+            "FASHION_MNIST_DIR, or apt-get install dataset-fashion-mnist"
+        )
+    try:
+        _download(Path(root))
+    except Exception as e:
+        raise InputError(
+            f"data: Fashion-MNIST not found in {tried}, and torchvision's download into {root} "
+            f"failed ({type(e).__name__}); set FASHION_MNIST_DIR to a folder with the four .gz "
+            "files, or apt-get install dataset-fashion-mnist"
+        ) from None
+    found = _read_dir(tv_raw)
+    if not found:
+        raise InputError(f"data: download into {root} finished but {tv_raw} is incomplete")
+    return found, f"{tv_raw} (downloaded)"
+
+
+def _read_dir(where: Path) -> dict[str, Split] | None:
+    """Both splits from a folder of idx files (plain or .gz), or None if any file is missing."""
+    out = {}
+    for split, names in FILES.items():
+        paths = []
+        for name in names:
+            for candidate in (where / name, where / f"{name}.gz"):
+                if candidate.is_file():
+                    paths.append(candidate)
+                    break
+            else:
+                return None
+        images, labels = (read_idx(p) for p in paths)
+        out[split] = Split(images, labels.astype(np.int64))
+    return out
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (the MNIST container format), gzip'd or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:  # 0x08: unsigned byte payload
+        raise InputError(f"data: {path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(dims)):
+        raise InputError(f"data: {path} is truncated ({payload.size} of {np.prod(dims)} bytes)")
+    return payload.reshape(dims).copy()
+
+
+def _download(root: Path) -> None:
+    import torchvision  # only needed for the download
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".fashion-mnist.lock")):  # parallel trials must not download twice
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(root, train=train, download=True)

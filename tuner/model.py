@@ -1,0 +1,207 @@
+"""The controlled variables: a torchvision ResNet-18, its weights, and small named surgery functions.
+
+Weights are resolved once in the driver (`resolve_weights`) and the resulting state_dict is shipped to
+every trial, so a missing or mis-shaped file is a bad input before any trial starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet18_Weights
+
+from tuner.errors import InputError
+from tuner.spec import STAGES, Model, Train
+
+log = logging.getLogger(__name__)
+
+# Which modules make up each stage; "conv1" is the whole stem.
+STAGE_MODULES = {
+    "conv1": ("conv1", "bn1"),
+    "layer1": ("layer1",),
+    "layer2": ("layer2",),
+    "layer3": ("layer3",),
+    "layer4": ("layer4",),
+}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The initial weights for every trial, and a label saying what they really are."""
+
+    state_dict: dict[str, torch.Tensor] | None  # None: random init
+    label: str  # recorded in spec.yaml and in every row of trials.csv
+
+
+def resolve_weights(spec: Model) -> Weights:
+    """Load and check the spec's weights (imagenet, none, or a state_dict path). Raises InputError."""
+    if spec.weights == "none":
+        return Weights(None, "none (random init)")
+    if spec.weights == "imagenet":
+        enum = ResNet18_Weights.IMAGENET1K_V1
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+        try:
+            # torchvision's own API: reads the torch hub cache, downloads only when absent.
+            state = enum.get_state_dict(progress=False)
+        except Exception as e:  # URLError, OSError, a truncated file...
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+            if spec.weights_fallback == "none":
+                log.warning(
+                    "IMAGENET WEIGHTS UNAVAILABLE (%s); falling back to RANDOM INIT as "
+                    "model.weights_fallback says. Results are NOT fine-tuned from ImageNet.",
+                    reason,
+                )
+                return Weights(None, f"none (fallback: imagenet unavailable at {cache})")
+            raise InputError(
+                f"model.weights: imagenet: could not load {enum.url} ({reason}); put the file at "
+                f"{cache} (set TORCH_HOME to move it), or set model.weights: none"
+            ) from None
+        _check_fits(state, "model.weights: imagenet", cache)
+        return Weights(state, f"imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:{_sha256(cache)}")
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"model.weights: {spec.weights}: no such file; give imagenet, none, or a state_dict path"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"model.weights: {path}: not a torch state_dict file ({e})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a tuner checkpoint
+    _check_fits(state, f"model.weights: {path}", path)
+    return Weights(state, f"file {path.resolve()} sha256:{_sha256(path)}")
+
+
+def _check_fits(state: object, where: str, path: Path) -> None:
+    """A state_dict must load strictly into an unmodified torchvision resnet18."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{where}: {path} does not hold a state_dict (a mapping of tensors)")
+    try:
+        torchvision.models.resnet18(weights=None).load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise InputError(f"{where}: {path} does not fit resnet18: {detail}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# --- surgery ------------------------------------------------------------------------------------
+
+
+def adapt_conv1(model: nn.Module, in_channels: int, mode: str, small_input: bool = False) -> None:
+    """Fit conv1 to the data's channels: `sum` keeps the pretrained filters, `reinit` starts fresh.
+
+    `small_input` makes conv1 stride 1 and drops the max-pool, so 28x28 inputs keep their resolution.
+    """
+    old = model.conv1
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, stride=1 if small_input else old.stride,
+        padding=old.padding, bias=False,
+    )
+    with torch.no_grad():
+        if mode == "reinit":
+            nn.init.xavier_uniform_(new.weight)
+        elif in_channels == old.in_channels:
+            new.weight.copy_(old.weight)
+        elif in_channels == 1:
+            new.weight.copy_(old.weight.sum(dim=1, keepdim=True))  # as timm's adapt_input_conv
+        else:  # repeat the RGB filters and rescale so activations keep their size
+            reps = math.ceil(in_channels / old.in_channels)
+            w = old.weight.repeat(1, reps, 1, 1)[:, :in_channels]
+            new.weight.copy_(w * old.in_channels / in_channels)
+    model.conv1 = new
+    if small_input:
+        model.maxpool = nn.Identity()
+
+
+def replace_fc(model: nn.Module, num_classes: int) -> None:
+    """A fresh output layer: Xavier-uniform weight, bias uniform in +-1/sqrt(fan_in)."""
+    fc = nn.Linear(model.fc.in_features, num_classes)
+    nn.init.xavier_uniform_(fc.weight)
+    bound = 1 / math.sqrt(fc.in_features)
+    nn.init.uniform_(fc.bias, -bound, bound)
+    model.fc = fc
+
+
+def build_model(spec: Model, weights: Weights, in_channels: int, num_classes: int) -> nn.Module:
+    """ResNet-18 with the given initial weights, conv1 adapted and fc replaced."""
+    model = torchvision.models.resnet18(weights=None)
+    if weights.state_dict is not None:
+        model.load_state_dict(weights.state_dict)
+    adapt_conv1(model, in_channels, spec.conv1, spec.small_input_stem)
+    replace_fc(model, num_classes)
+    return model
+
+
+# --- freezing -----------------------------------------------------------------------------------
+
+
+def frozen_stages(policy: str, epoch: int) -> tuple[str, ...]:
+    """The stages (input side first) whose weights stay fixed in this epoch (0-based)."""
+    if policy == "none":
+        return ()
+    if policy == "head":
+        return STAGES
+    if policy == "gradual":  # epoch 0: head only; each epoch unfreezes one more stage, top down
+        return STAGES[: max(0, len(STAGES) - epoch)]
+    stop = policy.removeprefix("until:")
+    return STAGES[: STAGES.index(stop) + 1]
+
+
+def apply_freeze(model: nn.Module, spec: Model, epoch: int) -> tuple[str, ...]:
+    """Set requires_grad for this epoch's policy and return the frozen stages.
+
+    A re-initialised conv1 always trains: it holds nothing pretrained worth keeping.
+    """
+    frozen = frozen_stages(spec.freeze, epoch)
+    for stage in STAGES:
+        for name in STAGE_MODULES[stage]:
+            for p in getattr(model, name).parameters():
+                p.requires_grad = stage not in frozen
+    if spec.conv1 == "reinit":
+        model.conv1.weight.requires_grad = True
+    return frozen
+
+
+def set_train_mode(model: nn.Module, frozen: tuple[str, ...]) -> None:
+    """model.train(), but BatchNorm in frozen stages stays in eval mode (fixed running stats)."""
+    model.train()
+    for stage in frozen:
+        for name in STAGE_MODULES[stage]:
+            for m in getattr(model, name).modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def make_optimizer(model: nn.Module, model_spec: Model, train: Train) -> torch.optim.Optimizer:
+    """Adam or SGD over all parameters; fc at head_lr_multiplier x lr.
+
+    Frozen parameters are included (their grad stays None, so they are skipped) so that gradual
+    unfreezing needs no new optimizer.
+    """
+    head = list(model.fc.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [
+        {"params": body, "lr": train.lr},
+        {"params": head, "lr": train.lr * model_spec.head_lr_multiplier},
+    ]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum,
+                               weight_decay=train.weight_decay)
+    return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay)

@@ -1,0 +1,362 @@
+"""The sweep spec: one YAML file validated once into a typed, frozen object.
+
+Every default lives here. Code downstream takes a `Spec` (or one of its sections), never a dict.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tuner.errors import InputError
+
+STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # ResNet stages, input to output
+FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Augment(_Section):
+    """Training-time augmentation, done on whole batches on the trial's device."""
+
+    crop_padding: int = Field(0, ge=0)  # pixels of zero padding before a random crop back to size
+    hflip: bool = False  # random horizontal flip, probability 0.5
+
+
+class Data(_Section):
+    dataset: Literal["fashion_mnist"] = "fashion_mnist"
+    root: Path = Path("data")  # torchvision layout: <root>/FashionMNIST/raw
+    download: bool = True  # last resort after root and the local .gz mirror
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # stratified hold-out from the training set
+    train_subset: PositiveInt | None = None  # images drawn (seeded, stratified) before the split
+    test_subset: PositiveInt | None = None
+    seed: int = 0  # fixes the split and the subsets
+    augment: Augment = Augment()
+
+
+class Model(_Section):
+    arch: Literal["resnet18"] = "resnet18"
+    weights: str = "imagenet"  # imagenet | none | path to a state_dict file
+    weights_fallback: Literal["none"] | None = None  # if ImageNet weights cannot be had
+    conv1: Literal["sum", "reinit"] = "sum"
+    small_input_stem: bool = False  # stride-1 conv1 and no max-pool, for 28x28 input
+    freeze: str = "none"
+    head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_policy(cls, v: str) -> str:
+        if v in ("none", "head", "gradual"):
+            return v
+        m = re.fullmatch(r"until:(\w+)", v)
+        if m and m.group(1) in STAGES:
+            return v
+        raise ValueError(f"unknown freeze policy {v!r}; use {FREEZE_HELP}")
+
+
+class Train(_Section):
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: NonNegativeFloat = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA only
+    eval_batch_size: PositiveInt = 1024
+    seed: int = 0  # model init and batch order; the trial id is not mixed in
+
+
+class Param(_Section):
+    """One searched parameter: exactly one distribution key."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    quniform: tuple[float, float, PositiveFloat] | None = None  # low, high, step
+    randint: tuple[int, int] | None = None  # low inclusive, high exclusive (as in Ray)
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> Param:
+        given = [k for k, v in self if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of choice, uniform, loguniform, quniform, randint"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        kind, args = self.kind, self.args
+        if kind == "choice" and not args:
+            raise ValueError("choice needs at least one value")
+        if kind != "choice" and not args[0] < args[1]:
+            raise ValueError(f"{kind}: low must be below high (got {args[0]} >= {args[1]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self if v is not None)
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, self.kind)
+
+    def extremes(self) -> list[Any]:
+        """The values that bound this distribution, for checking against the field's own rules."""
+        if self.kind == "choice":
+            return list(self.args)
+        if self.kind == "randint":
+            return [self.args[0], self.args[1] - 1]
+        return [self.args[0], self.args[1]]
+
+
+class Search(_Section):
+    searcher: Literal["hyperopt", "random"] = "hyperopt"
+    num_samples: PositiveInt = 10
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    n_initial_points: PositiveInt | None = None  # random trials before TPE; default num_samples // 2
+    max_concurrent: PositiveInt | None = None  # None: as many as the cluster fits
+    scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials early
+    grace_period: PositiveInt = 1  # asha: epochs every trial gets
+    points_to_evaluate: list[dict[str, Any]] = []
+    # Keys are spec paths; a bare name means a train field ("lr" is "train.lr").
+    parameters: dict[str, Param] = {}
+
+    @model_validator(mode="after")
+    def _initial_points(self) -> Search:
+        if self.n_initial_points is not None and self.n_initial_points >= self.num_samples > 1:
+            raise ValueError(
+                f"n_initial_points ({self.n_initial_points}) must be below num_samples "
+                f"({self.num_samples}), or TPE never runs"
+            )
+        return self
+
+
+class Resources(_Section):
+    cpu: PositiveFloat = 1.0  # per trial
+    gpu: NonNegativeFloat = 0.0  # per trial; fractions pack trials onto one GPU
+
+
+class Spec(_Section):
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # results/<name>/<run id>/
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
+    search: Search = Search()
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _searched_fields(self) -> Spec:
+        problems = []
+        for key, param in self.search.parameters.items():
+            path = param_path(key)
+            try:
+                get_path(self, path)
+            except KeyError:
+                problems.append(f"search.parameters.{key}: {path} is not a spec field")
+                continue
+            for value in param.extremes():
+                problems += _check_value(self, path, value, f"search.parameters.{key}")
+        for i, point in enumerate(self.search.points_to_evaluate):
+            for key, value in point.items():
+                where = f"search.points_to_evaluate[{i}].{key}"
+                if key not in self.search.parameters:
+                    problems.append(f"{where}: not a searched parameter")
+                else:
+                    problems += _check_value(self, param_path(key), value, where)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def with_values(self, values: dict[str, Any]) -> Spec:
+        """This spec with searched values (keys as in search.parameters) put in and re-validated."""
+        raw = self.model_dump()
+        for key, value in values.items():
+            set_path(raw, param_path(key), value)
+        return Spec.model_validate(raw)
+
+
+def param_path(key: str) -> str:
+    """'lr' -> 'train.lr'; dotted keys are full spec paths already."""
+    return key if "." in key else f"train.{key}"
+
+
+def get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(obj, BaseModel) and part in type(obj).model_fields:
+            obj = getattr(obj, part)
+        elif isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            raise KeyError(path)
+    return obj
+
+
+def set_path(raw: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        raw = raw.setdefault(part, {})
+        if not isinstance(raw, dict):
+            raise KeyError(path)
+    raw[leaf] = value
+
+
+def _check_value(spec: Spec, path: str, value: Any, where: str) -> list[str]:
+    """Validate one candidate value for a field by putting it into a copy of the spec."""
+    raw = spec.model_dump()
+    raw["search"] = {}  # the search section is not under test here; avoid recursion
+    set_path(raw, path, value)
+    try:
+        Spec.model_validate(raw)
+    except ValidationError as e:
+        return [f"{where}: value {value!r}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+    return []
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-4 as a float (YAML 1.2), not the string '1e-4'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Read, override (`path.to.key=value`) and validate a spec file. Raises InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; give the path of a sweep YAML file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give the path of a sweep YAML file")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = parse_yaml(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{path}: YAML syntax error{at}: {problem}") from None
+    if raw is None:
+        raise InputError(f"{path}: file is empty; see sweeps/fashion.yaml for a complete spec")
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"{path}: top level must be a mapping of sections (data, model, train, search, "
+            f"resources), got a {type(raw).__name__}"
+        )
+    raw.pop("provenance", None)  # results/.../spec.yaml carries one; it is a record, not a setting
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `--set path.to.key=value`; the value is parsed as YAML (so 1e-3 is a float)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w.-]+)*", key):
+        raise InputError(f"--set {item!r}: expected path.to.key=value, e.g. --set train.lr=0.001")
+    try:
+        value = parse_yaml(text) if text else ""
+    except yaml.YAMLError:
+        raise InputError(f"--set {item!r}: value is not valid YAML") from None
+    parts = key.split(".")
+    # Walk the schema so that a typo is caught here with the valid names, not as a vague error.
+    model: type[BaseModel] | None = Spec
+    for i, part in enumerate(parts):
+        if model is None:
+            break  # inside a free-form mapping such as search.parameters
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "top level"
+            raise InputError(
+                f"--set {key}: unknown key {part!r} in {where}; valid keys: {', '.join(fields)}"
+            )
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None and i < len(parts) - 1 and not _is_mapping(ann):
+            raise InputError(f"--set {key}: {'.'.join(parts[: i + 1])} has no sub-keys")
+    try:
+        set_path(raw, key, value)
+    except KeyError:
+        raise InputError(f"--set {key}: {key.rsplit('.', 1)[0]} is not a mapping in the spec") from None
+
+
+def _is_mapping(ann: Any) -> bool:
+    return getattr(ann, "__origin__", None) is dict
+
+
+def validate(raw: dict, source: str = "spec") -> Spec:
+    """Validate a raw mapping; every problem is reported in one InputError line."""
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as e:
+        problems = [_describe(err) for err in e.errors()]
+        n = len(problems)
+        head = f"{source}: {n} problem{'s' if n > 1 else ''}: " if n > 1 else f"{source}: "
+        raise InputError(head + "; ".join(problems)) from None
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        msg = f"unknown key; valid keys here: {valid}"
+    elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = Spec
+    skip_key = False  # the next part is a user key of a mapping (search.parameters.<key>)
+    for part in loc:
+        if skip_key:
+            skip_key = False
+            continue
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if _is_mapping(ann):
+            ann, skip_key = ann.__args__[1], True
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml."""
+    raw = spec.model_dump(mode="json")
+    params = raw["search"]["parameters"]
+    for key, dist in params.items():  # show only the distribution that is set
+        params[key] = {k: v for k, v in dist.items() if v is not None}
+    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)

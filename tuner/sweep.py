@@ -1,0 +1,99 @@
+"""The sweep: a Ray Tune Tuner over the trainable, with a HyperOpt (TPE) searcher from the spec."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.hyperopt import HyperOptSearch
+
+from tuner.data import Dataset
+from tuner.model import Weights
+from tuner.results import TrialRecord
+from tuner.space import param_space
+from tuner.spec import Spec
+from tuner.batches import DeviceSplit
+from tuner.trainable import evaluate, load_checkpoint_model, pick_device, train_trial
+
+log = logging.getLogger(__name__)
+
+TRIALS_DIR = "trials"  # Ray Tune's experiment folder inside the run directory
+
+
+def make_searcher(spec: Spec):
+    """HyperOpt TPE (or random search), seeded, with its concurrency limit."""
+    s = spec.search
+    points = [dict(p) for p in s.points_to_evaluate] or None
+    if s.searcher == "random":
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
+                                     max_concurrent=s.max_concurrent or 0)
+    # Ray's default of 20 random start points would make a 10-trial sweep pure random search.
+    n_initial = s.n_initial_points or max(1, s.num_samples // 2)
+    searcher = HyperOptSearch(points_to_evaluate=points, n_initial_points=n_initial,
+                              random_state_seed=s.seed)
+    return ConcurrencyLimiter(searcher, s.max_concurrent) if s.max_concurrent else searcher
+
+
+def make_scheduler(spec: Spec):
+    """FIFO (every trial runs all its epochs) or ASHA (weak trials stop at rungs, by epoch)."""
+    if spec.search.scheduler == "fifo":
+        return FIFOScheduler()
+    epochs = spec.search.parameters.get("epochs")
+    max_t = max(epochs.extremes()) if epochs else spec.train.epochs
+    return ASHAScheduler(time_attr="epoch", max_t=int(max_t), grace_period=spec.search.grace_period)
+
+
+def make_tuner(spec: Spec, data: Dataset, weights: Weights, run_dir: Path) -> tune.Tuner:
+    trainable = tune.with_parameters(train_trial, spec=spec, data=data, weights=weights)
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec.search),
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric,
+            mode=spec.search.mode,
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.search.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=TRIALS_DIR,
+            storage_path=str(run_dir.resolve()),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # ~135 MB each with Adam state
+            verbose=1,
+        ),
+    )
+
+
+def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
+    """Plain records from Ray's results, in trial order."""
+    records = []
+    for result in grid:
+        df = result.metrics_dataframe
+        reports = []
+        if df is not None and not df.empty:
+            keep = [c for c in df.columns if not c.startswith("config/")]
+            reports = df[keep].to_dict("records")
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        params = {k: result.config[k] for k in spec.search.parameters if k in result.config}
+        error = None
+        if result.error is not None:
+            error = " ".join(str(result.error).split())[-500:]  # the end holds the real cause
+        records.append(TrialRecord(
+            trial_id=trial_id, params=params, reports=reports, error=error,
+            checkpoint=result.checkpoint,
+        ))
+    return sorted(records, key=lambda r: r.trial_id)
+
+
+def test_best(record: TrialRecord, spec: Spec, data: Dataset, weights: Weights) -> tuple[float, float]:
+    """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set."""
+    trial_spec = spec.with_values(record.params)
+    device = pick_device()
+    with record.checkpoint.as_directory() as d:
+        model = load_checkpoint_model(d, trial_spec, data, weights, device)
+    test = DeviceSplit.put(data.test, device)
+    return evaluate(model, test, trial_spec.train.eval_batch_size, trial_spec.train.precision)

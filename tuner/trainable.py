@@ -1,0 +1,140 @@
+"""The per-trial function Ray Tune runs: build model, make batches, train an epoch, evaluate, report.
+
+Fixed inputs (the validated spec, the dataset, the initial weights) arrive through
+`tune.with_parameters`, so each node gets them once from Ray's object store; the trial's `config`
+holds only the searched values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+from torch import nn
+
+from tuner.batches import DeviceSplit, eval_batches, train_batches
+from tuner.data import Dataset
+from tuner.model import Weights, apply_freeze, build_model, make_optimizer, set_train_mode
+from tuner.spec import Spec
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def pick_device() -> torch.device:
+    """The GPU Ray gave this trial (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    # channels_last lets cuDNN use its fastest convolution kernels; on CPU it buys nothing here.
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str,
+                device: torch.device) -> tuple[float, float, int]:
+    """One pass over the batches; returns (mean loss, accuracy, images seen)."""
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        with autocast(device, precision):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: str) -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole split, in large batches."""
+    model.eval()
+    device = data.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in eval_batches(data, batch_size, memory_format(device)):
+        with autocast(device, precision):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) -> None:
+    """One trial: the spec with this trial's searched values, trained and reported once per epoch."""
+    spec = spec.with_values(config)
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(spec.train.seed)
+    fmt = memory_format(device)
+    model = build_model(spec.model, weights, data.in_channels, data.num_classes)
+    model = model.to(device, memory_format=fmt)
+    optimizer = make_optimizer(model, spec.model, spec.train)
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:  # a retry or a resumed sweep: continue after the last finished epoch
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+
+    train_set, val_set = DeviceSplit.put(data.train, device), DeviceSplit.put(data.val, device)
+    node = {"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+    for epoch in range(start, spec.train.epochs):
+        t0 = time.perf_counter()
+        set_train_mode(model, apply_freeze(model, spec.model, epoch))
+        batches = train_batches(train_set, spec.train.batch_size, spec.train.seed, epoch,
+                                spec.data.augment, fmt)
+        train_loss, train_acc, seen = train_epoch(model, optimizer, batches, spec.train.precision, device)
+        train_s = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(model, val_set, spec.train.eval_batch_size, spec.train.precision)
+        metrics = {
+            "epoch": epoch + 1,  # epochs completed
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "epoch_time_s": time.perf_counter() - t0,  # train + validation, seconds
+            "images_per_s": seen / train_s,  # training images per second
+            "device": str(device),
+            **node,
+        }
+        if not math.isfinite(train_loss):
+            # Stop here rather than raise: a retry would diverge the same way.
+            tune.report({**metrics, "error": f"loss became {train_loss} in epoch {epoch + 1}"})
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1}, Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset, weights: Weights,
+                          device: torch.device) -> nn.Module:
+    """Rebuild a trial's model (spec with its searched values) and load its checkpoint."""
+    model = build_model(spec.model, Weights(None, weights.label), data.in_channels, data.num_classes)
+    state = torch.load(Path(path) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.to(device, memory_format=memory_format(device))
