@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from tuner.data import MEAN, STD, Split
@@ -23,10 +22,10 @@ class DeviceSplit:
 
     @classmethod
     def put(cls, split: Split, device: torch.device) -> DeviceSplit:
-        images = torch.from_numpy(np.ascontiguousarray(split.images))
+        images = torch.tensor(split.images)  # a copy: arrays from Ray's object store are read-only
         if images.ndim == 3:
             images = images.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
-        return cls(images.to(device), torch.from_numpy(split.labels).to(device))
+        return cls(images.to(device), torch.tensor(split.labels).to(device))
 
     def __len__(self) -> int:
         return len(self.labels)

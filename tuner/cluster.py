@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 
 import ray
+from ray._private import ray_constants
 
 from tuner.errors import InputError
 from tuner.spec import Resources
@@ -24,14 +24,18 @@ def connect(address: str | None) -> bool:
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False,
+                     log_to_driver=False)
         except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError...
             raise InputError(f"--address {address}: could not join the Ray cluster: {_first_line(e)}"
                              + _auth_hint(e)) from None
         return False
-    # On Linux Ray binds the machine's network address unless this is 0: keep it on loopback.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False)
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        log.warning("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: the "
+                    "embedded Ray may listen on this machine's network address, not only loopback")
+    # Trials report through Tune; their stdout (Ray's own chatter, mostly) stays in the Ray logs.
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False,
+             log_to_driver=False)
     return True
 
 

@@ -69,6 +69,11 @@ def print_dry_run(spec: Spec) -> None:
 
 
 def run(spec: Spec, args: argparse.Namespace) -> int:
+    if not args.address:
+        # Ray reads this once, when first imported: 0 keeps every Ray process on 127.0.0.1 (on
+        # Linux Ray otherwise binds the machine's network address). Not for --address: a driver
+        # joining a cluster must be reachable from the other nodes.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     import ray
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from ray import tune
@@ -47,6 +48,8 @@ def make_scheduler(spec: Spec):
 
 
 def make_tuner(spec: Spec, data: Dataset, weights: Weights, run_dir: Path) -> tune.Tuner:
+    # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_parameters(train_trial, spec=spec, data=data, weights=weights)
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     return tune.Tuner(

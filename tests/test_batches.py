@@ -1,0 +1,82 @@
+"""Batches from device-resident data: coverage, seeded order, normalisation, augmentation."""
+
+import numpy as np
+import pytest
+import torch
+
+from tuner.batches import DeviceSplit, augment, epoch_order, normalize, train_batches
+from tuner.data import MEAN, STD, Split
+from tuner.spec import Augment
+
+CPU = torch.device("cpu")
+
+
+def make_split(n: int) -> DeviceSplit:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU)
+
+
+@pytest.mark.parametrize("n, batch", [(1000, 32), (1000, 128), (129, 64), (65, 64), (10, 128)])
+def test_every_example_exactly_once_per_epoch(n, batch):
+    chunks = epoch_order(n, batch, seed=0, epoch=3, device=CPU)
+    seen = torch.cat(chunks).sort().values
+    assert torch.equal(seen, torch.arange(n))
+    assert all(len(c) > 1 for c in chunks)  # BatchNorm cannot train on one example
+    assert all(len(c) <= batch + 1 for c in chunks)
+
+
+def test_order_is_seeded_and_changes_each_epoch():
+    a = torch.cat(epoch_order(500, 64, seed=1, epoch=0, device=CPU))
+    assert torch.equal(a, torch.cat(epoch_order(500, 64, seed=1, epoch=0, device=CPU)))
+    assert not torch.equal(a, torch.cat(epoch_order(500, 64, seed=1, epoch=1, device=CPU)))
+    assert not torch.equal(a, torch.cat(epoch_order(500, 64, seed=2, epoch=0, device=CPU)))
+
+
+def test_batches_are_normalised_labelled_images():
+    data = make_split(200)
+    off = Augment()
+    got = list(train_batches(data, 64, seed=0, epoch=0, aug=off))
+    labels = torch.cat([y for _, y in got])
+    images = torch.cat([x for x, _ in got])
+    assert images.shape == (200, 1, 28, 28) and images.dtype == torch.float32
+    # labels are the example indices here, so each image must be its own example, normalised
+    assert torch.allclose(images, normalize(data.images[labels]))
+    assert images.min() >= (0 - MEAN) / STD - 1e-6 and images.max() <= (1 - MEAN) / STD + 1e-6
+
+
+def test_augmentation_off_means_untouched():
+    data = make_split(64)
+    x = augment(data.images, Augment(crop_padding=0, hflip=False))
+    assert torch.equal(x, data.images)
+
+
+def test_random_crop_shifts_within_padding():
+    images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 14, 14] = 255  # one bright pixel in the middle
+    out = augment(images, Augment(crop_padding=4), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    ys, xs = [], []
+    for img in out[:, 0]:
+        (y,), (x,) = torch.nonzero(img == 255, as_tuple=True)
+        ys.append(int(y)), xs.append(int(x))
+        assert img.sum() == 255  # the pixel moved, nothing else appeared
+    assert all(10 <= v <= 18 for v in ys + xs)
+    assert len(set(zip(ys, xs))) > 1  # examples are cropped independently
+
+
+def test_hflip_flips_some_examples_whole():
+    data = make_split(64)
+    out = augment(data.images, Augment(hflip=True), torch.Generator().manual_seed(0))
+    same = [(o == i).all().item() for o, i in zip(out, data.images)]
+    flipped = [(o == i.flip(2)).all().item() for o, i in zip(out, data.images)]
+    assert all(s or f for s, f in zip(same, flipped))
+    assert 10 < sum(flipped) < 54
+
+
+def test_augmented_batches_keep_range_and_shape():
+    data = make_split(100)
+    aug = Augment(crop_padding=2, hflip=True)
+    for x, y in train_batches(data, 32, seed=0, epoch=0, aug=aug):
+        assert x.shape[1:] == (1, 28, 28) and len(x) == len(y)
+        assert x.min() >= (0 - MEAN) / STD - 1e-6 and x.max() <= (1 - MEAN) / STD + 1e-6

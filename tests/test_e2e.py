@@ -1,0 +1,99 @@
+"""One real sweep end to end: real Fashion-MNIST files, real Ray Tune and HyperOpt, real training."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuner import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
+    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
+)
+
+
+def run_cli(*args, tmp_path, timeout=600):
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    proc = run_cli(
+        "sweeps/fashion-quick.yaml",
+        "--results", str(tmp_path / "results"),
+        "--set", "data.train_subset=700",
+        "--set", "data.test_subset=500",
+        "--set", "search.num_samples=3",
+        "--set", "search.n_initial_points=2",
+        "--set", "search.parameters.epochs={choice: [1]}",
+        "--set", "search.parameters.batch_size={choice: [64, 128]}",
+        tmp_path=tmp_path,
+    )
+    runs = list((tmp_path / "results" / "fashion-quick").glob("*"))
+    return proc, runs
+
+
+def test_sweep_exits_cleanly_and_writes_one_run(quick_run):
+    proc, runs = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(runs) == 1
+    assert f"run directory: {runs[0]}" in proc.stdout
+    assert "test_accuracy=" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_trials_csv(quick_run):
+    _, (run,) = quick_run
+    trials = pd.read_csv(run / "trials.csv")
+    assert len(trials) == 3
+    assert set(trials["status"]) == {"finished"}
+    assert trials["batch_size"].isin([64, 128]).all() and (trials["epochs"] == 1).all()
+    assert trials["lr"].between(1e-4, 1e-3).all()
+    assert trials["val_accuracy"].between(0, 1).all() and (trials["epochs_completed"] == 1).all()
+    # the sandbox has no ImageNet weights: the fallback must be written in every row
+    assert trials["weights"].str.startswith("none (fallback").all()
+    assert trials["node_ip"].eq("127.0.0.1").all()  # embedded Ray stays on loopback
+
+
+def test_epochs_csv(quick_run):
+    _, (run,) = quick_run
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert len(epochs) == 3
+    for col in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "epoch_time_s", "images_per_s"):
+        assert epochs[col].notna().all(), col
+    assert (epochs["images_per_s"] > 0).all()
+
+
+def test_summaries_and_best(quick_run):
+    _, (run,) = quick_run
+    for key in ("epochs", "batch_size", "lr"):
+        table = pd.read_csv(run / f"summary_by_{key}.csv")
+        assert {"mean", "std", "max", "count"} <= set(table.columns) and table["count"].sum() == 3
+    best = json.loads((run / "best.json").read_text())
+    trials = pd.read_csv(run / "trials.csv")
+    assert best["val_accuracy"] == pytest.approx(trials["val_accuracy"].max())
+    assert 0.0 <= best["test_accuracy"] <= 1.0 and best["test_images"] == 500
+    assert set(best["config"]) == {"epochs", "batch_size", "lr"}
+    assert Path(best["checkpoint"]).is_dir()
+
+
+def test_spec_yaml_records_provenance_and_reruns(quick_run, tmp_path):
+    _, (run,) = quick_run
+    record = yaml.safe_load((run / "spec.yaml").read_text())
+    assert record["data"]["train_subset"] == 700
+    assert record["provenance"]["weights"].startswith("none (fallback")
+    assert set(record["provenance"]["versions"]) >= {"torch", "ray", "hyperopt"}
+    proc = run_cli(str(run / "spec.yaml"), "--dry-run", tmp_path=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
