@@ -124,6 +124,11 @@ def top_trials(trials: pd.DataFrame, spec: Spec, n: int = 5) -> pd.DataFrame:
             .head(n)[cols])
 
 
+def format_table(table: pd.DataFrame) -> str:
+    with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
+        return table.to_string(index=False)
+
+
 # --- writing, atomically: a crash never leaves a half-written file ------------------------------
 
 

@@ -1,15 +1,20 @@
-"""Command line: `python -m tuner.run SPEC [--set k=v ...] [--address ADDR] [--results DIR] [--dry-run]`.
+"""Command line: `python -m tuner.run SPEC [--set k=v ...] [--address ADDR] [--storage URI]
+[--results DIR] [--dry-run]`, or `python -m tuner.run --resume RUN_DIR`.
 
 Exit 0: the sweep ran and at least one trial finished. Exit 1: it ran but no trial finished.
 Exit 2: bad input, reported as one `error: ...` line on stderr, with nothing written.
+Exit 130: interrupted (Ctrl-C); the tables so far are written, marked partial, and the resume
+command is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from importlib.metadata import version
@@ -22,6 +27,8 @@ from tuner.spec import Spec, dump_spec, load_spec
 
 log = logging.getLogger("tuner")
 
+STATUS_FILE = "status.json"  # {"state": running | partial | finished, "experiment": path, ...}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: same one-line form, exit 2
@@ -30,21 +37,35 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.")
-    p.add_argument("spec", help="the sweep YAML file, e.g. sweeps/fashion.yaml")
+    p.add_argument("spec", nargs="?", help="the sweep YAML file, e.g. sweeps/fashion.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.001 (repeatable)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join the Ray cluster at host:port (default: $RAY_ADDRESS, else start Ray here)")
+    p.add_argument("--storage", help="where trial checkpoints live: a folder every node sees, or a "
+                                     "URI such as s3://bucket/path (sets run.storage)")
     p.add_argument("--results", default="results", type=Path, help="results root (default: results)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted sweep from its run directory")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the resolved spec and search space, start nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.spec) == bool(args.resume):
+        raise InputError("give a spec file to start a sweep, or --resume RUN_DIR to continue one")
+    if args.resume and (args.overrides or args.storage):
+        raise InputError("--resume continues a sweep as it was started: drop --set and --storage")
+    if args.storage:
+        args.overrides.append(f"run.storage={args.storage}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = parse_args(argv)
+        if args.resume:
+            spec, status = load_run(args.resume)
+            return run(spec, args, run_dir=args.resume, experiment=status["experiment"])
         spec = load_spec(args.spec, args.overrides)
         if args.dry_run:
             print_dry_run(spec)
@@ -53,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def print_dry_run(spec: Spec) -> None:
@@ -68,7 +86,22 @@ def print_dry_run(spec: Spec) -> None:
         print(f"  {key:<16} {text}")
 
 
-def run(spec: Spec, args: argparse.Namespace) -> int:
+def load_run(run_dir: Path) -> tuple[Spec, dict]:
+    """The spec and status of a run directory that can be resumed. Raises InputError."""
+    status_file = run_dir / STATUS_FILE
+    if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
+        raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
+                         f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
+    status = json.loads(status_file.read_text())
+    if status["state"] == "finished":
+        raise InputError(f"--resume {run_dir}: this sweep finished already; its results are in "
+                         f"{run_dir}. Start a new run instead")
+    return load_spec(run_dir / "spec.yaml"), status
+
+
+def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
+        experiment: str | None = None) -> int:
+    """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
     if not args.address:
         # Ray reads this once, when first imported: 0 keeps every Ray process on 127.0.0.1 (on
         # Linux Ray otherwise binds the machine's network address). Not for --address: a driver
@@ -81,76 +114,107 @@ def run(spec: Spec, args: argparse.Namespace) -> int:
     from tuner.data import load_dataset
     from tuner.model import resolve_weights
 
-    # Everything that can be bad input is checked before the run directory exists.
+    # Everything that can be bad input is checked before anything is written.
     weights = resolve_weights(spec.model)
+    if run_dir is not None:
+        recorded = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]["weights"]
+        if recorded != weights.label:
+            raise InputError(f"--resume {run_dir}: the run started with weights {recorded!r} but "
+                             f"now gets {weights.label!r}; resuming would mix them")
     data = load_dataset(spec.data)
     started_ray = cluster.connect(args.address)
     try:
         cluster.check_resources(spec.resources)
-        run_dir = results.new_run_dir(args.results, spec.name)
+        if run_dir is None:
+            run_dir = results.new_run_dir(args.results, spec.name)
+            experiment = sweep.experiment_path(spec, run_dir)
+            results.write_text(run_dir / "spec.yaml",
+                               spec_record(spec, weights.label, data.source, args))
+        else:
+            sweep.check_restorable(experiment)
+        resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
+        write_status(run_dir, "running", experiment, resume)
         print(f"run directory: {run_dir}")
         print(f"cluster: {cluster.describe_cluster()}; weights: {weights.label}; "
               f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
               f"from {data.source}")
-        results.write_text(run_dir / "spec.yaml", spec_record(spec, weights.label, data.source, args))
 
         t0 = time.perf_counter()
-        grid = sweep.make_tuner(spec, data, weights, run_dir).fit()
+        tuner = (sweep.make_tuner(spec, data, weights, experiment) if not args.resume
+                 else sweep.restore_tuner(spec, data, weights, experiment))
+        grid = tuner.fit()
         wall = time.perf_counter() - t0
-        records = sweep.collect(grid, spec)
-
-        trials = results.trials_table(records, spec, weights.label)
-        results.write_csv(run_dir / "trials.csv", trials)
-        results.write_csv(run_dir / "epochs.csv", results.epochs_table(records))
-        for key, table in results.summary_tables(trials, spec).items():
-            results.write_csv(run_dir / f"summary_by_{key}.csv", table)
-
-        best = results.best_trial(trials, spec)
-        if best is None:
-            print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
-            return 1
-        record = next(r for r in records if r.trial_id == best["trial_id"])
-        test_loss, test_acc = sweep.test_best(record, spec, data, weights)
-        results.write_json(run_dir / "best.json", {
-            "trial_id": record.trial_id,
-            "config": record.params,
-            "metric": spec.search.metric,
-            spec.search.metric: best[spec.search.metric],
-            "val_accuracy": best["val_accuracy"],
-            "val_loss": best["val_loss"],
-            "epochs_completed": int(best["epochs_completed"]),
-            "test_accuracy": test_acc,  # evaluated once, after the sweep; never used to choose
-            "test_loss": test_loss,
-            "test_images": len(data.test),
-            "checkpoint": record.checkpoint.path,
-            "weights": weights.label,
-            "sweep_wall_time_s": round(wall, 1),
-        })
-        print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
-        with_pd_options(lambda: print(results.top_trials(trials, spec).to_string(index=False)))
-        print(f"\nbest: trial {record.trial_id} {spec.search.metric}={best[spec.search.metric]:.4f} "
-              f"test_accuracy={test_acc:.4f} (test set used once, after selection)")
-        return 0
+        return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def with_pd_options(fn) -> None:
-    import pandas as pd
+def finish(spec, data, weights, run_dir, experiment, grid, wall, resume) -> int:
+    """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
+    from tuner import results, sweep
 
-    with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
-        fn()
+    records = sweep.collect(grid, spec)
+    trials = results.trials_table(records, spec, weights.label)
+    results.write_csv(run_dir / "trials.csv", trials)
+    results.write_csv(run_dir / "epochs.csv", results.epochs_table(records))
+    for key, table in results.summary_tables(trials, spec).items():
+        results.write_csv(run_dir / f"summary_by_{key}.csv", table)
+
+    if sweep.interrupted(grid, spec):
+        write_status(run_dir, "partial", experiment, resume)
+        print(f"\nsweep interrupted after {wall:.0f} s: the tables in {run_dir} are partial "
+              f"({grid.num_terminated} of {spec.search.num_samples} trials finished).\n"
+              f"resume with: {resume}", file=sys.stderr)
+        return 130
+    write_status(run_dir, "finished", experiment, resume)
+    best = results.best_trial(trials, spec)
+    if best is None:
+        print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
+        return 1
+    record = next(r for r in records if r.trial_id == best["trial_id"])
+    test_loss, test_acc = sweep.test_best(record, spec, data, weights)
+    metric = spec.search.metric
+    results.write_json(run_dir / "best.json", {
+        "trial_id": record.trial_id,
+        "config": record.params,
+        "metric": metric,
+        metric: best[metric],
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
+        "epochs_completed": int(best["epochs_completed"]),
+        "test_accuracy": test_acc,  # evaluated once, after the sweep; never used to choose
+        "test_loss": test_loss,
+        "test_images": len(data.test),
+        "checkpoint": record.checkpoint.path,
+        "weights": weights.label,
+        "sweep_wall_time_s": round(wall, 1),
+    })
+    print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
+    print(results.format_table(results.top_trials(trials, spec)))
+    print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
+          f"test_accuracy={test_acc:.4f} (test set used once, after selection)")
+    return 0
+
+
+def write_status(run_dir: Path, state: str, experiment: str, resume: str) -> None:
+    from tuner.results import write_json
+
+    write_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
+                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def spec_record(spec: Spec, weights: str, data_source: str, args: argparse.Namespace) -> str:
     """spec.yaml: the resolved spec, then a provenance block (ignored when the file is re-run)."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     provenance = {
         "weights": weights,
         "data": data_source,
-        "command": " ".join([Path(sys.executable).name, "-m", "tuner.run", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),
         "address": args.address or "embedded",
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("torch", "torchvision", "ray", "hyperopt", "pandas",
                                               "pydantic")},

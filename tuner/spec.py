@@ -152,6 +152,13 @@ class Resources(_Section):
     gpu: NonNegativeFloat = 0.0  # per trial; fractions pack trials onto one GPU
 
 
+class Run(_Section):
+    """Where trial checkpoints live and how trial failures are retried."""
+
+    storage: str | None = None  # a folder every node sees, or a URI Ray accepts (s3://...); None: the run dir
+    max_failures: int = Field(2, ge=0)  # retries of a failed trial, from its latest checkpoint
+
+
 class Spec(_Section):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # results/<name>/<run id>/
     data: Data = Data()
@@ -159,6 +166,7 @@ class Spec(_Section):
     train: Train = Train()
     search: Search = Search()
     resources: Resources = Resources()
+    run: Run = Run()
 
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:

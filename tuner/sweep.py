@@ -12,6 +12,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from tuner.data import Dataset
+from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord
 from tuner.space import param_space
@@ -47,13 +48,24 @@ def make_scheduler(spec: Spec):
     return ASHAScheduler(time_attr="epoch", max_t=int(max_t), grace_period=spec.search.grace_period)
 
 
-def make_tuner(spec: Spec, data: Dataset, weights: Weights, run_dir: Path) -> tune.Tuner:
-    # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_parameters(train_trial, spec=spec, data=data, weights=weights)
-    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+def experiment_path(spec: Spec, run_dir: Path) -> str:
+    """Where Ray Tune keeps this run's trials and checkpoints.
+
+    By default inside the run directory; with run.storage (a folder every node sees, or a URI such
+    as s3://bucket/sweeps) in a folder named after the sweep and run id there.
+    """
+    if not spec.run.storage:
+        return str((run_dir / TRIALS_DIR).resolve())
+    storage = spec.run.storage
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return f"{storage.rstrip('/')}/{spec.name}-{run_dir.name}"
+
+
+def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> tune.Tuner:
+    storage_path, name = experiment.rsplit("/", 1)
     return tune.Tuner(
-        trainable,
+        _trainable(spec, data, weights),
         param_space=param_space(spec.search),
         tune_config=tune.TuneConfig(
             metric=spec.search.metric,
@@ -63,12 +75,40 @@ def make_tuner(spec: Spec, data: Dataset, weights: Weights, run_dir: Path) -> tu
             num_samples=spec.search.num_samples,
         ),
         run_config=tune.RunConfig(
-            name=TRIALS_DIR,
-            storage_path=str(run_dir.resolve()),
+            name=name,
+            storage_path=storage_path,
+            # Retries resume from the trial's latest checkpoint, not from epoch one.
+            failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # ~135 MB each with Adam state
             verbose=1,
         ),
     )
+
+
+def restore_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> tune.Tuner:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones resume from their
+    checkpoints, and the searcher continues from its saved state."""
+    return tune.Tuner.restore(experiment, trainable=_trainable(spec, data, weights),
+                              resume_unfinished=True, resume_errored=False)
+
+
+def check_restorable(experiment: str) -> None:
+    if not tune.Tuner.can_restore(experiment):
+        raise InputError(f"--resume: no Ray Tune experiment state at {experiment}; the sweep "
+                         "was stopped before its first trial started. Start it again instead")
+
+
+def _trainable(spec: Spec, data: Dataset, weights: Weights):
+    # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Fixed inputs travel once per node through Ray's object store.
+    trainable = tune.with_parameters(train_trial, spec=spec, data=data, weights=weights)
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def interrupted(grid: tune.ResultGrid, spec: Spec) -> bool:
+    """True when the sweep stopped before every trial ended (Ctrl-C)."""
+    return len(grid) < spec.search.num_samples or grid.num_terminated + grid.num_errors < len(grid)
 
 
 def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
