@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny IDX files written the way Fashion-MNIST publishes them."""
+"""Shared fixtures: tiny IDX files like Fashion-MNIST's, and helpers that drive the real CLI."""
 
-import gzip
+import os
+
+# Ray reads this when first imported: keep every Ray process a test starts on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import gzip  # noqa: E402
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +37,77 @@ def tiny_mirror(tmp_path):
     folder = tmp_path / "mirror"
     write_fake_split_files(folder, 200, 50, fill=7, gz=True)
     return folder
+
+
+# --- driving the real CLI -----------------------------------------------------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small, quick sweep: ~550 training images, trials of a few seconds on one CPU core.
+QUICK = [
+    "sweeps/fashion-quick.yaml",
+    "--set", "data.train_subset=600",
+    "--set", "data.test_subset=300",
+    "--set", "search.parameters.batch_size={choice: [64, 128]}",
+]
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict:
+    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1",
+            **extra}
+
+
+def run_cli(*args, tmp_path: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
+                          env=cli_env(tmp_path, **env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_cli(*args, tmp_path: Path, **env) -> subprocess.Popen:
+    """The CLI in its own process group, so a test can signal it and clean up all it started."""
+    log = open(tmp_path / "cli.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
+                            env=cli_env(tmp_path, **env), stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def reports(results_root: Path) -> list[dict]:
+    """Every report written so far by every trial (Ray Tune's result.json, one JSON per line)."""
+    out = []
+    for path in sorted(Path(results_root).glob("*/*/trials/*/result.json")):
+        for line in path.read_text().splitlines():
+            try:
+                out.append({**json.loads(line), "trial_dir": path.parent.name})
+            except json.JSONDecodeError:
+                pass  # a line being written right now
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll until predicate() returns something truthy; fail if the CLI exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End the CLI we started and everything in its process group (its embedded Ray)."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)

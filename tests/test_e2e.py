@@ -2,28 +2,19 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from conftest import run_cli
 from tuner import data
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
     reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
 )
-
-
-def run_cli(*args, tmp_path, timeout=600):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

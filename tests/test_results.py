@@ -61,9 +61,12 @@ def test_trials_table(records, spec):
     assert {"epochs", "batch_size", "lr", "node_ip"} <= set(t.columns)
 
 
-def test_stopped_early_status(spec):
+def test_stopped_early_or_unfinished_status(spec):
     rec = TrialRecord("e", {"epochs": 2, "batch_size": 32, "lr": 2e-4}, [report(1, 0.5, 1.0)])
     assert trials_table([rec], spec, "w")["status"].item() == "stopped_early"
+    assert trials_table([rec], spec, "w", interrupted=True)["status"].item() == "unfinished"
+    never = TrialRecord("f", {}, [])
+    assert trials_table([never], spec, "w", interrupted=True)["status"].item() == "unfinished"
 
 
 def test_epochs_table_keeps_every_report_without_ray_bookkeeping(records):

@@ -56,8 +56,13 @@ def epochs_table(records: list[TrialRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def trials_table(records: list[TrialRecord], spec: Spec, weights: str) -> pd.DataFrame:
-    """One row per trial: status, error, searched values, final and best metrics, epochs, time."""
+def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
+                 interrupted: bool = False) -> pd.DataFrame:
+    """One row per trial: status, error, searched values, final and best metrics, epochs, time.
+
+    Status: finished, error, stopped_early (by the scheduler), or, in an interrupted sweep,
+    unfinished.
+    """
     rows = []
     for r in records:
         reps = pd.DataFrame(r.reports)
@@ -65,7 +70,8 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str) -> pd.Dat
         planned = spec.with_values(r.params).train.epochs
         error = r.error or last.get("error")
         done = int(last.get("epoch", 0))
-        status = "error" if error else ("stopped_early" if done < planned else "finished")
+        status = ("error" if error else "finished" if done >= planned
+                  else "unfinished" if interrupted else "stopped_early")
         row = {"trial_id": r.trial_id, "status": status, "error": error, **r.params}
         for m in ("val_accuracy", "val_loss"):
             row[m] = last.get(m)
@@ -79,6 +85,7 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str) -> pd.Dat
             "epochs_planned": planned,
             "wall_time_s": float(reps["epoch_time_s"].sum()) if "epoch_time_s" in reps else 0.0,
             "node_ip": last.get("node_ip"),
+            "node_id": last.get("node_id"),
             "weights": weights,
         })
         rows.append(row)

@@ -102,10 +102,10 @@ def load_run(run_dir: Path) -> tuple[Spec, dict]:
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         experiment: str | None = None) -> int:
     """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
-    if not args.address:
+    if not args.address or _is_loopback(args.address):
         # Ray reads this once, when first imported: 0 keeps every Ray process on 127.0.0.1 (on
-        # Linux Ray otherwise binds the machine's network address). Not for --address: a driver
-        # joining a cluster must be reachable from the other nodes.
+        # Linux Ray otherwise binds the machine's network address). Not for a remote --address:
+        # a driver joining a cluster must be reachable from the other nodes.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     import ray
@@ -150,18 +150,24 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             ray.shutdown()
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def finish(spec, data, weights, run_dir, experiment, grid, wall, resume) -> int:
     """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
     from tuner import results, sweep
 
     records = sweep.collect(grid, spec)
-    trials = results.trials_table(records, spec, weights.label)
+    partial = sweep.interrupted(grid, spec)
+    trials = results.trials_table(records, spec, weights.label, interrupted=partial)
     results.write_csv(run_dir / "trials.csv", trials)
     results.write_csv(run_dir / "epochs.csv", results.epochs_table(records))
     for key, table in results.summary_tables(trials, spec).items():
         results.write_csv(run_dir / f"summary_by_{key}.csv", table)
 
-    if sweep.interrupted(grid, spec):
+    if partial:
         write_status(run_dir, "partial", experiment, resume)
         print(f"\nsweep interrupted after {wall:.0f} s: the tables in {run_dir} are partial "
               f"({grid.num_terminated} of {spec.search.num_samples} trials finished).\n"

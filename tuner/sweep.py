@@ -121,7 +121,8 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
             keep = [c for c in df.columns if not c.startswith("config/")]
             reports = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        params = {k: result.config[k] for k in spec.search.parameters if k in result.config}
+        config = result.config or {}  # None for a trial that never started (interrupted sweep)
+        params = {k: config[k] for k in spec.search.parameters if k in config}
         error = None
         if result.error is not None:
             error = " ".join(str(result.error).split())[-500:]  # the end holds the real cause

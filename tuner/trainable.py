@@ -101,7 +101,9 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
         start = state["epoch"]
 
     train_set, val_set = DeviceSplit.put(data.train, device), DeviceSplit.put(data.val, device)
-    node = {"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+    context = ray.get_runtime_context()  # where this attempt runs: retries may move it
+    node = {"node_ip": ray.util.get_node_ip_address(), "node_id": context.get_node_id(),
+            "pid": os.getpid()}
     for epoch in range(start, spec.train.epochs):
         t0 = time.perf_counter()
         set_train_mode(model, apply_freeze(model, spec.model, epoch))

@@ -1,0 +1,129 @@
+"""Sweeps that survive: a killed trial worker, an interrupted driver, a killed driver, and resume.
+
+Every test runs the real CLI on real data with an embedded Ray, and ends only what it started.
+"""
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
+
+
+def run_dir_of(results_root):
+    (run,) = list(results_root.glob("*/*/status.json"))
+    return run.parent
+
+
+def assert_epochs_once(epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
+    """Each trial reported epochs 1..planned exactly once each: nothing trained twice or lost."""
+    for _, t in trials.iterrows():
+        got = epochs[epochs.trial_id == t.trial_id]["epoch"].tolist()
+        assert got == list(range(1, t.epochs_planned + 1)), (t.trial_id, got)
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
+    results = tmp_path / "results"
+    proc = start_cli(*QUICK, "--results", str(results),
+                     "--set", "search.num_samples=1",
+                     "--set", "search.parameters.epochs={choice: [3]}",
+                     "--set", "run.max_failures=2", tmp_path=tmp_path)
+    try:
+        first = wait_for(lambda: [r for r in reports(results) if r["epoch"] == 1], 300,
+                         "the first epoch's report", proc)[0]
+        os.kill(first["pid"], signal.SIGKILL)  # the trial's worker process, mid-trial
+        assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        stop_group(proc)
+    run = run_dir_of(results)
+    trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
+    assert trials["status"].tolist() == ["finished"]
+    assert_epochs_once(epochs, trials)  # numbering continues; finished epochs not trained again
+    pids = epochs.set_index("epoch")["pid"]
+    assert pids[1] == first["pid"] and pids[3] != first["pid"]  # a new worker took over
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
+    results = tmp_path / "results"
+    proc = start_cli(*QUICK, "--results", str(results),
+                     "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
+                     "--set", "search.max_concurrent=1",
+                     "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path)
+    try:
+        wait_for(lambda: any(r["epoch"] == 2 for r in reports(results)), 300,
+                 "a finished trial", proc)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        stop_group(proc)
+    log = (tmp_path / "cli.log").read_text()
+    run = run_dir_of(results)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "partial"
+    assert f"resume with: python -m tuner.run --resume {run}" in log
+    partial = pd.read_csv(run / "trials.csv")
+    assert "finished" in set(partial["status"]) and not (run / "best.json").exists()
+
+    done = run_cli("--resume", str(run), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    assert_epochs_once(epochs, trials)
+    kept = partial[partial.status == "finished"].set_index("trial_id")["val_accuracy"]
+    assert (trials.set_index("trial_id").loc[kept.index, "val_accuracy"] == kept).all()
+    assert (run / "best.json").exists()
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+    again = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
+    assert again.returncode == 2 and "finished already" in again.stderr
+
+
+def test_killed_driver_then_resume(tmp_path):
+    results = tmp_path / "results"
+    proc = start_cli(*QUICK, "--results", str(results),
+                     "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
+                     "--set", "search.max_concurrent=1",
+                     "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path)
+    try:
+        # kill once one trial has finished and the next has checkpointed its first epoch
+        wait_for(lambda: len({r["trial_dir"] for r in reports(results)}) >= 2
+                 and sum(r["epoch"] == 1 for r in reports(results)) >= 2, 300,
+                 "a second trial's first epoch", proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, with no warning
+        proc.wait(timeout=60)
+    finally:
+        stop_group(proc)
+    run = run_dir_of(results)
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+    before = reports(results)
+
+    done = run_cli("--resume", str(run), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    assert_epochs_once(epochs, trials)
+    first_pid = {r["trial_id"]: r["pid"] for r in before if r["epoch"] == 1}
+    resumed = [t for t in first_pid if t in set(epochs.trial_id)]
+    assert len(resumed) >= 2  # the finished trial and the interrupted one were kept, not re-run
+    for trial_id, pid in first_pid.items():
+        assert epochs[(epochs.trial_id == trial_id) & (epochs.epoch == 1)]["pid"].item() == pid
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "not a tuner run directory"),
+    (lambda d: ((d / "spec.yaml").write_text("name: x\n"),
+                (d / "status.json").write_text('{"state": "finished", "experiment": "x"}')),
+     "finished already"),
+])
+def test_resume_of_a_non_run_or_finished_run_is_bad_input(tmp_path, setup, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    setup(run)
+    proc = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
