@@ -57,9 +57,10 @@ QUICK = [
 ]
 
 
-def cli_env(tmp_path: Path, **extra: str) -> dict:
-    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1",
-            **extra}
+def cli_env(tmp_path: Path, **extra: str | None) -> dict:
+    """This process's environment for the CLI, with extra variables (None removes one)."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1", **extra}
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def run_cli(*args, tmp_path: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:

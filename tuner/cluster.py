@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from contextlib import contextmanager
 
 import ray
 from ray._private import ray_constants
@@ -16,27 +18,61 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, resources: Resources) -> bool:
     """Start Ray here (address None) or join the cluster at `address`. Returns True if we started it.
 
-    Raises InputError for an unreachable address or a refused token, within seconds.
+    Raises InputError, within seconds, for an unreachable address, a refused token, or (here)
+    a per-trial request this machine can never meet.
     """
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False,
-                     log_to_driver=False)
+            with _quiet_ray():
+                ray.init(address=address, configure_logging=False, log_to_driver=False)
         except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError...
-            raise InputError(f"--address {address}: could not join the Ray cluster: {_first_line(e)}"
-                             + _auth_hint(e)) from None
+            raise InputError(f"--address {address}: could not join the Ray cluster: "
+                             + _explain(e)) from None
         return False
+    check_fits_here(resources)
     if ray_constants.ENABLE_RAY_CLUSTER:
-        log.warning("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: the "
-                    "embedded Ray may listen on this machine's network address, not only loopback")
+        log.warning("Ray was imported before tuner.rayenv.prepare() ran: the embedded Ray may "
+                    "listen on this machine's network address, not only on loopback")
     # Trials report through Tune; their stdout (Ray's own chatter, mostly) stays in the Ray logs.
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=False,
-             log_to_driver=False)
+    with _quiet_ray():
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     return True
+
+
+@contextmanager
+def _quiet_ray():
+    """Ray logs start-up notices (token auth enabled, ...) as warnings; keep the CLI's output ours."""
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _explain(e: Exception) -> str:
+    text = " ".join(f"{type(x).__name__}: {x}" for x in (e, e.__cause__) if x is not None)
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "Unauthenticated" in text:
+        return ("the cluster refused this client's token (token authentication); set "
+                "RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a copy of the head node's "
+                "~/.ray/auth_token")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}"
+
+
+def check_fits_here(resources: Resources) -> None:
+    """Before starting Ray on this machine: can it run one trial at all?"""
+    import torch
+
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    if resources.gpu > gpus or resources.cpu > cpus:
+        raise InputError(_no_fit_message(resources, f"this machine has {cpus} CPU and {gpus} GPU",
+                                         cpus, gpus))
 
 
 def check_reachable(address: str) -> None:
@@ -56,19 +92,6 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _auth_hint(e: Exception) -> str:
-    text = f"{type(e).__name__} {e}".lower()
-    if "auth" in text or "token" in text or "unauthenticated" in text:
-        return ("; the cluster requires its token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH "
-                "(the head node's ~/.ray/auth_token)")
-    return ""
-
-
 def check_resources(resources: Resources) -> None:
     """Stop now if no node can ever run one trial, instead of leaving trials PENDING forever."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -79,14 +102,19 @@ def check_resources(resources: Resources) -> None:
     total_gpu = sum(n.get("GPU", 0) for n in nodes)
     best_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     best_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-    fix = ("set --set resources.gpu=0 to train on CPUs (slow: use sweeps/fashion-quick.yaml), or "
-           "pass --address of a cluster with GPUs") if need_gpu > best_gpu else (
-           f"lower resources.cpu to at most {best_cpu:g}")
-    raise InputError(
-        f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU on one node, but the cluster "
-        f"has {len(nodes)} node(s) with {total_cpu:g} CPU and {total_gpu:g} GPU in all (largest node: "
-        f"{best_cpu:g} CPU, {best_gpu:g} GPU); {fix}"
-    )
+    has = (f"the cluster has {len(nodes)} node(s) with {total_cpu:g} CPU and {total_gpu:g} GPU in "
+           f"all (largest node: {best_cpu:g} CPU, {best_gpu:g} GPU)")
+    raise InputError(_no_fit_message(resources, has, best_cpu, best_gpu))
+
+
+def _no_fit_message(resources: Resources, has: str, best_cpu: float, best_gpu: float) -> str:
+    need_cpu, need_gpu = resources.cpu, resources.gpu
+    if need_gpu > best_gpu:
+        fix = ("add --set resources.gpu=0 to train on CPUs (slow; sweeps/fashion-quick.yaml is "
+               "sized for that), or pass --address of a Ray cluster with GPUs")
+    else:
+        fix = f"lower resources.cpu to at most {best_cpu:g}"
+    return f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU on one node, but {has}; {fix}"
 
 
 def describe_cluster() -> str:

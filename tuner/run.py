@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from tuner import rayenv
 from tuner.errors import InputError
 from tuner.spec import Spec, dump_spec, load_spec
 
@@ -102,11 +103,7 @@ def load_run(run_dir: Path) -> tuple[Spec, dict]:
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         experiment: str | None = None) -> int:
     """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
-    if not args.address or _is_loopback(args.address):
-        # Ray reads this once, when first imported: 0 keeps every Ray process on 127.0.0.1 (on
-        # Linux Ray otherwise binds the machine's network address). Not for a remote --address:
-        # a driver joining a cluster must be reachable from the other nodes.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    rayenv.prepare(args.address)  # before the first import of ray
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     import ray
 
@@ -122,7 +119,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             raise InputError(f"--resume {run_dir}: the run started with weights {recorded!r} but "
                              f"now gets {weights.label!r}; resuming would mix them")
     data = load_dataset(spec.data)
-    started_ray = cluster.connect(args.address)
+    started_ray = cluster.connect(args.address, spec.resources)
     try:
         cluster.check_resources(spec.resources)
         if run_dir is None:
@@ -148,11 +145,6 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.removeprefix("ray://").rpartition(":")[0]
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def finish(spec, data, weights, run_dir, experiment, grid, wall, resume) -> int:

@@ -115,12 +115,24 @@ class Param(_Section):
         return getattr(self, self.kind)
 
     def extremes(self) -> list[Any]:
-        """The values that bound this distribution, for checking against the field's own rules."""
+        """The values that bound this distribution."""
         if self.kind == "choice":
             return list(self.args)
         if self.kind == "randint":
             return [self.args[0], self.args[1] - 1]
         return [self.args[0], self.args[1]]
+
+    def probes(self) -> list[Any]:
+        """Values to check against the field's own rules: the bounds, and for continuous kinds an
+        interior draw (so that uniform on a whole-number field such as epochs is caught)."""
+        values = self.extremes()
+        if self.kind in ("uniform", "loguniform", "quniform"):
+            low, high = self.args[0], self.args[1]
+            inner = low + 0.3719 * (high - low)
+            if self.kind == "quniform":
+                inner = round(inner / self.args[2]) * self.args[2]
+            values.append(inner)
+        return values
 
 
 class Search(_Section):
@@ -178,13 +190,16 @@ class Spec(_Section):
             except KeyError:
                 problems.append(f"search.parameters.{key}: {path} is not a spec field")
                 continue
-            for value in param.extremes():
+            for value in param.probes():
                 problems += _check_value(self, path, value, f"search.parameters.{key}")
         for i, point in enumerate(self.search.points_to_evaluate):
             for key, value in point.items():
                 where = f"search.points_to_evaluate[{i}].{key}"
-                if key not in self.search.parameters:
+                param = self.search.parameters.get(key)
+                if param is None:
                     problems.append(f"{where}: not a searched parameter")
+                elif param.kind == "choice" and value not in param.choice:
+                    problems.append(f"{where}: {value!r} is not one of the choices {param.choice}")
                 else:
                     problems += _check_value(self, param_path(key), value, where)
         if problems:
@@ -232,7 +247,9 @@ def _check_value(spec: Spec, path: str, value: Any, where: str) -> list[str]:
     try:
         Spec.model_validate(raw)
     except ValidationError as e:
-        return [f"{where}: value {value!r}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+        hint = "; for a whole-number field use choice, randint, or quniform with a whole step"
+        return [f"{where}: value {value!r}: {err['msg'].removeprefix('Value error, ')}"
+                + (hint if err["type"] == "int_from_float" else "") for err in e.errors()]
     return []
 
 
@@ -262,9 +279,11 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give the path of a sweep YAML file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; a sweep spec is a YAML text file") from None
     try:
         raw = parse_yaml(text)
     except yaml.YAMLError as e:
@@ -296,6 +315,16 @@ def apply_override(raw: dict, item: str) -> None:
     except yaml.YAMLError:
         raise InputError(f"--set {item!r}: value is not valid YAML") from None
     parts = key.split(".")
+    if parts[:2] == ["search", "parameters"] and len(parts) > 2:
+        # The parameter's own key may hold dots (model.freeze); a trailing distribution name
+        # (search.parameters.lr.uniform=[...]) replaces that parameter's distribution.
+        rest = parts[2:]
+        params = raw.setdefault("search", {}).setdefault("parameters", {})
+        if len(rest) > 1 and rest[-1] in Param.model_fields:
+            params[".".join(rest[:-1])] = {rest[-1]: value}
+        else:
+            params[".".join(rest)] = value
+        return
     # Walk the schema so that a typo is caught here with the valid names, not as a vague error.
     model: type[BaseModel] | None = Spec
     for i, part in enumerate(parts):

@@ -1,0 +1,74 @@
+"""A sweep on a real multi-node Ray cluster on 127.0.0.1: token auth, trials on the worker node,
+and the worker node lost mid-trial.
+
+`ray.cluster_utils.Cluster` starts a real head and a real worker node (separate GCS and raylet
+processes); the test ends them through the cluster object, never with `ray stop`.
+"""
+
+import pandas as pd
+import pytest
+from ray._private.authentication.authentication_token_generator import (
+    generate_new_authentication_token,
+)
+from ray._private.authentication_test_utils import reset_auth_token_state
+from ray.cluster_utils import Cluster
+
+from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """Head (1 CPU) + worker node (1 CPU), token authentication on with a token of our own."""
+    token = tmp_path / "auth_token"
+    token.write_text(generate_new_authentication_token())
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    reset_auth_token_state()  # Ray caches its config and token per process: re-read them
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        c.worker = c.add_node(num_cpus=1)
+        c.token = token
+        yield c
+    finally:
+        c.shutdown()
+
+
+def test_client_without_the_token_is_refused(cluster, tmp_path):
+    proc = run_cli(*QUICK, "--address", cluster.address, "--results", str(tmp_path / "res"),
+                   tmp_path=tmp_path, timeout=180, RAY_AUTH_TOKEN="0" * 64)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --address") and "token" in errors[0]
+    assert proc.stderr.splitlines()[-1] == errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_path):
+    results = tmp_path / "results"
+    # RAY_AUTH_MODE is left unset for the client: tuner must switch token mode on itself when it
+    # has a token (here through RAY_AUTH_TOKEN_PATH).
+    proc = start_cli(*QUICK, "--address", cluster.address, "--results", str(results),
+                     "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
+                     "--set", "search.max_concurrent=2", "--set", "run.max_failures=2",
+                     "--set", "search.parameters.epochs={choice: [2]}",
+                     tmp_path=tmp_path, RAY_AUTH_MODE=None)
+    worker = cluster.worker.node_id
+    try:
+        on_worker = wait_for(
+            lambda: [r for r in reports(results) if r["node_id"] == worker and r["epoch"] == 1],
+            300, "a trial's first epoch on the worker node", proc)[0]
+        cluster.remove_node(cluster.worker)  # the worker node dies mid-trial
+        assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        stop_group(proc)
+    (run,) = list(results.glob("*/*/trials.csv"))
+    trials, epochs = pd.read_csv(run), pd.read_csv(run.parent / "epochs.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    moved = epochs[epochs.trial_id == on_worker["trial_id"]].set_index("epoch")
+    assert moved.index.tolist() == [1, 2]  # epoch 1 was not trained again
+    assert moved.loc[1, "node_id"] == worker
+    assert moved.loc[2, "node_id"] == cluster.head_node.node_id  # retried on the head
+    assert set(trials["node_id"]) == {cluster.head_node.node_id}  # where each trial ended
+    assert (trials["node_ip"] == "127.0.0.1").all()
