@@ -96,8 +96,6 @@ def test_bad_spec(tmp_path, text, extra, pieces):
         assert str(spec) in line  # the file is named
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-UTF-8 spec file raises UnicodeDecodeError in "
-                   "load_spec (tuner/spec.py read_text catches only OSError): traceback, exit 1")
 def test_binary_spec(tmp_path):
     spec = tmp_path / "binary.yaml"
     spec.write_bytes(b"\xff\xfe\x00\x01binary")
@@ -194,8 +192,6 @@ def test_gpu_request_without_gpu_exits_2_naming_gpu(gpu_request):
     assert not results.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Ray's startup warning ('Token authentication is enabled "
-                   "for this Ray cluster...') is printed on stderr before the error line")
 def test_gpu_request_stderr_is_one_error_line(gpu_request):
     proc, results = gpu_request
     check_bad_input(proc, results, "GPU")

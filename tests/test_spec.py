@@ -211,9 +211,6 @@ def test_n_initial_points_below_num_samples_is_fine():
     assert validate({"search": {"num_samples": 10, "n_initial_points": 9}}).search.n_initial_points == 9
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: points_to_evaluate values are not checked against the "
-                   "searched choices; HyperOptSearch then raises ValueError inside Tuner.fit()",
-                   raises=pytest.fail.Exception)
 def test_point_outside_choice_is_rejected():
     raw = {"search": {"parameters": {"epochs": {"choice": [4, 5, 6]}},
                       "points_to_evaluate": [{"epochs": 3}]}}
@@ -221,9 +218,6 @@ def test_point_outside_choice_is_rejected():
         validate(raw)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a continuous distribution on an integer field is accepted "
-                   "(only its extremes are checked) but every sampled non-integer fails in with_values",
-                   raises=pytest.fail.Exception)
 @pytest.mark.parametrize("dist", [{"uniform": [4, 9]}, {"loguniform": [4, 9]}])
 def test_continuous_distribution_on_int_field_is_rejected(dist):
     with pytest.raises(InputError, match=r"search\.parameters\.epochs"):
@@ -306,9 +300,6 @@ def test_any_field_can_be_searched_from_the_file(tmp_path):
     assert spec.model.freeze == "none"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: apply_override/set_path nest a dotted parameter key: "
-                   "search.parameters.model.freeze becomes parameters['model']['freeze']",
-                   raises=InputError)
 def test_override_can_search_a_dotted_field():
     spec = load_spec(FASHION, ["search.parameters.model.freeze={choice: [none, head]}"])
     assert list(spec.search.parameters["model.freeze"].args) == ["none", "head"]
@@ -460,9 +451,6 @@ def test_top_level_scalar(tmp_path):
     assert str(path) in msg and "mapping" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_spec catches only OSError around read_text(); a file "
-                   "that is not UTF-8 raises UnicodeDecodeError (a traceback in the CLI)",
-                   raises=UnicodeDecodeError)
 def test_binary_file(tmp_path):
     path = tmp_path / "weights.yaml"
     path.write_bytes(b"\xff\xfe\x00\x01binary")
