@@ -77,10 +77,12 @@ def start_cli(*args, tmp_path: Path, **env) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def reports(results_root: Path) -> list[dict]:
-    """Every report written so far by every trial (Ray Tune's result.json, one JSON per line)."""
+def reports(root: Path) -> list[dict]:
+    """Every report written so far by every trial (Ray Tune's result.json, one JSON per line),
+    under a results root or a --storage folder."""
     out = []
-    for path in sorted(Path(results_root).glob("*/*/trials/*/result.json")):
+    paths = [*Path(root).glob("*/*/trials/*/result.json"), *Path(root).glob("*/*/result.json")]
+    for path in sorted(paths):
         for line in path.read_text().splitlines():
             try:
                 out.append({**json.loads(line), "trial_dir": path.parent.name})

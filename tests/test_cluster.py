@@ -5,6 +5,8 @@ and the worker node lost mid-trial.
 processes); the test ends them through the cluster object, never with `ray stop`.
 """
 
+import json
+
 import pandas as pd
 import pytest
 from ray._private.authentication.authentication_token_generator import (
@@ -49,7 +51,9 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     results = tmp_path / "results"
     # RAY_AUTH_MODE is left unset for the client: tuner must switch token mode on itself when it
     # has a token (here through RAY_AUTH_TOKEN_PATH).
+    shared = tmp_path / "shared"  # a folder every node sees: trial checkpoints live there
     proc = start_cli(*QUICK, "--address", cluster.address, "--results", str(results),
+                     "--storage", str(shared),
                      "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
                      "--set", "search.max_concurrent=2", "--set", "run.max_failures=2",
                      "--set", "search.parameters.epochs={choice: [2]}",
@@ -57,13 +61,16 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     worker = cluster.worker.node_id
     try:
         on_worker = wait_for(
-            lambda: [r for r in reports(results) if r["node_id"] == worker and r["epoch"] == 1],
+            lambda: [r for r in reports(shared) if r["node_id"] == worker and r["epoch"] == 1],
             300, "a trial's first epoch on the worker node", proc)[0]
         cluster.remove_node(cluster.worker)  # the worker node dies mid-trial
         assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
     finally:
         stop_group(proc)
     (run,) = list(results.glob("*/*/trials.csv"))
+    best = json.loads((run.parent / "best.json").read_text())
+    assert best["checkpoint"].startswith(str(shared / f"fashion-quick-{run.parent.name}"))
+    assert not (run.parent / "trials").exists()  # the driver's run folder holds only the tables
     trials, epochs = pd.read_csv(run), pd.read_csv(run.parent / "epochs.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"finished"}
     moved = epochs[epochs.trial_id == on_worker["trial_id"]].set_index("epoch")

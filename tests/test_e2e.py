@@ -88,3 +88,25 @@ def test_spec_yaml_records_provenance_and_reruns(quick_run, tmp_path):
     assert set(record["provenance"]["versions"]) >= {"torch", "ray", "hyperopt"}
     proc = run_cli(str(run / "spec.yaml"), "--dry-run", tmp_path=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli(
+        "sweeps/fashion-quick.yaml", "--results", str(results),
+        "--set", "data.train_subset=600", "--set", "data.test_subset=300",
+        "--set", "train.optimizer=sgd",
+        "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
+        "--set", "search.parameters={lr: {choice: [1.0e+4, 1.0e-2]}, epochs: {choice: [2]}}",
+        "--set", "search.points_to_evaluate=[{lr: 1.0e+4, epochs: 2}, {lr: 1.0e-2, epochs: 2}]",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list(results.glob("*/*"))
+    trials = pd.read_csv(run / "trials.csv").set_index("lr")
+    assert trials.loc[1e4, "status"] == "error"
+    assert "loss became nan in epoch 1" in trials.loc[1e4, "error"]
+    assert trials.loc[1e4, "epochs_completed"] == 1  # stopped at once, not retried or trained on
+    assert trials.loc[1e-2, "status"] == "finished"
+    best = json.loads((run / "best.json").read_text())
+    assert best["config"]["lr"] == 1e-2  # the diverged trial is never chosen

@@ -211,6 +211,13 @@ def test_n_initial_points_below_num_samples_is_fine():
     assert validate({"search": {"num_samples": 10, "n_initial_points": 9}}).search.n_initial_points == 9
 
 
+def test_hyperopt_points_must_be_whole():
+    raw = {"search": {"parameters": {"epochs": {"choice": [4, 5]}, "lr": {"uniform": [1e-4, 1e-3]}},
+                      "points_to_evaluate": [{"epochs": 4}]}}
+    with pytest.raises(InputError, match=r"points_to_evaluate\[0\]: .*missing lr"):
+        validate(raw)
+
+
 def test_point_outside_choice_is_rejected():
     raw = {"search": {"parameters": {"epochs": {"choice": [4, 5, 6]}},
                       "points_to_evaluate": [{"epochs": 3}]}}

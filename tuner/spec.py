@@ -193,6 +193,10 @@ class Spec(_Section):
             for value in param.probes():
                 problems += _check_value(self, path, value, f"search.parameters.{key}")
         for i, point in enumerate(self.search.points_to_evaluate):
+            missing = [k for k in self.search.parameters if k not in point]
+            if missing and self.search.searcher == "hyperopt":  # HyperOpt needs whole points
+                problems.append(f"search.points_to_evaluate[{i}]: give a value for every "
+                                f"searched parameter; missing {', '.join(missing)}")
             for key, value in point.items():
                 where = f"search.points_to_evaluate[{i}].{key}"
                 param = self.search.parameters.get(key)
