@@ -158,6 +158,29 @@ def read_idx(path: Path) -> np.ndarray:
     return payload.reshape(dims).copy()
 
 
+def torchvision_layout(root: Path) -> Path:
+    """Make sure torchvision's own FashionMNIST class can read `root` (it wants the uncompressed
+    files in <root>/FashionMNIST/raw), unpacking a local .gz mirror there if need be. For the
+    tutorial-style reference loop in tuner.bench."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    names = [n for pair in FILES.values() for n in pair]
+    if all((raw / n).is_file() for n in names):
+        return Path(root)
+    mirrors = [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
+    for mirror in mirrors:
+        if all((mirror / f"{n}.gz").is_file() for n in names):
+            raw.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(raw / ".unpack.lock")):
+                for n in names:
+                    with gzip.open(mirror / f"{n}.gz", "rb") as src:
+                        tmp = raw / f".{n}.tmp"
+                        tmp.write_bytes(src.read())
+                        tmp.replace(raw / n)
+            return Path(root)
+    _download(Path(root))
+    return Path(root)
+
+
 def _download(root: Path) -> None:
     import torchvision  # only needed for the download
 

@@ -1,0 +1,27 @@
+"""`python -m tuner.bench` runs both loops on the CPU and reports in the documented form."""
+
+import re
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT, cli_env
+
+
+def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
+    out_csv = tmp_path / "bench.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.bench", "--device", "cpu", "--batch-size", "16",
+         "--steps", "3", "--warmup", "1", "--data-root", str(tmp_path / "data"), "--csv", str(out_csv)],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"speedup (\d+\.\d\d) \(tuner ([\d.]+) images/s, reference ([\d.]+) images/s\)", last)
+    assert m, last
+    speedup, own, ref = map(float, m.groups())
+    assert own > 0 and ref > 0 and abs(speedup - own / ref) < 0.01
+    row = pd.read_csv(out_csv).iloc[0]
+    assert row["batch_size"] == 16 and row["device"] == "cpu" and row["speedup"] == round(own / ref, 2)
+    # the reference read torchvision's own layout, unpacked from the local mirror
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()

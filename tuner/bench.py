@@ -1,0 +1,205 @@
+"""Throughput benchmark: tuner's trial loop against a loop built like the tutorial's, in one process.
+
+    python -m tuner.bench [--device cpu|cuda] [--batch-size 128] [--steps 50] [--precision fp32]
+    python -m tuner.bench --sweep 4 [--set key=value ...]   # the tutorial's sweep, 4 trials per GPU
+
+(a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
+    DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
+(b) tuner: the split resident on the device as uint8, batches by a seeded permutation, converted and
+    normalised there (tuner.batches), and tuner.trainable.train_epoch (channels_last and bf16
+    autocast on CUDA as the spec says).
+Both train the same model (ResNet-18, conv1 1-channel 7x7 re-initialised, fc 10, random weights),
+with Adam, at the same batch size, for the same number of timed steps after the same warm-up.
+The last line is `speedup X.XX (tuner N images/s, reference M images/s)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tuner.batches import DeviceSplit, train_batches
+from tuner.data import load_dataset, torchvision_layout
+from tuner.model import Weights, build_model, make_optimizer
+from tuner.spec import Spec
+from tuner.trainable import memory_format, train_epoch
+
+
+def tutorial_model() -> nn.Module:
+    """The tutorial's surgery, written out as it does: a new 1-channel conv1 and a 10-way fc."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.xavier_uniform_(model.conv1.weight)
+    model.fc = nn.Linear(512, 10)
+    nn.init.xavier_uniform_(model.fc.weight)
+    return model
+
+
+def reference_loop(root: Path, device: torch.device, batch_size: int, warmup: int, steps: int) -> float:
+    """Images per second of the tutorial-style loop (after `warmup` steps)."""
+    from torchvision import datasets, transforms
+
+    train = datasets.FashionMNIST(root, train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=2)
+    torch.manual_seed(0)
+    model = tutorial_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    running_loss, t0, seen = 0.0, None, 0
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # more epochs if needed
+    for i, (images, labels) in enumerate(itertools.islice(batches, warmup + steps)):
+        if i == warmup:
+            _sync(device)
+            t0, seen = time.perf_counter(), 0
+        images, labels = images.to(device), labels.to(device)
+        outputs = model(images)
+        loss = criterion(outputs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()  # as the tutorial does: a device sync every step
+        seen += len(labels)
+    _sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> float:
+    """Images per second of tuner's own trial loop (after `warmup` steps)."""
+    data = load_dataset(spec.data)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    fmt = memory_format(device)
+    model = build_model(spec.model, Weights(None, "none"), data.in_channels, data.num_classes)
+    model = model.to(device, memory_format=fmt).train()
+    optimizer = make_optimizer(model, spec.model, spec.train)
+    train = DeviceSplit.put(data.train, device)
+
+    def batches():  # epochs back to back, as many as the steps need
+        for epoch in itertools.count():
+            yield from train_batches(train, spec.train.batch_size, spec.train.seed, epoch,
+                                     spec.data.augment, fmt)
+
+    stream = batches()
+    train_epoch(model, optimizer, itertools.islice(stream, warmup), spec.train.precision, device)
+    _sync(device)
+    t0 = time.perf_counter()
+    *_, seen = train_epoch(model, optimizer, itertools.islice(stream, steps), spec.train.precision,
+                           device)  # ends with .item(): the device is done when it returns
+    return seen / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def compare(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    spec = Spec.model_validate({
+        "data": {"root": args.data_root},
+        "model": {"weights": "none", "conv1": "reinit"},
+        "train": {"batch_size": args.batch_size, "precision": args.precision},
+    })
+    root = torchvision_layout(spec.data.root)
+    print(f"device: {machine(device)} | batch {args.batch_size} | {args.steps} timed steps after "
+          f"{args.warmup} warm-up | precision {args.precision} | weights none (random init)")
+    ref = reference_loop(root, device, args.batch_size, args.warmup, args.steps)
+    print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)): "
+          f"{ref:.1f} images/s")
+    own = tuner_loop(spec, device, args.warmup, args.steps)
+    print(f"tuner (device-resident uint8 data, batched on the device): {own:.1f} images/s")
+    if args.csv:
+        _append_csv(args.csv, {
+            "machine": machine(device), "device": device.type, "batch_size": args.batch_size,
+            "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
+            "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),
+            "speedup": round(own / ref, 2), "torch": version("torch"), "ray": version("ray"),
+            "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d"),
+        })
+    print(f"speedup {own / ref:.2f} (tuner {own:.1f} images/s, reference {ref:.1f} images/s)")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """The tutorial's sweep (sweeps/fashion.yaml) with N trials per GPU, timed from the command
+    line (Ray start-up included), with GPU utilisation sampled where nvidia-smi answers."""
+    n = args.sweep
+    cmd = [sys.executable, "-m", "tuner.run", args.spec, "--set", f"resources.gpu={1 / n:.4g}",
+           "--set", f"search.max_concurrent={n}", *itertools.chain(*(("--set", s) for s in args.set))]
+    print("running:", shlex.join(cmd))
+    samples: list[float] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_sample_gpu, args=(samples, stop), daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    util = f"{sum(samples) / len(samples):.0f}% mean GPU utilisation" if samples else "no nvidia-smi"
+    print(f"sweep: {n} trials per GPU, exit {proc.returncode}, wall {wall:.1f} s, {util}")
+    return proc.returncode
+
+
+def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            samples.append(float(out.split()[0]))
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tuner.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--data-root", default="data", help="torchvision layout root (default data)")
+    p.add_argument("--csv", type=Path, help="append the figures to this CSV file")
+    p.add_argument("--sweep", type=int, metavar="N", help="run the sweep with N trials per GPU instead")
+    p.add_argument("--spec", default="sweeps/fashion.yaml", help="the sweep for --sweep")
+    p.add_argument("--set", action="append", default=[], help="spec overrides for --sweep")
+    args = p.parse_args(argv)
+    return sweep(args) if args.sweep else compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
