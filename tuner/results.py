@@ -108,11 +108,17 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
         if param.kind in ("uniform", "loguniform", "quniform"):
             low, high = param.args[0], param.args[1]
             edges = (np.geomspace if param.kind == "loguniform" else np.linspace)(low, high, 5)
-            column = pd.cut(column, bins=edges, include_lowest=True)
-        table = (done.groupby(column.rename(key), observed=True)[metric]
-                 .agg(["mean", "std", "max", "count"]).reset_index())
-        out[key] = table
+            codes = pd.cut(column, bins=edges, include_lowest=True, labels=False)
+            column = codes.map(lambda i: f"[{edges[i]:.3g}, {edges[i + 1]:.3g}]")
+        table = (done.groupby(column.rename(key), sort=False)[metric]
+                 .agg(["mean", "std", "max", "count"]))
+        out[key] = table.loc[sorted(table.index, key=_bin_order)].reset_index()
     return out
+
+
+def _bin_order(label):
+    """Sort bins '[a, b]' by their low edge, plain values by value."""
+    return float(label[1:].split(",")[0]) if isinstance(label, str) and label.startswith("[") else label
 
 
 def best_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:

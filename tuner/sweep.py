@@ -73,6 +73,9 @@ def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> 
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
+            # A worker process serves trial after trial: no new process, torch import or CUDA
+            # context per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
