@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pandas as pd
-
 from conftest import ROOT, cli_env
 
 

@@ -9,13 +9,12 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
 from ray._private.authentication.authentication_token_generator import (
     generate_new_authentication_token,
 )
 from ray._private.authentication_test_utils import reset_auth_token_state
 from ray.cluster_utils import Cluster
-
-from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
 
 
 @pytest.fixture

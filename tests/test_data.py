@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import write_fake_split_files
 
 from tuner import data
 from tuner.data import find_fashion_mnist, load_dataset, read_idx, stratified_split
 from tuner.errors import InputError
 from tuner.spec import Data
-
-from conftest import write_fake_split_files
 
 needs_debian = pytest.mark.skipif(not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(),
                                   reason="apt-get install dataset-fashion-mnist")

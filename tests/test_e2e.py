@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from tuner import data
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,6 @@ import signal
 
 import pandas as pd
 import pytest
-
 from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
 
 

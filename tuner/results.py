@@ -108,8 +108,8 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
         if param.kind in ("uniform", "loguniform", "quniform"):
             low, high = param.args[0], param.args[1]
             edges = (np.geomspace if param.kind == "loguniform" else np.linspace)(low, high, 5)
-            codes = pd.cut(column, bins=edges, include_lowest=True, labels=False)
-            column = codes.map(lambda i: f"[{edges[i]:.3g}, {edges[i + 1]:.3g}]")
+            labels = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+            column = pd.cut(column, bins=edges, include_lowest=True, labels=labels).astype(str)
         table = (done.groupby(column.rename(key), sort=False)[metric]
                  .agg(["mean", "std", "max", "count"]))
         out[key] = table.loc[sorted(table.index, key=_bin_order)].reset_index()

@@ -33,15 +33,18 @@ def param_space(search: Search) -> dict[str, Any]:
 
 def describe(search: Search) -> list[tuple[str, str]]:
     """(key, human-readable distribution) rows, for --dry-run."""
-    rows = []
-    for key, p in search.parameters.items():
-        a = p.args
-        text = {
-            "choice": lambda: "choice of " + ", ".join(map(str, a)),
-            "uniform": lambda: f"uniform in [{a[0]:g}, {a[1]:g}]",
-            "loguniform": lambda: f"log-uniform in [{a[0]:g}, {a[1]:g}]",
-            "quniform": lambda: f"uniform in [{a[0]:g}, {a[1]:g}], step {a[2]:g}",
-            "randint": lambda: f"integer in [{a[0]}, {a[1]})",
-        }[p.kind]()
-        rows.append((key, text))
-    return rows
+    return [(key, _text(p)) for key, p in search.parameters.items()]
+
+
+def _text(param: Param) -> str:
+    a = param.args
+    match param.kind:
+        case "choice":
+            return "choice of " + ", ".join(map(str, a))
+        case "uniform":
+            return f"uniform in [{a[0]:g}, {a[1]:g}]"
+        case "loguniform":
+            return f"log-uniform in [{a[0]:g}, {a[1]:g}]"
+        case "quniform":
+            return f"uniform in [{a[0]:g}, {a[1]:g}], step {a[2]:g}"
+    return f"integer in [{a[0]}, {a[1]})"

@@ -11,13 +11,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
+from tuner.batches import DeviceSplit
 from tuner.data import Dataset
 from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord
 from tuner.space import param_space
 from tuner.spec import Spec
-from tuner.batches import DeviceSplit
 from tuner.trainable import evaluate, load_checkpoint_model, pick_device, train_trial
 
 log = logging.getLogger(__name__)

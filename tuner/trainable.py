@@ -21,7 +21,13 @@ from torch import nn
 
 from tuner.batches import DeviceSplit, eval_batches, train_batches
 from tuner.data import Dataset
-from tuner.model import Weights, apply_freeze, build_model, make_optimizer, set_train_mode
+from tuner.model import (
+    Weights,
+    apply_freeze,
+    build_model,
+    make_optimizer,
+    set_train_mode,
+)
 from tuner.spec import Spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
