@@ -12,6 +12,11 @@ import pytest
 from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
 
 
+# Three 2-epoch trials, one at a time: there is always a finished and an unfinished trial to check.
+THREE_TRIALS = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
+                "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
+
+
 def run_dir_of(results_root):
     (run,) = list(results_root.glob("*/*/status.json"))
     return run.parent
@@ -48,10 +53,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
 
 def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
     results = tmp_path / "results"
-    proc = start_cli(*QUICK, "--results", str(results),
-                     "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
-                     "--set", "search.max_concurrent=1",
-                     "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path)
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
     try:
         wait_for(lambda: any(r["epoch"] == 2 for r in reports(results)), 300,
                  "a finished trial", proc)
@@ -83,10 +85,7 @@ def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
 
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
-    proc = start_cli(*QUICK, "--results", str(results),
-                     "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
-                     "--set", "search.max_concurrent=1",
-                     "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path)
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
     try:
         # kill once one trial has finished and the next has checkpointed its first epoch
         wait_for(lambda: len({r["trial_dir"] for r in reports(results)}) >= 2
