@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
 
-
 # Three 2-epoch trials, one at a time: there is always a finished and an unfinished trial to check.
 THREE_TRIALS = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
                 "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]

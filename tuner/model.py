@@ -55,11 +55,11 @@ def resolve_weights(spec: Model) -> Weights:
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
             if spec.weights_fallback == "none":
                 log.warning(
-                    "IMAGENET WEIGHTS UNAVAILABLE (%s); falling back to RANDOM INIT as "
+                    "IMAGENET WEIGHTS UNAVAILABLE (%s; not in %s); falling back to RANDOM INIT as "
                     "model.weights_fallback says. Results are NOT fine-tuned from ImageNet.",
-                    reason,
+                    reason, cache,
                 )
-                return Weights(None, f"none (fallback: imagenet unavailable at {cache})")
+                return Weights(None, "none (fallback: ImageNet weights unavailable)")
             raise InputError(
                 f"model.weights: imagenet: could not load {enum.url} ({reason}); put the file at "
                 f"{cache} (set TORCH_HOME to move it), or set model.weights: none"

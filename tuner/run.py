@@ -171,7 +171,7 @@ def finish(spec, data, weights, run_dir, experiment, grid, wall, resume) -> int:
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
-    test_loss, test_acc = sweep.test_best(record, spec, data, weights)
+    test_loss, test_acc = sweep.test_best(record, spec, data)
     metric = spec.search.metric
     results.write_json(run_dir / "best.json", {
         "trial_id": record.trial_id,

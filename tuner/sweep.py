@@ -136,11 +136,11 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def test_best(record: TrialRecord, spec: Spec, data: Dataset, weights: Weights) -> tuple[float, float]:
+def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> tuple[float, float]:
     """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set."""
     trial_spec = spec.with_values(record.params)
     device = pick_device()
     with record.checkpoint.as_directory() as d:
-        model = load_checkpoint_model(d, trial_spec, data, weights, device)
+        model = load_checkpoint_model(d, trial_spec, data, device)
     test = DeviceSplit.put(data.test, device)
     return evaluate(model, test, trial_spec.train.eval_batch_size, trial_spec.train.precision)

@@ -139,10 +139,11 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset, weights: Weights,
+def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
                           device: torch.device) -> nn.Module:
     """Rebuild a trial's model (spec with its searched values) and load its checkpoint."""
-    model = build_model(spec.model, Weights(None, weights.label), data.in_channels, data.num_classes)
+    model = build_model(spec.model, Weights(None, "from checkpoint"), data.in_channels,
+                        data.num_classes)
     state = torch.load(Path(path) / CHECKPOINT_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device, memory_format=memory_format(device))
