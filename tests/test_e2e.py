@@ -110,3 +110,37 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert trials.loc[1e-2, "status"] == "finished"
     best = json.loads((run / "best.json").read_text())
     assert best["config"]["lr"] == 1e-2  # the diverged trial is never chosen
+
+
+def test_pretrained_weights_gradual_unfreezing_asha_and_augmentation(tmp_path):
+    """Planted 'ImageNet' weights go through torchvision's API into every trial, with the other
+    controlled variables that the quick sweep leaves at their defaults."""
+    import torch
+    import torchvision
+
+    ckpt = tmp_path / "torch-home" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt / "resnet18-f37072fd.pth")
+    results = tmp_path / "results"
+    proc = run_cli(
+        "sweeps/fashion-quick.yaml", "--results", str(results),
+        "--set", "data.train_subset=600", "--set", "data.test_subset=300",
+        "--set", "model.weights_fallback=null", "--set", "model.conv1=sum",
+        "--set", "model.small_input_stem=true", "--set", "model.freeze=gradual",
+        "--set", "model.head_lr_multiplier=10",
+        "--set", "data.augment={crop_padding: 2, hflip: true}",
+        "--set", "search.scheduler=asha", "--set", "search.num_samples=3",
+        "--set", "search.n_initial_points=2",
+        "--set", "search.parameters={epochs: {choice: [2]}, lr: {loguniform: [1.0e-4, 1.0e-2]}}",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list(results.glob("*/*"))
+    trials = pd.read_csv(run / "trials.csv")
+    assert trials["weights"].str.startswith("imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:").all()
+    assert set(trials["status"]) <= {"finished", "stopped_early"} and "finished" in set(trials["status"])
+    assert trials["lr"].between(1e-4, 1e-2).all()
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    assert spec["model"]["freeze"] == "gradual" and spec["data"]["augment"]["hflip"] is True
+    assert json.loads((run / "best.json").read_text())["weights"] == trials["weights"][0]

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or after the sweep itself (Tune handles Ctrl-C within it)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def print_dry_run(spec: Spec) -> None:
