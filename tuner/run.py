@@ -150,7 +150,8 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             ray.shutdown()
 
 
-def finish(spec, data, weights, run_dir, experiment, grid, wall, resume) -> int:
+def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
+           resume: str) -> int:
     """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
     from tuner import results, sweep
 
