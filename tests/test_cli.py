@@ -62,7 +62,7 @@ SPEC_CASES = [
      ["search.parameters.lr", "low must be below high"]),
     ("lr_le_0", "train:\n  lr: 0\n", [], ["train.lr", "greater than 0"]),
     ("epochs_0", "train:\n  epochs: 0\n", [], ["train.epochs", "greater than 0"]),
-    ("batch_size_0", "train:\n  batch_size: 0\n", [], ["train.batch_size", "greater than 0"]),
+    ("batch_size_0", "train:\n  batch_size: 0\n", [], ["train.batch_size", "greater than or equal to 2"]),
     ("num_samples_0", "search:\n  num_samples: 0\n", [], ["search.num_samples", "greater than 0"]),
     ("val_fraction_1.5", "data:\n  val_fraction: 1.5\n", [], ["data.val_fraction", "1.5"]),
     ("unknown_dataset", "data:\n  dataset: cifar10\n", [], ["data.dataset", "cifar10"]),

@@ -32,6 +32,7 @@ def spec() -> Spec:
 def report(epoch, val_acc, val_loss, **extra):
     return {"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": val_loss,
             "val_accuracy": val_acc, "epoch_time_s": 10.0, "images_per_s": 100.0,
+            "time_total_s": 10.0 * epoch,
             "node_ip": "127.0.0.1", "done": False, "hostname": "x", **extra}
 
 
@@ -84,6 +85,12 @@ def test_best_is_chosen_on_validation_among_trials_that_did_not_fail(records, sp
         update={"metric": "val_loss", "mode": "min"})})
     assert best_trial(t, minimise)["trial_id"] == "b"
     assert top_trials(t, spec, n=2)["trial_id"].tolist() == ["c", "b"]
+
+
+def test_interrupted_before_any_trial(spec):
+    trials = trials_table([], spec, "w", interrupted=True)
+    assert trials.empty and {"status", "lr"} <= set(trials.columns)
+    assert best_trial(trials, spec) is None and summary_tables(trials, spec) == {}
 
 
 def test_no_trial_finished(spec):

@@ -143,7 +143,8 @@ BAD = [
     ("lr_zero", {"train": {"lr": 0}}, ["train.lr", "greater than 0"]),
     ("lr_negative", {"train": {"lr": -0.01}}, ["train.lr", "greater than 0"]),
     ("epochs_zero", {"train": {"epochs": 0}}, ["train.epochs", "greater than 0"]),
-    ("batch_size_zero", {"train": {"batch_size": 0}}, ["train.batch_size", "greater than 0"]),
+    ("batch_size_zero", {"train": {"batch_size": 0}}, ["train.batch_size", "greater than or equal to 2"]),
+    ("batch_size_one", {"train": {"batch_size": 1}}, ["train.batch_size", "greater than or equal to 2"]),
     ("num_samples_zero", {"search": {"num_samples": 0}}, ["search.num_samples", "greater than 0"]),
     ("searched_lr_uniform_zero", {"search": {"parameters": {"lr": {"uniform": [0.0, 1e-3]}}}},
      [P + "lr", "value 0.0", "greater than 0"]),
@@ -158,12 +159,28 @@ BAD = [
     ("searched_epochs_randint_zero", {"search": {"parameters": {"epochs": {"randint": [0, 4]}}}},
      [P + "epochs", "value 0", "greater than 0"]),
     ("searched_batch_size_choice_zero", {"search": {"parameters": {"batch_size": {"choice": [0, 32]}}}},
-     [P + "batch_size", "value 0", "greater than 0"]),
+     [P + "batch_size", "value 0", "greater than or equal to 2"]),
     ("searched_batch_size_quniform_zero",
      {"search": {"parameters": {"batch_size": {"quniform": [0, 64, 16]}}}},
-     [P + "batch_size", "greater than 0"]),
+     [P + "batch_size", "greater than or equal to 2"]),
+    ("quniform_bounds_off_the_step",
+     {"search": {"parameters": {"batch_size": {"quniform": [16, 128, 32]}}}},
+     [P + "batch_size", "multiples of the step 32"]),
+    ("asha_grace_beyond_max_epochs",
+     {"search": {"scheduler": "asha", "grace_period": 5, "parameters": {"epochs": {"choice": [1, 2]}}}},
+     ["search.grace_period", "most epochs a trial can have (2)"]),
+    ("fixed_field_searched",
+     {"search": {"parameters": {"data.train_subset": {"choice": [100, 200]}}}},
+     [P + "data.train_subset", "fixed for the whole sweep"]),
+    ("weights_searched",
+     {"search": {"parameters": {"model.weights": {"choice": ["none", "imagenet"]}}}},
+     [P + "model.weights", "fixed for the whole sweep"]),
+    ("same_field_twice",
+     {"search": {"parameters": {"epochs": {"choice": [1, 2]}, "train.epochs": {"choice": [3]}}}},
+     [P + "train.epochs", "searched twice"]),
+    ("metric_mode_disagree", {"search": {"metric": "val_loss"}}, ["mode must be min for val_loss"]),
     ("searched_num_samples_zero", {"search": {"parameters": {"search.num_samples": {"choice": [0, 4]}}}},
-     [P + "search.num_samples", "value 0", "greater than 0"]),
+     [P + "search.num_samples", "fixed for the whole sweep"]),
     ("searched_freeze_unknown", {"search": {"parameters": {"model.freeze": {"choice": ["none", "legs"]}}}},
      [P + "model.freeze", "legs", "unknown freeze policy"]),
     ("val_fraction_zero", {"data": {"val_fraction": 0}}, ["data.val_fraction", "greater than 0"]),
@@ -347,7 +364,8 @@ def test_with_values_applies_and_revalidates():
     trial = spec.with_values({"epochs": 7, "batch_size": 128, "lr": 5e-4})
     assert (trial.train.epochs, trial.train.batch_size, trial.train.lr) == (7, 128, 5e-4)
     assert (spec.train.epochs, spec.train.batch_size, spec.train.lr) == (5, 64, 1e-3)  # unchanged
-    assert trial.search == spec.search and trial.model == spec.model
+    assert trial.model == spec.model
+    assert trial.search.parameters == {}  # a trial's spec has nothing left to search
     with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
         spec.with_values({"epochs": 0})
     with pytest.raises(ValueError):

@@ -7,7 +7,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from tuner.spec import load_spec, validate
-from tuner.sweep import experiment_path, make_scheduler, make_searcher
+from tuner.sweep import check_buildable, experiment_path, make_scheduler, make_searcher
 
 FASHION = Path(__file__).resolve().parents[1] / "sweeps" / "fashion.yaml"
 
@@ -46,3 +46,8 @@ def test_experiment_paths(tmp_path):
     assert experiment_path(shared, run) == f"{tmp_path / 'nfs'}/fashion-20261122-000000-abcd"
     s3 = load_spec(FASHION, ["run.storage=s3://bucket/sweeps/"])
     assert experiment_path(s3, run) == "s3://bucket/sweeps/fashion-20261122-000000-abcd"
+
+
+def test_shipped_sweeps_build():
+    for path in sorted(FASHION.parent.glob("*.yaml")):
+        check_buildable(load_spec(path))

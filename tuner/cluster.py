@@ -117,6 +117,17 @@ def _no_fit_message(resources: Resources, has: str, best_cpu: float, best_gpu: f
     return f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU on one node, but {has}; {fix}"
 
 
+def check_storage(address: str | None, storage: str | None) -> None:
+    """On a cluster of several machines, trial checkpoints need storage that every node sees."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if storage or len(nodes) < 2 or len({n["NodeManagerAddress"] for n in nodes}) < 2:
+        return  # one machine: its local disk is shared by all its nodes
+    raise InputError(
+        f"--address {address}: the cluster has {len(nodes)} nodes on several machines, and trial "
+        "checkpoints must be stored where every node sees them; pass --storage with a shared "
+        "folder or a URI such as s3://bucket/sweeps (run.storage in the spec)")
+
+
 def describe_cluster() -> str:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpu = sum(n["Resources"].get("CPU", 0) for n in nodes)

@@ -100,7 +100,7 @@ def subset(split: Split, n: int, seed: int) -> Split:
 def find_fashion_mnist(root: Path, download: bool = True) -> tuple[dict[str, Split], str]:
     """The train and test splits and a description of where they were found. Raises InputError."""
     tv_raw = Path(root) / "FashionMNIST" / "raw"
-    mirrors = [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
+    mirrors = _mirrors()
     for where in (tv_raw, *mirrors):
         found = _read_dir(where)
         if found:
@@ -124,6 +124,11 @@ def find_fashion_mnist(root: Path, download: bool = True) -> tuple[dict[str, Spl
     if not found:
         raise InputError(f"data: download into {root} finished but {tv_raw} is incomplete")
     return found, f"{tv_raw} (downloaded)"
+
+
+def _mirrors() -> list[Path]:
+    """Local folders of the four .gz files, in the order they are tried."""
+    return [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
 
 
 def _read_dir(where: Path) -> dict[str, Split] | None:
@@ -166,8 +171,7 @@ def torchvision_layout(root: Path) -> Path:
     names = [n for pair in FILES.values() for n in pair]
     if all((raw / n).is_file() for n in names):
         return Path(root)
-    mirrors = [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
-    for mirror in mirrors:
+    for mirror in _mirrors():
         if all((mirror / f"{n}.gz").is_file() for n in names):
             raw.mkdir(parents=True, exist_ok=True)
             with FileLock(str(raw / ".unpack.lock")):

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ class TrialRecord:
     reports: list[dict[str, Any]]  # one per epoch, in order
     error: str | None = None  # the trial's failure, if it failed
     checkpoint: Any = None  # its latest ray.tune.Checkpoint
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -83,13 +82,16 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
             "train_accuracy": last.get("train_accuracy"),
             "epochs_completed": done,
             "epochs_planned": planned,
-            "wall_time_s": float(reps["epoch_time_s"].sum()) if "epoch_time_s" in reps else 0.0,
+            # Ray's running time of the trial (model build, data upload, every epoch, retries)
+            "wall_time_s": float(last.get("time_total_s", 0.0)),
             "node_ip": last.get("node_ip"),
             "node_id": last.get("node_id"),
             "weights": weights,
         })
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "error",
+                                                          *spec.search.parameters, "val_accuracy",
+                                                          "val_loss", "epochs_completed"])
 
 
 def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
@@ -105,6 +107,8 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
         if done.empty or key not in done:
             continue
         column = done[key]
+        if column.map(lambda v: isinstance(v, (dict, list))).any():  # choices of mappings
+            column = column.map(str)
         if param.kind in ("uniform", "loguniform", "quniform"):
             low, high = param.args[0], param.args[1]
             edges = (np.geomspace if param.kind == "loguniform" else np.linspace)(low, high, 5)

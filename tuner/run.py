@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -53,8 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.spec) == bool(args.resume):
         raise InputError("give a spec file to start a sweep, or --resume RUN_DIR to continue one")
-    if args.resume and (args.overrides or args.storage):
-        raise InputError("--resume continues a sweep as it was started: drop --set and --storage")
+    if args.resume and (args.overrides or args.storage or args.dry_run):
+        raise InputError("--resume continues a sweep as it was started: drop --set, --storage "
+                         "and --dry-run")
     if args.storage:
         args.overrides.append(f"run.storage={args.storage}")
     return args
@@ -66,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         if args.resume:
             spec, status = load_run(args.resume)
-            return run(spec, args, run_dir=args.resume, experiment=status["experiment"])
+            return run(spec, args, run_dir=args.resume, experiment=status["experiment"],
+                       recorded_weights=status["provenance"]["weights"])
         spec = load_spec(args.spec, args.overrides)
         if args.dry_run:
+            from tuner.sweep import check_buildable  # imports Ray: only when needed
+
+            check_buildable(spec)
             print_dry_run(spec)
             return 0
         return run(spec, args)
@@ -91,7 +97,8 @@ def print_dry_run(spec: Spec) -> None:
 
 
 def load_run(run_dir: Path) -> tuple[Spec, dict]:
-    """The spec and status of a run directory that can be resumed. Raises InputError."""
+    """The spec and status (with the run's provenance) of a run directory that can be resumed.
+    Raises InputError."""
     status_file = run_dir / STATUS_FILE
     if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
         raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
@@ -100,11 +107,12 @@ def load_run(run_dir: Path) -> tuple[Spec, dict]:
     if status["state"] == "finished":
         raise InputError(f"--resume {run_dir}: this sweep finished already; its results are in "
                          f"{run_dir}. Start a new run instead")
+    status["provenance"] = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]
     return load_spec(run_dir / "spec.yaml"), status
 
 
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
-        experiment: str | None = None) -> int:
+        experiment: str | None = None, recorded_weights: str | None = None) -> int:
     """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
     rayenv.prepare(args.address)  # before the first import of ray
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
@@ -115,16 +123,16 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     from tuner.model import resolve_weights
 
     # Everything that can be bad input is checked before anything is written.
+    sweep.check_buildable(spec)
     weights = resolve_weights(spec.model)
-    if run_dir is not None:
-        recorded = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]["weights"]
-        if recorded != weights.label:
-            raise InputError(f"--resume {run_dir}: the run started with weights {recorded!r} but "
-                             f"now gets {weights.label!r}; resuming would mix them")
+    if recorded_weights is not None and recorded_weights != weights.label:
+        raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
+                         f"but now gets {weights.label!r}; resuming would mix them")
     data = load_dataset(spec.data)
     started_ray = cluster.connect(args.address, spec.resources)
     try:
         cluster.check_resources(spec.resources)
+        cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
             experiment = sweep.experiment_path(spec, run_dir)
@@ -169,9 +177,9 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
               f"({grid.num_terminated} of {spec.search.num_samples} trials finished).\n"
               f"resume with: {resume}", file=sys.stderr)
         return 130
-    write_status(run_dir, "finished", experiment, resume)
     best = results.best_trial(trials, spec)
     if best is None:
+        write_status(run_dir, "finished", experiment, resume)
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
@@ -192,6 +200,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "weights": weights.label,
         "sweep_wall_time_s": round(wall, 1),
     })
+    write_status(run_dir, "finished", experiment, resume)  # last: a crash before it can be resumed
     print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
@@ -206,17 +215,25 @@ def write_status(run_dir: Path, state: str, experiment: str, resume: str) -> Non
                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
+def gpu_names() -> str:
+    """This machine's GPUs, from nvidia-smi: asking torch would hold a CUDA context in the driver
+    for the whole sweep, on a GPU the trials need."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return ", ".join(out.splitlines()) if out else "no GPU"
+
+
 def spec_record(spec: Spec, weights: str, data_source: str, args: argparse.Namespace) -> str:
     """spec.yaml: the resolved spec, then a provenance block (ignored when the file is re-run)."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     provenance = {
         "weights": weights,
         "data": data_source,
         "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),
         "address": args.address or "embedded",
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu}",
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu_names()}",
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("torch", "torchvision", "ray", "hyperopt", "pandas",
                                               "pydantic")},

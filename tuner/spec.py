@@ -25,6 +25,9 @@ from pydantic import (
 from tuner.errors import InputError
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # ResNet stages, input to output
+# What a trial can vary: the rest (data, weights, resources, search) is set up once per sweep.
+SEARCHABLE = ("train.", "model.", "data.augment.")
+FIXED = ("model.weights", "model.arch")
 FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
@@ -50,6 +53,12 @@ class Data(_Section):
     augment: Augment = Augment()
 
 
+    @field_validator("root")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+
 class Model(_Section):
     arch: Literal["resnet18"] = "resnet18"
     weights: str = "imagenet"  # imagenet | none | path to a state_dict file
@@ -72,7 +81,7 @@ class Model(_Section):
 
 class Train(_Section):
     epochs: PositiveInt = 5
-    batch_size: PositiveInt = 64
+    batch_size: int = Field(64, ge=2)  # BatchNorm cannot train on one image
     lr: PositiveFloat = 1e-3
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
@@ -104,6 +113,9 @@ class Param(_Section):
             raise ValueError("choice needs at least one value")
         if kind != "choice" and not args[0] < args[1]:
             raise ValueError(f"{kind}: low must be below high (got {args[0]} >= {args[1]})")
+        if kind == "quniform" and not all(_multiple(b, args[2]) for b in args[:2]):
+            raise ValueError(f"quniform: low and high must be multiples of the step {args[2]:g} "
+                             f"(got {args[0]:g}, {args[1]:g})")
         return self
 
     @property
@@ -135,6 +147,10 @@ class Param(_Section):
         return values
 
 
+def _multiple(value: float, step: float) -> bool:
+    return abs(value / step - round(value / step)) < 1e-9
+
+
 class Search(_Section):
     searcher: Literal["hyperopt", "random"] = "hyperopt"
     num_samples: PositiveInt = 10
@@ -151,6 +167,9 @@ class Search(_Section):
 
     @model_validator(mode="after")
     def _initial_points(self) -> Search:
+        wanted = {"val_accuracy": "max", "val_loss": "min"}[self.metric]
+        if self.mode != wanted:
+            raise ValueError(f"mode must be {wanted} for {self.metric} (got {self.mode})")
         if self.n_initial_points is not None and self.n_initial_points >= self.num_samples > 1:
             raise ValueError(
                 f"n_initial_points ({self.n_initial_points}) must be below num_samples "
@@ -183,6 +202,7 @@ class Spec(_Section):
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:
         problems = []
+        seen: dict[str, str] = {}
         for key, param in self.search.parameters.items():
             path = param_path(key)
             try:
@@ -190,6 +210,15 @@ class Spec(_Section):
             except KeyError:
                 problems.append(f"search.parameters.{key}: {path} is not a spec field")
                 continue
+            if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
+                problems.append(f"search.parameters.{key}: {path} is fixed for the whole sweep "
+                                "(data, weights and resources are set up once); search train.*, "
+                                "model.* or data.augment.* fields")
+                continue
+            if path in seen:
+                problems.append(f"search.parameters.{key}: {path} is searched twice "
+                                f"(also as {seen[path]})")
+            seen[path] = key
             for value in param.probes():
                 problems += _check_value(self, path, value, f"search.parameters.{key}")
         for i, point in enumerate(self.search.points_to_evaluate):
@@ -206,13 +235,24 @@ class Spec(_Section):
                     problems.append(f"{where}: {value!r} is not one of the choices {param.choice}")
                 else:
                     problems += _check_value(self, param_path(key), value, where)
+        epochs = self.search_for("train.epochs")
+        max_epochs = max(epochs.extremes()) if epochs else self.train.epochs
+        if self.search.scheduler == "asha" and self.search.grace_period > max_epochs:
+            problems.append(f"search.grace_period: {self.search.grace_period} is more than the most "
+                            f"epochs a trial can have ({max_epochs})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def search_for(self, path: str) -> Param | None:
+        """The distribution searched for a spec path, if any ('train.epochs' finds key 'epochs')."""
+        return next((p for k, p in self.search.parameters.items() if param_path(k) == path), None)
+
     def with_values(self, values: dict[str, Any]) -> Spec:
-        """This spec with searched values (keys as in search.parameters) put in and re-validated."""
+        """The fixed spec of one trial: these searched values (keys as in search.parameters) put
+        in and validated; nothing is left to search in it."""
         raw = self.model_dump()
+        raw["search"].update(parameters={}, points_to_evaluate=[])
         for key, value in values.items():
             set_path(raw, param_path(key), value)
         return Spec.model_validate(raw)

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -17,8 +18,8 @@ from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord
 from tuner.space import param_space
-from tuner.spec import Spec
-from tuner.trainable import evaluate, load_checkpoint_model, pick_device, train_trial
+from tuner.spec import Spec, get_path, param_path
+from tuner.trainable import evaluate, load_checkpoint_model, train_trial
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,22 @@ def make_scheduler(spec: Spec):
     """FIFO (every trial runs all its epochs) or ASHA (weak trials stop at rungs, by epoch)."""
     if spec.search.scheduler == "fifo":
         return FIFOScheduler()
-    epochs = spec.search.parameters.get("epochs")
+    epochs = spec.search_for("train.epochs")
     max_t = max(epochs.extremes()) if epochs else spec.train.epochs
     return ASHAScheduler(time_attr="epoch", max_t=int(max_t), grace_period=spec.search.grace_period)
+
+
+def check_buildable(spec: Spec) -> None:
+    """Build the search space, searcher and scheduler once, so that anything Ray Tune or HyperOpt
+    would reject is bad input now, not a crash after the run directory exists."""
+    try:
+        space = param_space(spec.search)
+        if spec.search.searcher == "hyperopt" and space:
+            HyperOptSearch.convert_search_space(space)
+        make_searcher(spec)
+        make_scheduler(spec)
+    except (ValueError, AssertionError, TypeError) as e:
+        raise InputError(f"search: Ray Tune rejects this search: {e}") from None
 
 
 def experiment_path(spec: Spec, run_dir: Path) -> str:
@@ -126,6 +140,9 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         config = result.config or {}  # None for a trial that never started (interrupted sweep)
         params = {k: config[k] for k in spec.search.parameters if k in config}
+        if len(params) == len(spec.search.parameters):  # as the trial used them: quniform's 64.0 is 64
+            trial_spec = spec.with_values(params)
+            params = {k: get_path(trial_spec, param_path(k)) for k in params}
         error = None
         if result.error is not None:
             error = " ".join(str(result.error).split())[-500:]  # the end holds the real cause
@@ -139,7 +156,7 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
 def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> tuple[float, float]:
     """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set."""
     trial_spec = spec.with_values(record.params)
-    device = pick_device()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the driver's own
     with record.checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, trial_spec, data, device)
     test = DeviceSplit.put(data.test, device)

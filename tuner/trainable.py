@@ -33,9 +33,10 @@ from tuner.spec import Spec
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def pick_device() -> torch.device:
-    """The GPU Ray gave this trial (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def trial_device() -> torch.device:
+    """The GPU Ray gave this trial, else the CPU. Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a
+    trial with no GPU, so torch.cuda.is_available() alone would put CPU trials on GPU 0."""
+    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")  # cuda:0 is the GPU Ray assigned
 
 
 def autocast(device: torch.device, precision: str):
@@ -86,7 +87,7 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
 def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch."""
     spec = spec.with_values(config)
-    device = pick_device()
+    device = trial_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
     else:
