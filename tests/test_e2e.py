@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import QUICK, run_cli
 
 from tuner import data
 
@@ -90,19 +90,22 @@ def test_spec_yaml_records_provenance_and_reruns(quick_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+def quick_sweep(tmp_path, *overrides: str):
+    """The quick sweep on a small subset with these --set overrides; it must exit 0. Its run dir."""
     results = tmp_path / "results"
-    proc = run_cli(
-        "sweeps/fashion-quick.yaml", "--results", str(results),
-        "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-        "--set", "train.optimizer=sgd",
-        "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
-        "--set", "search.parameters={lr: {choice: [1.0e+4, 1.0e-2]}, epochs: {choice: [2]}}",
-        "--set", "search.points_to_evaluate=[{lr: 1.0e+4, epochs: 2}, {lr: 1.0e-2, epochs: 2}]",
-        tmp_path=tmp_path,
-    )
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    proc = run_cli(*QUICK, "--results", str(results), *sets, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = list(results.glob("*/*"))
+    return run
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    run = quick_sweep(
+        tmp_path, "train.optimizer=sgd", "search.num_samples=2", "search.n_initial_points=1",
+        "search.parameters={lr: {choice: [1.0e+4, 1.0e-2]}, epochs: {choice: [2]}}",
+        "search.points_to_evaluate=[{lr: 1.0e+4, epochs: 2}, {lr: 1.0e-2, epochs: 2}]",
+    )
     trials = pd.read_csv(run / "trials.csv").set_index("lr")
     assert trials.loc[1e4, "status"] == "error"
     assert "loss became nan in epoch 1" in trials.loc[1e4, "error"]
@@ -122,21 +125,13 @@ def test_pretrained_weights_gradual_unfreezing_asha_and_augmentation(tmp_path):
     ckpt.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt / "resnet18-f37072fd.pth")
-    results = tmp_path / "results"
-    proc = run_cli(
-        "sweeps/fashion-quick.yaml", "--results", str(results),
-        "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-        "--set", "model.weights_fallback=null", "--set", "model.conv1=sum",
-        "--set", "model.small_input_stem=true", "--set", "model.freeze=gradual",
-        "--set", "model.head_lr_multiplier=10",
-        "--set", "data.augment={crop_padding: 2, hflip: true}",
-        "--set", "search.scheduler=asha", "--set", "search.num_samples=3",
-        "--set", "search.n_initial_points=2",
-        "--set", "search.parameters={epochs: {choice: [2]}, lr: {loguniform: [1.0e-4, 1.0e-2]}}",
-        tmp_path=tmp_path,
+    run = quick_sweep(
+        tmp_path, "model.weights_fallback=null", "model.conv1=sum", "model.small_input_stem=true",
+        "model.freeze=gradual", "model.head_lr_multiplier=10",
+        "data.augment={crop_padding: 2, hflip: true}",
+        "search.scheduler=asha", "search.num_samples=3", "search.n_initial_points=2",
+        "search.parameters={epochs: {choice: [2]}, lr: {loguniform: [1.0e-4, 1.0e-2]}}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = list(results.glob("*/*"))
     trials = pd.read_csv(run / "trials.csv")
     assert trials["weights"].str.startswith("imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:").all()
     assert set(trials["status"]) <= {"finished", "stopped_early"} and "finished" in set(trials["status"])
