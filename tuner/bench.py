@@ -146,10 +146,14 @@ def compare(args: argparse.Namespace) -> int:
 
 def sweep(args: argparse.Namespace) -> int:
     """The tutorial's sweep (sweeps/fashion.yaml) with N trials per GPU, timed from the command
-    line (Ray start-up included), with GPU utilisation sampled where nvidia-smi answers."""
+    line (Ray start-up included), with GPU utilisation sampled where nvidia-smi answers. Without a
+    GPU it runs N one-CPU trials at a time instead (to check the command, not to measure)."""
     n = args.sweep
-    cmd = [sys.executable, "-m", "tuner.run", args.spec, "--set", f"resources.gpu={1 / n:.4g}",
-           "--set", f"search.max_concurrent={n}", *itertools.chain(*(("--set", s) for s in args.set))]
+    per_trial = ([f"resources.gpu={1 / n:.4g}"] if torch.cuda.is_available()
+                 else ["resources.gpu=0", "resources.cpu=1"])
+    sets = [*per_trial, f"search.max_concurrent={n}", *args.set]
+    cmd = [sys.executable, "-m", "tuner.run", args.spec, "--results", str(args.results),
+           *itertools.chain(*(("--set", s) for s in sets))]
     print("running:", shlex.join(cmd))
     samples: list[float] = []
     stop = threading.Event()
@@ -161,14 +165,16 @@ def sweep(args: argparse.Namespace) -> int:
     stop.set()
     watcher.join()
     util = f"{sum(samples) / len(samples):.0f}% mean GPU utilisation" if samples else "no nvidia-smi"
-    print(f"sweep: {n} trials per GPU, exit {proc.returncode}, wall {wall:.1f} s, {util}")
+    where = f"{n} trials per GPU" if torch.cuda.is_available() else f"{n} one-CPU trials at a time"
+    print(f"sweep: {where}, exit {proc.returncode}, wall {wall:.1f} s, {util}")
     return proc.returncode
 
 
 def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
     while not stop.wait(1.0):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True, timeout=5).stdout
             samples.append(float(out.split()[0]))
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", type=int, metavar="N", help="run the sweep with N trials per GPU instead")
     p.add_argument("--spec", default="sweeps/fashion.yaml", help="the sweep for --sweep")
     p.add_argument("--set", action="append", default=[], help="spec overrides for --sweep")
+    p.add_argument("--results", type=Path, default=Path("results/bench/sweeps"),
+                   help="results root for --sweep (default results/bench/sweeps)")
     args = p.parse_args(argv)
     return sweep(args) if args.sweep else compare(args)
 
