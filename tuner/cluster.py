@@ -11,6 +11,7 @@ import ray
 from ray._private import ray_constants
 
 from tuner.errors import InputError
+from tuner.rayenv import split_address
 from tuner.spec import Resources
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ def check_reachable(address: str) -> None:
     """Fail fast when nothing listens at host:port (Ray itself retries for a long time)."""
     if address == "auto":
         return
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    host, port = split_address(address)
+    if not host or not port.isdigit():
         raise InputError(f"--address {address}: expected host:port, e.g. 127.0.0.1:6379")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
@@ -94,7 +94,7 @@ def check_reachable(address: str) -> None:
 
 def check_resources(resources: Resources) -> None:
     """Stop now if no node can ever run one trial, instead of leaving trials PENDING forever."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in _alive_nodes()]
     need_cpu, need_gpu = resources.cpu, resources.gpu
     if any(n.get("CPU", 0) >= need_cpu and n.get("GPU", 0) >= need_gpu for n in nodes):
         return
@@ -119,7 +119,7 @@ def _no_fit_message(resources: Resources, has: str, best_cpu: float, best_gpu: f
 
 def check_storage(address: str | None, storage: str | None) -> None:
     """On a cluster of several machines, trial checkpoints need storage that every node sees."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes()
     if storage or len(nodes) < 2 or len({n["NodeManagerAddress"] for n in nodes}) < 2:
         return  # one machine: its local disk is shared by all its nodes
     raise InputError(
@@ -128,8 +128,12 @@ def check_storage(address: str | None, storage: str | None) -> None:
         "folder or a URI such as s3://bucket/sweeps (run.storage in the spec)")
 
 
+def _alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
 def describe_cluster() -> str:
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes()
     cpu = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpu = sum(n["Resources"].get("GPU", 0) for n in nodes)
     return f"{len(nodes)} node(s), {cpu:g} CPU, {gpu:g} GPU"

@@ -28,6 +28,12 @@ def token_available() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
+def split_address(address: str) -> tuple[str, str]:
+    """'ray://host:port' or 'host:port' -> (host, port); port is '' when there is none."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host, port
+
+
 def is_loopback(address: str) -> bool:
-    host = address.removeprefix("ray://").rpartition(":")[0]
+    host, _ = split_address(address)
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
