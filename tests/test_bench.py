@@ -26,17 +26,37 @@ def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 
-def test_bench_sweep_mode_runs_the_sweep_and_reports_its_wall_time(tmp_path):
+def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
+    out_csv = tmp_path / "sweeps.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.bench", "--sweep", "2", "--spec", "sweeps/fashion-quick.yaml",
-         "--results", str(tmp_path / "res"),
+        [sys.executable, "-m", "tuner.bench", "--sweep", "1,2", "--spec", "sweeps/fashion-quick.yaml",
+         "--results", str(tmp_path / "res"), "--csv", str(out_csv),
          "--set", "data.train_subset=300", "--set", "data.test_subset=200",
          "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
          "--set", "search.parameters.epochs={choice: [1]}"],
-        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    pattern = r"sweep: 2 (trials per GPU|one-CPU trials at a time), exit 0, wall [\d.]+ s, .+"
-    assert re.fullmatch(pattern, last), last
-    (run,) = list((tmp_path / "res" / "fashion-quick").glob("*"))
-    assert len(pd.read_csv(run / "trials.csv")) == 2
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("sweep: ")]
+    pattern = (r"sweep: {n} trials on \d+ CPU cores, exit 0, wall [\d.]+ s, 2 trials, "
+               r"(\d+) training images/s \(([\d.]+)x N=1\), no nvidia-smi")
+    m1, m2 = (re.fullmatch(pattern.format(n=n), line) for n, line in zip((1, 2), lines, strict=True))
+    assert m1 and m1.group(2) == "1.00", lines
+    assert m2, lines
+    # one run directory per packing, each with both trials; the CSV has the figures it printed
+    runs = sorted((tmp_path / "res" / "fashion-quick").glob("*"))
+    assert len(runs) == 2 and all(len(pd.read_csv(r / "trials.csv")) == 2 for r in runs)
+    table = pd.read_csv(out_csv)
+    assert list(table["trials_per_device"]) == [1, 2] and (table["exit"] == 0).all()
+    n_train = 270  # 300 images less the 10% validation split, one epoch per trial
+    assert (table["train_images"] == 2 * n_train).all()
+    assert table["ratio"].iloc[1] == round(table["images_per_s"].iloc[1] / table["images_per_s"].iloc[0], 2)
+    assert table["weights"].str.startswith("none").all()
+    assert set(table["run_dir"]) == {str(r) for r in runs}
+
+
+def test_bench_sweep_counts_are_checked(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuner.bench", "--sweep", "0,2"], cwd=ROOT,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: argument --sweep: expected trial counts like 1,2,4,8")
+    assert len(proc.stderr.splitlines()) == 1

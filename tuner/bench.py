@@ -1,7 +1,7 @@
 """Throughput benchmark: tuner's trial loop against a loop built like the tutorial's, in one process.
 
     python -m tuner.bench [--device cpu|cuda] [--batch-size 128] [--steps 50] [--precision fp32]
-    python -m tuner.bench --sweep 4 [--set key=value ...]   # the tutorial's sweep, 4 trials per GPU
+    python -m tuner.bench --sweep 1,2,4,8 [--set key=value ...]   # the tutorial's sweep at each packing
 
 (a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
     DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
@@ -28,6 +28,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -145,29 +146,71 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    """The tutorial's sweep (sweeps/fashion.yaml) with N trials per GPU, timed from the command
-    line (Ray start-up included), with GPU utilisation sampled where nvidia-smi answers. Without a
-    GPU it runs N one-CPU trials at a time instead (to check the command, not to measure)."""
-    n = args.sweep
-    per_trial = ([f"resources.gpu={1 / n:.4g}"] if torch.cuda.is_available()
-                 else ["resources.gpu=0", "resources.cpu=1"])
+    """The tutorial's sweep (sweeps/fashion.yaml) once for each packing N (trials per GPU), each
+    timed from the command line (Ray start-up included), with GPU utilisation sampled where
+    nvidia-smi answers. Aggregate throughput is every trial's training images over the wall time,
+    and each packing is compared with the first. Without a GPU, N trials share the CPU cores."""
+    first = None
+    status = 0
+    for n in args.sweep:
+        row = sweep_once(args, n)
+        first = first or row
+        row["ratio"] = round(row["images_per_s"] / first["images_per_s"], 2) if first["images_per_s"] else 0
+        print(f"sweep: {row['packing']}, exit {row['exit']}, wall {row['wall_s']:.1f} s, "
+              f"{row['trials']} trials, {row['images_per_s']:.0f} training images/s "
+              f"({row['ratio']:.2f}x N={first['trials_per_device']}), {row['gpu_util']}")
+        if args.csv:
+            _append_csv(args.csv, row)
+        status = status or row["exit"]
+    return status
+
+
+def sweep_once(args: argparse.Namespace, n: int) -> dict:
+    """Run the sweep with N trials per device; return its measured row."""
+    if torch.cuda.is_available():
+        per_trial, packing = [f"resources.gpu={1 / n:.4g}"], f"{n} trials per GPU"
+    else:  # the cores shared out: N=1 is one trial on every core
+        cores = os.cpu_count() or 1
+        per_trial = ["resources.gpu=0", f"resources.cpu={cores / n:.4g}"]
+        packing = f"{n} trials on {cores} CPU cores"
     sets = [*per_trial, f"search.max_concurrent={n}", *args.set]
     cmd = [sys.executable, "-m", "tuner.run", args.spec, "--results", str(args.results),
            *itertools.chain(*(("--set", s) for s in sets))]
-    print("running:", shlex.join(cmd))
+    print("running:", shlex.join(cmd), flush=True)
+    before = set(args.results.glob("*/*"))
     samples: list[float] = []
     stop = threading.Event()
     watcher = threading.Thread(target=_sample_gpu, args=(samples, stop), daemon=True)
     watcher.start()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd)
-    wall = time.perf_counter() - t0
+    proc = subprocess.run(cmd, check=False)
+    wall = time.perf_counter() - t0  # seconds, Ray start-up and the test evaluation included
     stop.set()
     watcher.join()
-    util = f"{sum(samples) / len(samples):.0f}% mean GPU utilisation" if samples else "no nvidia-smi"
-    where = f"{n} trials per GPU" if torch.cuda.is_available() else f"{n} one-CPU trials at a time"
-    print(f"sweep: {where}, exit {proc.returncode}, wall {wall:.1f} s, {util}")
-    return proc.returncode
+    (run_dir,) = set(args.results.glob("*/*")) - before or {None}
+    epochs, trial_rows = _table(run_dir, "epochs.csv"), _table(run_dir, "trials.csv")
+    images = int(epochs["train_images"].sum()) if "train_images" in epochs else 0
+    weights = str(trial_rows["weights"].iloc[0]) if "weights" in trial_rows else ""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {
+        "machine": machine(device), "device": device.type, "trials_per_device": n,
+        "packing": packing, "exit": proc.returncode, "trials": len(trial_rows),
+        "wall_s": round(wall, 1), "train_images": images,
+        "images_per_s": round(images / wall, 1),  # aggregate: all trials' training images / wall
+        "ratio": None,
+        "gpu_util": f"{sum(samples) / len(samples):.0f}% mean GPU utilisation" if samples
+        else "no nvidia-smi",
+        "weights": weights, "run_dir": str(run_dir), "torch": version("torch"), "ray": version("ray"),
+        "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _table(run_dir: Path | None, name: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(run_dir / name)
+    except (TypeError, FileNotFoundError, pd.errors.EmptyDataError):  # no run, or no trial ran
+        return pd.DataFrame()
 
 
 def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
@@ -175,7 +218,7 @@ def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
                                   "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=5).stdout
+                                 check=False, capture_output=True, text=True, timeout=5).stdout
             samples.append(float(out.split()[0]))
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             return
@@ -191,8 +234,24 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected trial counts like 1,2,4,8, got {text!r}")
+    return counts
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as tuner.run does
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tuner.bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m tuner.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
@@ -200,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--data-root", default="data", help="torchvision layout root (default data)")
     p.add_argument("--csv", type=Path, help="append the figures to this CSV file")
-    p.add_argument("--sweep", type=int, metavar="N", help="run the sweep with N trials per GPU instead")
+    p.add_argument("--sweep", type=_counts, metavar="N[,N...]",
+                   help="run the sweep instead, once with N trials per GPU for each N (e.g. 1,2,4,8)")
     p.add_argument("--spec", default="sweeps/fashion.yaml", help="the sweep for --sweep")
     p.add_argument("--set", action="append", default=[], help="spec overrides for --sweep")
     p.add_argument("--results", type=Path, default=Path("results/bench/sweeps"),

@@ -126,6 +126,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "epoch_time_s": time.perf_counter() - t0,  # train + validation, seconds
+            "train_images": seen,  # images trained on this epoch
             "images_per_s": seen / train_s,  # training images per second
             "device": str(device),
             **node,
