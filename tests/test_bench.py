@@ -60,3 +60,17 @@ def test_bench_sweep_counts_are_checked(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: argument --sweep: expected trial counts like 1,2,4,8")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_compile_payoff_counts_steps_to_break_even():
+    from tuner.bench import compile_payoff
+
+    # 10 s more warm-up compiled; a step of 100 images takes 1 s eager and 0.5 s compiled
+    row = compile_payoff(200.0, 12.0, 100.0, 2.0, batch_size=100)
+    assert row["compile_s"] == 10.0 and row["breakeven_steps"] == 20
+    assert row["trial_steps"] == 3510  # 6.5 epochs of 540 steps
+    assert row["verdict"].endswith("worth it") and "not worth" not in row["verdict"]
+    row = compile_payoff(200.0, 5000.0, 100.0, 2.0, batch_size=100)  # 4998 s compiling: 9996 steps > 3510
+    assert row["breakeven_steps"] == 9996 and row["verdict"].endswith("not worth it")
+    row = compile_payoff(90.0, 12.0, 100.0, 2.0, batch_size=100)  # compiled is slower
+    assert row["breakeven_steps"] is None and row["verdict"].startswith("never pays off")

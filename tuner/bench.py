@@ -36,7 +36,7 @@ from tuner.batches import DeviceSplit, train_batches
 from tuner.data import load_dataset, torchvision_layout
 from tuner.model import Weights, build_model, make_optimizer
 from tuner.spec import Spec
-from tuner.trainable import memory_format, train_epoch
+from tuner.trainable import compiled, memory_format, train_epoch
 
 
 def tutorial_model() -> nn.Module:
@@ -80,8 +80,9 @@ def reference_loop(root: Path, device: torch.device, batch_size: int, warmup: in
     return seen / (time.perf_counter() - t0)
 
 
-def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> float:
-    """Images per second of tuner's own trial loop (after `warmup` steps)."""
+def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+    """Images per second of tuner's own trial loop (after `warmup` steps), and the seconds the
+    warm-up took (torch.compile compiles there, when the spec asks for it)."""
     data = load_dataset(spec.data)
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -90,6 +91,7 @@ def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> flo
     model = build_model(spec.model, Weights(None, "none"), data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt).train()
     optimizer = make_optimizer(model, spec.model, spec.train)
+    step_model = compiled(model, spec.train.compile)
     train = DeviceSplit.put(data.train, device)
 
     def batches():  # epochs back to back, as many as the steps need
@@ -98,12 +100,14 @@ def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> flo
                                      spec.data.augment, fmt)
 
     stream = batches()
-    train_epoch(model, optimizer, itertools.islice(stream, warmup), spec.train.precision, device)
-    _sync(device)
     t0 = time.perf_counter()
-    *_, seen = train_epoch(model, optimizer, itertools.islice(stream, steps), spec.train.precision,
+    train_epoch(step_model, optimizer, itertools.islice(stream, warmup), spec.train.precision, device)
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    *_, seen = train_epoch(step_model, optimizer, itertools.islice(stream, steps), spec.train.precision,
                            device)  # ends with .item(): the device is done when it returns
-    return seen / (time.perf_counter() - t0)
+    return seen / (time.perf_counter() - t0), warmup_s
 
 
 def _sync(device: torch.device) -> None:
@@ -117,27 +121,54 @@ def machine(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def compile_payoff(compiled_ips: float, compiled_warmup_s: float, eager_ips: float,
+                   eager_warmup_s: float, batch_size: int) -> dict:
+    """Whether torch.compile pays for itself within a trial of the tutorial's sweep length."""
+    compile_s = max(0.0, compiled_warmup_s - eager_warmup_s)  # seconds spent compiling
+    saved_per_step = batch_size / eager_ips - batch_size / compiled_ips  # seconds
+    trial_steps = round(6.5 * -(-54_000 // batch_size))  # mean of epochs 4-9, 54k training images
+    if saved_per_step <= 0:
+        verdict = "never pays off (compiled steps are no faster)"
+        breakeven = None
+    else:
+        breakeven = round(compile_s / saved_per_step)
+        verdict = (f"pays off after {breakeven} steps; a mean tutorial trial is {trial_steps} steps at "
+                   f"batch {batch_size}: {'worth it' if breakeven < trial_steps else 'not worth it'}")
+    return {"eager_images_per_s": round(eager_ips, 1), "compile_s": round(compile_s, 1),
+            "breakeven_steps": breakeven, "trial_steps": trial_steps, "verdict": verdict}
+
+
 def compare(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     spec = Spec.model_validate({
         "data": {"root": args.data_root},
         "model": {"weights": "none", "conv1": "reinit"},
-        "train": {"batch_size": args.batch_size, "precision": args.precision},
+        "train": {"batch_size": args.batch_size, "precision": args.precision,
+                  "compile": args.compile},
     })
     root = torchvision_layout(spec.data.root)
     print(f"device: {machine(device)} | batch {args.batch_size} | {args.steps} timed steps after "
-          f"{args.warmup} warm-up | precision {args.precision} | weights none (random init)")
+          f"{args.warmup} warm-up | precision {args.precision} | compile {args.compile} | "
+          f"weights none (random init)")
     ref = reference_loop(root, device, args.batch_size, args.warmup, args.steps)
     print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)): "
           f"{ref:.1f} images/s")
-    own = tuner_loop(spec, device, args.warmup, args.steps)
+    own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps)
     print(f"tuner (device-resident uint8 data, batched on the device): {own:.1f} images/s")
+    compile_row = {}
+    if args.compile != "none":
+        eager, eager_warmup_s = tuner_loop(spec.model_copy(update={
+            "train": spec.train.model_copy(update={"compile": "none"})}), device, args.warmup, args.steps)
+        compile_row = compile_payoff(own, own_warmup_s, eager, eager_warmup_s, args.batch_size)
+        print(f"tuner, not compiled: {eager:.1f} images/s; compiling took {compile_row['compile_s']:.1f} s: "
+              f"{compile_row['verdict']}")
     if args.csv:
         _append_csv(args.csv, {
             "machine": machine(device), "device": device.type, "batch_size": args.batch_size,
             "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
             "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),
             "speedup": round(own / ref, 2), "torch": version("torch"), "ray": version("ray"),
+            "compile": args.compile, **compile_row,
             "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d"),
         })
@@ -257,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                   default="none", help="torch.compile tuner's loop in this mode, and compare with eager")
     p.add_argument("--data-root", default="data", help="torchvision layout root (default data)")
     p.add_argument("--csv", type=Path, help="append the figures to this CSV file")
     p.add_argument("--sweep", type=_counts, metavar="N[,N...]",

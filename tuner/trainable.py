@@ -50,6 +50,13 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """The module the training steps call: `model` itself, or torch.compile'd in `mode`. It shares
+    the parameters, so evaluation and checkpoints keep using the plain module (no recompiles for the
+    evaluation batch size, no `_orig_mod.` prefix in saved state)."""
+    return model if mode == "none" else torch.compile(model, mode=mode)
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str,
                 device: torch.device) -> tuple[float, float, int]:
     """One pass over the batches; returns (mean loss, accuracy, images seen)."""
@@ -97,6 +104,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
     model = build_model(spec.model, weights, data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(model, spec.model, spec.train)
+    step_model = compiled(model, spec.train.compile)
 
     start = 0
     checkpoint = tune.get_checkpoint()
@@ -116,7 +124,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
         set_train_mode(model, apply_freeze(model, spec.model, epoch))
         batches = train_batches(train_set, spec.train.batch_size, spec.train.seed, epoch,
                                 spec.data.augment, fmt)
-        train_loss, train_acc, seen = train_epoch(model, optimizer, batches, spec.train.precision, device)
+        train_loss, train_acc, seen = train_epoch(step_model, optimizer, batches, spec.train.precision,
+                                                  device)
         train_s = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, val_set, spec.train.eval_batch_size, spec.train.precision)
         metrics = {
