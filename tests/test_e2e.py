@@ -67,6 +67,11 @@ def test_epochs_csv(quick_run):
     assert (epochs["images_per_s"] > 0).all()
 
 
+def test_sweep_figure_is_written(quick_run):
+    _, (run,) = quick_run
+    assert (run / "sweep.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_summaries_and_best(quick_run):
     _, (run,) = quick_run
     for key in ("epochs", "batch_size", "lr"):

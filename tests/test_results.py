@@ -127,3 +127,26 @@ def test_run_dirs_never_collide(tmp_path):
     for t in threads:
         t.join()
     assert len(set(made)) == 20 and all(p.is_dir() and p.parent.name == "s" for p in made)
+
+
+def test_sweep_figure(records, spec, tmp_path):
+    import matplotlib.image
+
+    from tuner.plots import PANEL_INCHES, plot_sweep
+
+    trials = trials_table(records, spec, weights="none (random init)")
+    path = tmp_path / "sweep.png"
+    assert plot_sweep(epochs_table(records), trials, spec, path)
+    image = matplotlib.image.imread(path)
+    # one panel of curves, then one per searched parameter (3), at 100 dpi
+    assert image.shape[:2] == (round(PANEL_INCHES[1] * 100), round(PANEL_INCHES[0] * 4 * 100))
+    assert image[..., :3].std() > 0.05  # something was drawn
+    assert not list(tmp_path.glob(".sweep.png.*"))  # written atomically: no temp file left
+
+
+def test_no_figure_without_reports(spec, tmp_path):
+    from tuner.plots import plot_sweep
+
+    empty = trials_table([], spec, weights="none")
+    assert not plot_sweep(epochs_table([]), empty, spec, tmp_path / "sweep.png")
+    assert not (tmp_path / "sweep.png").exists()

@@ -167,9 +167,11 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     partial = sweep.interrupted(grid, spec)
     trials = results.trials_table(records, spec, weights.label, interrupted=partial)
     results.write_csv(run_dir / "trials.csv", trials)
-    results.write_csv(run_dir / "epochs.csv", results.epochs_table(records))
+    epochs = results.epochs_table(records)
+    results.write_csv(run_dir / "epochs.csv", epochs)
     for key, table in results.summary_tables(trials, spec).items():
         results.write_csv(run_dir / f"summary_by_{key}.csv", table)
+    write_plot(spec, epochs, trials, run_dir)
 
     if partial:
         write_status(run_dir, "partial", experiment, resume)
@@ -206,6 +208,15 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test_acc:.4f} (test set used once, after selection)")
     return 0
+
+
+def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
+    from tuner import plots
+
+    try:
+        plots.plot_sweep(epochs, trials, spec, run_dir / "sweep.png")
+    except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
+        log.warning("sweep.png not written: %s: %s", type(e).__name__, e)
 
 
 def write_status(run_dir: Path, state: str, experiment: str, resume: str) -> None:
