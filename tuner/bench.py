@@ -10,7 +10,8 @@
     autocast on CUDA as the spec says).
 Both train the same model (ResNet-18, conv1 1-channel 7x7 re-initialised, fc 10, random weights),
 with Adam, at the same batch size, for the same number of timed steps after the same warm-up.
-The last line is `speedup X.XX (tuner N images/s, reference M images/s)`.
+The last line is `speedup X.XX (tuner N images/s, reference M images/s)`; with --repeats R both
+loops run R times, alternated, and the figures are medians.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import itertools
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -150,29 +152,47 @@ def compare(args: argparse.Namespace) -> int:
     print(f"device: {machine(device)} | batch {args.batch_size} | {args.steps} timed steps after "
           f"{args.warmup} warm-up | precision {args.precision} | compile {args.compile} | "
           f"weights none (random init)")
-    ref = reference_loop(root, device, args.batch_size, args.warmup, args.steps)
-    print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)): "
-          f"{ref:.1f} images/s")
-    own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps)
-    print(f"tuner (device-resident uint8 data, batched on the device): {own:.1f} images/s")
-    compile_row = {}
+    eager_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"compile": "none"})})
+    refs, owns, eagers, own_warmups, eager_warmups = [], [], [], [], []
+    for i in range(args.repeats):  # alternated, so that drift on a shared machine hits both alike
+        tag = f" [{i + 1}/{args.repeats}]" if args.repeats > 1 else ""
+        refs.append(reference_loop(root, device, args.batch_size, args.warmup, args.steps))
+        print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)){tag}: "
+              f"{refs[-1]:.1f} images/s", flush=True)
+        own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps)
+        owns.append(own)
+        own_warmups.append(own_warmup_s)
+        print(f"tuner (device-resident uint8 data, batched on the device){tag}: {own:.1f} images/s",
+              flush=True)
+        if args.compile != "none":
+            eager, eager_warmup_s = tuner_loop(eager_spec, device, args.warmup, args.steps)
+            eagers.append(eager)
+            eager_warmups.append(eager_warmup_s)
+            print(f"tuner, not compiled{tag}: {eager:.1f} images/s (compiled warm-up "
+                  f"{own_warmup_s:.1f} s, eager {eager_warmup_s:.1f} s)", flush=True)
+    ref, own = statistics.median(refs), statistics.median(owns)
+    compile_row = dict.fromkeys(["eager_images_per_s", "compile_s", "breakeven_steps", "trial_steps",
+                                 "verdict"])  # same columns in every row of a CSV
     if args.compile != "none":
-        eager, eager_warmup_s = tuner_loop(spec.model_copy(update={
-            "train": spec.train.model_copy(update={"compile": "none"})}), device, args.warmup, args.steps)
-        compile_row = compile_payoff(own, own_warmup_s, eager, eager_warmup_s, args.batch_size)
-        print(f"tuner, not compiled: {eager:.1f} images/s; compiling took {compile_row['compile_s']:.1f} s: "
-              f"{compile_row['verdict']}")
+        # compile time: the first (cold) warm-up; later repeats may find inductor's cache warm
+        compile_row = compile_payoff(own, own_warmups[0], statistics.median(eagers),
+                                     statistics.median(eager_warmups), args.batch_size)
+        print(f"compiling took {compile_row['compile_s']:.1f} s: {compile_row['verdict']}")
     if args.csv:
         _append_csv(args.csv, {
             "machine": machine(device), "device": device.type, "batch_size": args.batch_size,
             "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
-            "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),
-            "speedup": round(own / ref, 2), "torch": version("torch"), "ray": version("ray"),
+            "repeats": args.repeats,
+            "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),  # medians
+            "speedup": round(own / ref, 2),
+            "reference_each": " ".join(f"{r:.1f}" for r in refs),
+            "tuner_each": " ".join(f"{r:.1f}" for r in owns), "torch": version("torch"), "ray": version("ray"),
             "compile": args.compile, **compile_row,
             "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d"),
         })
-    print(f"speedup {own / ref:.2f} (tuner {own:.1f} images/s, reference {ref:.1f} images/s)")
+    median = " (medians)" if args.repeats > 1 else ""
+    print(f"speedup {own / ref:.2f} (tuner {own:.1f} images/s, reference {ref:.1f} images/s){median}")
     return 0
 
 
@@ -256,13 +276,27 @@ def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
 
 
 def _append_csv(path: Path, row: dict) -> None:
+    """Add a row; a file whose columns differ (from another mode or version) is refused, not mixed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(row):
+            print(f"error: --csv {path}: its columns differ from this run's (figures above); name "
+                  "another file", file=sys.stderr)
+            sys.exit(2)
+    new = not path.exists() or not path.stat().st_size
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _counts(text: str) -> list[int]:
@@ -287,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--repeats", type=_positive, default=1,
+                   help="run the loops this many times, alternated, and compare medians (default 1)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],
                    default="none", help="torch.compile tuner's loop in this mode, and compare with eager")
