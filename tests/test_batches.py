@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.batches import DeviceSplit, augment, epoch_order, normalize, train_batches
+from tuner.batches import DeviceSplit, augment, draw_augment, epoch_order, normalize, train_batches
 from tuner.data import MEAN, STD, Split
 from tuner.spec import Augment
 
@@ -47,14 +47,19 @@ def test_batches_are_normalised_labelled_images():
 
 def test_augmentation_off_means_untouched():
     data = make_split(64)
-    x = augment(data.images, Augment(crop_padding=0, hflip=False))
+    off = Augment(crop_padding=0, hflip=False)
+    x = augment(data.images, off, draw_augment(64, off, torch.Generator().manual_seed(0), CPU))
     assert torch.equal(x, data.images)
+    # and train_batches, with augmentation off, yields the examples as they are
+    (x, y), = train_batches(data, 64, seed=0, epoch=0, aug=off)
+    assert torch.equal(x, normalize(data.images[y]))
 
 
 def test_random_crop_shifts_within_padding():
     images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
     images[:, :, 14, 14] = 255  # one bright pixel in the middle
-    out = augment(images, Augment(crop_padding=4), torch.Generator().manual_seed(0))
+    aug = Augment(crop_padding=4)
+    out = augment(images, aug, draw_augment(16, aug, torch.Generator().manual_seed(0), CPU))
     assert out.shape == images.shape and out.dtype == torch.uint8
     ys, xs = [], []
     for img in out[:, 0]:
@@ -67,7 +72,8 @@ def test_random_crop_shifts_within_padding():
 
 def test_hflip_flips_some_examples_whole():
     data = make_split(64)
-    out = augment(data.images, Augment(hflip=True), torch.Generator().manual_seed(0))
+    aug = Augment(hflip=True)
+    out = augment(data.images, aug, draw_augment(64, aug, torch.Generator().manual_seed(0), CPU))
     same = [(o == i).all().item() for o, i in zip(out, data.images)]
     flipped = [(o == i.flip(2)).all().item() for o, i in zip(out, data.images)]
     assert all(s or f for s, f in zip(same, flipped))
@@ -80,3 +86,23 @@ def test_augmented_batches_keep_range_and_shape():
     for x, y in train_batches(data, 32, seed=0, epoch=0, aug=aug):
         assert x.shape[1:] == (1, 28, 28) and len(x) == len(y)
         assert x.min() >= (0 - MEAN) / STD - 1e-6 and x.max() <= (1 - MEAN) / STD + 1e-6
+
+
+def test_augmented_epochs_are_seeded_and_differ_by_epoch():
+    data = make_split(100)
+    aug = Augment(crop_padding=2, hflip=True)
+
+    def epoch(seed, e):
+        return torch.cat([x for x, _ in train_batches(data, 32, seed=seed, epoch=e, aug=aug)])
+
+    assert torch.equal(epoch(0, 0), epoch(0, 0))
+    assert not torch.equal(epoch(0, 0), epoch(0, 1)) and not torch.equal(epoch(0, 0), epoch(1, 0))
+
+
+def test_draws_are_made_once_per_epoch_and_sliced_per_batch():
+    aug = Augment(crop_padding=3, hflip=True)
+    draws = draw_augment(10, aug, torch.Generator().manual_seed(0), CPU)
+    assert draws.shift.shape == (10, 2) and draws.flip.shape == (10,)
+    assert int(draws.shift.min()) >= 0 and int(draws.shift.max()) <= 6
+    part = draws[4:7]
+    assert torch.equal(part.shift, draws.shift[4:7]) and torch.equal(part.flip, draws.flip[4:7])

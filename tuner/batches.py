@@ -50,7 +50,26 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - MEAN) / STD
 
 
-def augment(images: torch.Tensor, spec: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class Draws:
+    """Random crop offsets and flips, one per example, already on the device."""
+
+    shift: torch.Tensor  # int64 [N, 2]: crop offset (y, x) into the padded image, 0..2*padding
+    flip: torch.Tensor  # bool [N]
+
+    def __getitem__(self, part: slice) -> Draws:
+        return Draws(self.shift[part], self.flip[part])
+
+
+def draw_augment(n: int, spec: Augment, generator: torch.Generator, device: torch.device) -> Draws:
+    """The draws for n examples, made on the CPU (the same on any device) and sent in one copy per
+    epoch: a plain CPU-to-GPU copy per batch would make each step wait for the GPU to finish."""
+    shift = torch.randint(0, 2 * spec.crop_padding + 1, (n, 2), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return Draws(shift.to(device), flip.to(device))
+
+
+def augment(images: torch.Tensor, spec: Augment, draws: Draws) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip, per example, on the whole batch.
 
     Works on uint8 (padding with 0, the background) so that it runs before normalisation.
@@ -60,15 +79,12 @@ def augment(images: torch.Tensor, spec: Augment, generator: torch.Generator | No
     if spec.crop_padding:
         p = spec.crop_padding
         padded = torch.nn.functional.pad(images, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (b,), device="cpu", generator=generator).to(dev)
-        ox = torch.randint(0, 2 * p + 1, (b,), device="cpu", generator=generator).to(dev)
-        rows = (torch.arange(h, device=dev)[None, :] + oy[:, None])[:, :, None]  # [B, H, 1]
-        cols = (torch.arange(w, device=dev)[None, :] + ox[:, None])[:, None, :]  # [B, 1, W]
+        rows = (torch.arange(h, device=dev)[None, :] + draws.shift[:, :1])[:, :, None]  # [B, H, 1]
+        cols = (torch.arange(w, device=dev)[None, :] + draws.shift[:, 1:])[:, None, :]  # [B, 1, W]
         batch = torch.arange(b, device=dev)[:, None, None]
         images = padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
     if spec.hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(dev)[:, None, None, None]
-        images = torch.where(flip, images.flip(3), images)
+        images = torch.where(draws.flip[:, None, None, None], images.flip(3), images)
     return images.contiguous()
 
 
@@ -77,11 +93,17 @@ def train_batches(
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of (normalised float images, labels), every example exactly once."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)  # augmentation draws
-    for idx in epoch_order(len(data), batch_size, seed, epoch, data.images.device):
+    device = data.images.device
+    augmenting = bool(aug.crop_padding or aug.hflip)
+    if augmenting:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+        draws = draw_augment(len(data), aug, g, device)
+    start = 0
+    for idx in epoch_order(len(data), batch_size, seed, epoch, device):
         x = data.images[idx]
-        if aug.crop_padding or aug.hflip:
-            x = augment(x, aug, g)
+        if augmenting:
+            x = augment(x, aug, draws[start:start + len(idx)])
+        start += len(idx)
         yield normalize(x).contiguous(memory_format=memory_format), data.labels[idx]
 
 
