@@ -11,7 +11,7 @@
 Both train the same model (ResNet-18, conv1 1-channel 7x7 re-initialised, fc 10, random weights),
 with Adam, at the same batch size, for the same number of timed steps after the same warm-up.
 The last line is `speedup X.XX (tuner N images/s, reference M images/s)`; with --repeats R both
-loops run R times, alternated, and the figures are medians.
+loops run R times, which goes first alternating, and the figures are medians.
 """
 
 from __future__ import annotations
@@ -154,11 +154,12 @@ def compare(args: argparse.Namespace) -> int:
           f"weights none (random init)")
     eager_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"compile": "none"})})
     refs, owns, eagers, own_warmups, eager_warmups = [], [], [], [], []
-    for i in range(args.repeats):  # alternated, so that drift on a shared machine hits both alike
-        tag = f" [{i + 1}/{args.repeats}]" if args.repeats > 1 else ""
+    def run_reference(tag: str) -> None:
         refs.append(reference_loop(root, device, args.batch_size, args.warmup, args.steps))
         print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)){tag}: "
               f"{refs[-1]:.1f} images/s", flush=True)
+
+    def run_tuner(tag: str) -> None:
         own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps)
         owns.append(own)
         own_warmups.append(own_warmup_s)
@@ -170,6 +171,11 @@ def compare(args: argparse.Namespace) -> int:
             eager_warmups.append(eager_warmup_s)
             print(f"tuner, not compiled{tag}: {eager:.1f} images/s (compiled warm-up "
                   f"{own_warmup_s:.1f} s, eager {eager_warmup_s:.1f} s)", flush=True)
+
+    for i in range(args.repeats):  # order swapped each time: drift on a shared machine hits both
+        tag = f" [{i + 1}/{args.repeats}]" if args.repeats > 1 else ""
+        for loop in (run_reference, run_tuner) if i % 2 == 0 else (run_tuner, run_reference):
+            loop(tag)
     ref, own = statistics.median(refs), statistics.median(owns)
     compile_row = dict.fromkeys(["eager_images_per_s", "compile_s", "breakeven_steps", "trial_steps",
                                  "verdict"])  # same columns in every row of a CSV
