@@ -154,6 +154,7 @@ def compare(args: argparse.Namespace) -> int:
           f"weights none (random init)")
     eager_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"compile": "none"})})
     refs, owns, eagers, own_warmups, eager_warmups = [], [], [], [], []
+
     def run_reference(tag: str) -> None:
         refs.append(reference_loop(root, device, args.batch_size, args.warmup, args.steps))
         print(f"reference (torchvision ToTensor + DataLoader(num_workers=2, shuffle=True)){tag}: "
@@ -192,8 +193,8 @@ def compare(args: argparse.Namespace) -> int:
             "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),  # medians
             "speedup": round(own / ref, 2),
             "reference_each": " ".join(f"{r:.1f}" for r in refs),
-            "tuner_each": " ".join(f"{r:.1f}" for r in owns), "torch": version("torch"), "ray": version("ray"),
-            "compile": args.compile, **compile_row,
+            "tuner_each": " ".join(f"{r:.1f}" for r in owns),
+            "torch": version("torch"), "ray": version("ray"), "compile": args.compile, **compile_row,
             "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d"),
         })
