@@ -54,7 +54,12 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
     """The module the training steps call: `model` itself, or torch.compile'd in `mode`. It shares
     the parameters, so evaluation and checkpoints keep using the plain module (no recompiles for the
     evaluation batch size, no `_orig_mod.` prefix in saved state)."""
-    return model if mode == "none" else torch.compile(model, mode=mode)
+    if mode == "none":
+        return model
+    # A reused worker runs many trials: start each from empty in-memory caches, so earlier trials'
+    # graphs never count against dynamo's recompile limit (inductor's disk cache stays warm).
+    torch._dynamo.reset()
+    return torch.compile(model, mode=mode)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str,
