@@ -87,8 +87,8 @@ class Train(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     weight_decay: NonNegativeFloat = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA only
-    # torch.compile the training steps (a mode name) or not. Off: on CPU it cost more than it saved
-    # (README, Speed); CUDA graphs come with reduce-overhead.
+    # torch.compile the training steps (a mode name) or not. Off: in short CPU trials it cost more
+    # than it saved (README, Speed); unmeasured on GPUs. reduce-overhead adds CUDA graphs.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     eval_batch_size: PositiveInt = 1024
     seed: int = 0  # model init and batch order; the trial id is not mixed in
