@@ -6,15 +6,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to manage
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: there is no display on a cluster node or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tuner.results import best_trial, write_bytes  # noqa: E402
-from tuner.spec import Spec  # noqa: E402
+from tuner.results import best_trial, scored_trials, write_bytes
+from tuner.spec import Spec
 
 PANEL_INCHES = (4.2, 3.6)  # width, height of one panel
 
@@ -25,8 +22,8 @@ def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Pat
     if epochs.empty or metric not in epochs:
         return False
     params = list(spec.search.parameters)
-    fig, axes = plt.subplots(1, 1 + len(params), squeeze=False,
-                             figsize=(PANEL_INCHES[0] * (1 + len(params)), PANEL_INCHES[1]))
+    fig = Figure(figsize=(PANEL_INCHES[0] * (1 + len(params)), PANEL_INCHES[1]))
+    axes = fig.subplots(1, 1 + len(params), squeeze=False)
     curves, *scatters = axes[0]
     best = best_trial(trials, spec)
     best_id = None if best is None else best["trial_id"]
@@ -41,7 +38,7 @@ def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Pat
     if best_id is not None:
         curves.legend(loc="best", fontsize="small")
 
-    done = trials[trials["status"] != "error"].dropna(subset=[metric])
+    done = scored_trials(trials, spec)
     for ax, key in zip(scatters, params, strict=True):
         x = done[key]
         if not pd.api.types.is_numeric_dtype(x):
@@ -63,6 +60,5 @@ def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Pat
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     write_bytes(path, buf.getvalue())
     return True

@@ -94,6 +94,11 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
                                                           "val_loss", "epochs_completed"])
 
 
+def scored_trials(trials: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """The trials that did not fail and have the metric: the ones to summarise, plot and choose from."""
+    return trials[trials["status"] != "error"].dropna(subset=[spec.search.metric])
+
+
 def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
     """For each searched parameter: mean, std, max and count of the metric over finished trials.
 
@@ -101,7 +106,7 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
     (equal width in log space for loguniform).
     """
     metric = spec.search.metric
-    done = trials[trials["status"] != "error"].dropna(subset=[metric])
+    done = scored_trials(trials, spec)
     out = {}
     for key, param in spec.search.parameters.items():
         if done.empty or key not in done:
@@ -127,7 +132,7 @@ def _bin_order(label):
 
 def best_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:
     """The trial with the best final metric among those that did not fail; None if none did."""
-    ok = trials[trials["status"] != "error"].dropna(subset=[spec.search.metric])
+    ok = scored_trials(trials, spec)
     if ok.empty:
         return None
     idx = ok[spec.search.metric].idxmax() if spec.search.mode == "max" else ok[spec.search.metric].idxmin()
