@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,8 @@ from tuner.errors import InputError  # noqa: E402
 FASHION = "sweeps/fashion.yaml"
 
 
-def cli(*args: str, results: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = os.environ.copy()
+def cli(*args: str, results: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **extra}
     for var in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # the default environment of a user
         env.pop(var, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -159,15 +159,21 @@ def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
 
 
-def test_unreachable_address_fails_fast(tmp_path):
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry_run"])
+def test_unreachable_address_is_bad_input_before_any_ray_process(tmp_path, dry_run):
+    """No Ray process starts (none writes a session folder), so there is nothing to wait for: the
+    error comes at once rather than after Ray's own long connection retries."""
     if not _data_available():
         pytest.skip("Fashion-MNIST is not on this machine; data is checked before the address")
     results = tmp_path / "res"
-    t0 = time.monotonic()
-    proc = cli(FASHION, "--set", "model.weights=none", "--address", "127.0.0.1:1", results=results, timeout=60)
-    elapsed = time.monotonic() - t0
-    check_bad_input(proc, results, "--address", "127.0.0.1:1")
-    assert elapsed < 15, f"took {elapsed:.1f} s"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        proc = cli(FASHION, *dry_run, "--set", "model.weights=none", "--address", "127.0.0.1:1",
+                   results=results, timeout=120, RAY_TMPDIR=str(ray_tmp))
+        check_bad_input(proc, results, "--address", "127.0.0.1:1", "no Ray cluster answers")
+        assert list(ray_tmp.iterdir()) == []
+    finally:
+        shutil.rmtree(ray_tmp)
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +206,58 @@ def test_gpu_request_stderr_is_one_error_line(gpu_request):
 # --- the good paths ---------------------------------------------------------------------------
 
 
+DRY_RUN_CASES = [
+    # id, --set overrides, pieces of the error line
+    ("weights_file_missing", ["model.weights=/nonexistent/resnet18.pt"],
+     ["model.weights", "/nonexistent/resnet18.pt", "no such file"]),
+    ("gpu_on_this_machine", ["model.weights=none"], ["resources:", "1 GPU", "resources.gpu=0"]),
+    ("data_unreadable", ["model.weights=none", "resources.gpu=0", "data.root={tmp}"],
+     ["data: ", "train-images-idx3-ubyte", "not an IDX file"]),
+]
+
+
+@pytest.mark.parametrize("overrides, pieces", [c[1:] for c in DRY_RUN_CASES],
+                         ids=[c[0] for c in DRY_RUN_CASES])
+def test_dry_run_checks_what_can_be_checked_without_training(tmp_path, overrides, pieces):
+    if "1 GPU" in pieces and _has_gpu():
+        pytest.skip("this machine has a GPU")
+    raw = tmp_path / "FashionMNIST" / "raw"  # data.root={tmp}: the four files, one of them bad
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"this is not an IDX file")
+    sets = [a for o in overrides for a in ("--set", o.format(tmp=tmp_path))]
+    check_bad_input(cli("--dry-run", FASHION, *sets, results=tmp_path / "res"),
+                    tmp_path / "res", *pieces)
+
+
+def test_dry_run_says_how_many_trials_run_at_once_and_why(tmp_path):
+    if not _data_available():
+        pytest.skip("Fashion-MNIST is not on this machine")
+    proc = cli("--dry-run", FASHION, "--set", "model.weights=none", "--set", "resources.gpu=0",
+               "--set", "search.num_samples=12", "--set", "search.n_initial_points=6",
+               results=tmp_path / "res")
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("trials at once: "))
+    slots = os.cpu_count()
+    assert line.startswith(f"trials at once: {min(slots, 6)} (this machine fits {slots} ")
+    assert "limit 6: search.max_concurrent defaults to n_initial_points (6)" in line
+    assert "weights: none (random init)" in proc.stdout
+    assert "data: 54000 train / 6000 val / 10000 test, 10 classes" in proc.stdout
+
+
 def test_dry_run_prints_the_search_space(tmp_path):
+    if not _data_available():
+        pytest.skip("Fashion-MNIST is not on this machine; the dry run checks the data")
     results = tmp_path / "res"
-    proc = cli("--dry-run", FASHION, results=results)
+    proc = cli("--dry-run", FASHION, "--set", "model.weights=none", "--set", "resources.gpu=0",
+               results=results)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines()]
     assert "search space (hyperopt, 10 trials, maximise val_accuracy):" in lines
     space = lines[lines.index("search space (hyperopt, 10 trials, maximise val_accuracy):") + 1:]
+    space = space[:space.index("")]  # the space, then a blank line and how the trials would run
     assert [line.split()[0] for line in space] == ["epochs", "batch_size", "lr"]
     assert any(line.split() == ["epochs", "choice", "of", "4,", "5,", "6,", "7,", "8,", "9"] for line in space)
     assert any(line.split() == ["batch_size", "choice", "of", "32,", "64,", "128"] for line in space)

@@ -1,6 +1,8 @@
 """Model surgery, freezing, optimizer groups, and weights through torchvision's own API."""
 
+import hashlib
 import urllib.error
+from functools import partial
 
 import pytest
 import torch
@@ -8,6 +10,10 @@ import torchvision
 from torch import nn
 
 from tuner.errors import InputError
+from torchvision.models import WeightsEnum
+from torchvision.models import Weights as TorchvisionWeights
+from torchvision.transforms._presets import ImageClassification
+
 from tuner.model import (
     Weights,
     apply_freeze,
@@ -19,7 +25,7 @@ from tuner.model import (
 )
 from tuner.spec import STAGES, Model, Train
 
-HUB_FILE = "resnet18-f37072fd.pth"
+HUB_FILE = "resnet18-f37072fd.pth"  # torchvision's name for the ImageNet file: sha256 f37072fd...
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +34,25 @@ def pretrained() -> Weights:
     return Weights(torchvision.models.resnet18(weights=None).state_dict(), "test")
 
 
+def planted_enum(state_dict: dict, torch_home) -> WeightsEnum:
+    """A torchvision weights entry for a file we plant in the hub cache, named by torchvision's
+    rule (name-<first sha256 digits>.pth), so it passes the same hash check as the real file."""
+    ckpt = torch_home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / "planted.tmp"
+    torch.save(state_dict, tmp)
+    name = f"resnet18-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+    tmp.rename(ckpt / name)
+
+    class Planted(WeightsEnum):
+        V1 = TorchvisionWeights(url=f"https://download.invalid/models/{name}",
+                                transforms=partial(ImageClassification, crop_size=224), meta={})
+
+    return Planted.V1
+
+
 @pytest.fixture
-def torch_home(tmp_path, monkeypatch, pretrained):
-    """A TORCH_HOME whose hub cache holds a planted resnet18 state_dict (no network needed)."""
-    ckpt = tmp_path / "hub" / "checkpoints"
-    ckpt.mkdir(parents=True)
-    torch.save(pretrained.state_dict, ckpt / HUB_FILE)
+def torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     return tmp_path
 
@@ -45,22 +64,31 @@ def trainable_names(model: nn.Module) -> set[str]:
 # --- weights ------------------------------------------------------------------------------------
 
 
-def test_imagenet_weights_come_from_the_hub_cache(torch_home, pretrained):
-    w = resolve_weights(Model(weights="imagenet"))
-    assert w.label.startswith("imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:")
+def test_hub_weights_come_from_the_cache_through_torchvisions_api(torch_home, pretrained):
+    enum = planted_enum(pretrained.state_dict, torch_home)
+    w = resolve_weights(Model(weights="imagenet"), imagenet=enum)
+    assert w.label.startswith("imagenet Planted.V1 sha256:" + enum.url.split("-")[-1][:8])
     for k, v in pretrained.state_dict.items():
         assert torch.equal(w.state_dict[k], v)
     model = build_model(Model(conv1="sum"), w, in_channels=1, num_classes=10)
     assert torch.equal(model.layer3[0].conv1.weight, pretrained.state_dict["layer3.0.conv1.weight"])
 
 
-def test_planted_file_that_does_not_fit_is_bad_input(tmp_path, monkeypatch):
-    ckpt = tmp_path / "hub" / "checkpoints"
+def test_a_file_under_the_imagenet_name_that_is_not_torchvisions_is_bad_input(torch_home, pretrained):
+    """Any resnet18 state_dict saved as resnet18-f37072fd.pth fits the model, but is not ImageNet:
+    it must never be labelled so, even with a fallback allowed."""
+    ckpt = torch_home / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
-    torch.save({"conv1.weight": torch.zeros(3, 3)}, ckpt / HUB_FILE)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.save(pretrained.state_dict, ckpt / HUB_FILE)
+    for fallback in (None, "none"):
+        with pytest.raises(InputError, match="is not torchvision's file.*name says f37072fd"):
+            resolve_weights(Model(weights="imagenet", weights_fallback=fallback))
+
+
+def test_planted_file_that_does_not_fit_is_bad_input(torch_home):
+    enum = planted_enum({"conv1.weight": torch.zeros(3, 3)}, torch_home)
     with pytest.raises(InputError, match="does not fit resnet18"):
-        resolve_weights(Model(weights="imagenet"))
+        resolve_weights(Model(weights="imagenet"), imagenet=enum)
 
 
 @pytest.fixture
@@ -158,10 +186,11 @@ def test_conv1_three_channels_keeps_weights(pretrained):
 @pytest.mark.parametrize("policy, conv1, trains", [
     ("none", "sum", {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"}),
     ("head", "sum", {"fc"}),
-    ("head", "reinit", {"fc", "conv1"}),  # a fresh conv1 must learn
+    ("head", "reinit", {"fc", "conv1", "bn1"}),  # a fresh conv1 must learn, and its bn1 with it
     ("until:layer2", "sum", {"layer3", "layer4", "fc"}),
     ("until:conv1", "sum", {"layer1", "layer2", "layer3", "layer4", "fc"}),
-    ("until:layer4", "reinit", {"conv1", "fc"}),
+    ("until:layer4", "reinit", {"conv1", "bn1", "fc"}),
+    ("gradual", "reinit", {"conv1", "bn1", "fc"}),
 ])
 def test_which_parameters_train(pretrained, policy, conv1, trains):
     spec = Model(freeze=policy, conv1=conv1)
@@ -184,6 +213,21 @@ def test_frozen_batchnorm_stays_in_eval_mode(pretrained):
     set_train_mode(model, apply_freeze(model, spec, 0))
     assert not model.bn1.training and not model.layer2[1].bn2.training
     assert model.layer3[0].bn1.training and model.fc.training
+
+
+@pytest.mark.parametrize("policy", ["head", "gradual", "until:conv1", "until:layer3"])
+def test_a_fresh_conv1_trains_with_its_bn1_statistics(pretrained, policy):
+    """bn1's ImageNet running statistics describe the old conv1's outputs: with a new conv1 they
+    start afresh and bn1 learns (train mode, statistics updated) even when its stage is frozen."""
+    state = {**pretrained.state_dict, "bn1.running_mean": torch.full((64,), 0.5)}
+    spec = Model(freeze=policy, conv1="reinit")
+    model = build_model(spec, Weights(state, "test"), 1, 10)
+    assert torch.equal(model.bn1.running_mean, torch.zeros(64))  # the planted 0.5 is gone
+    set_train_mode(model, apply_freeze(model, spec, 0))
+    assert model.bn1.training and model.bn1.weight.requires_grad
+    before = model.bn1.running_var.clone()
+    model(torch.randn(4, 1, 28, 28))
+    assert not torch.equal(before, model.bn1.running_var)
 
 
 def test_a_training_step_changes_only_what_trains(pretrained):

@@ -76,6 +76,24 @@ def check_fits_here(resources: Resources) -> None:
                                          cpus, gpus))
 
 
+def trial_slots(resources: Resources) -> int:
+    """How many trials of this size the connected cluster's nodes fit at once."""
+    return sum(_fits(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0), resources)
+               for n in _alive_nodes())
+
+
+def trial_slots_here(resources: Resources) -> int:
+    """How many trials of this size this machine fits at once (what an embedded Ray would see)."""
+    import torch
+
+    return _fits(os.cpu_count() or 1, torch.cuda.device_count(), resources)
+
+
+def _fits(cpus: float, gpus: float, resources: Resources) -> int:
+    n = int(cpus // resources.cpu)
+    return min(n, int(gpus // resources.gpu)) if resources.gpu else n
+
+
 def check_reachable(address: str) -> None:
     """Fail fast when nothing listens at host:port (Ray itself retries for a long time)."""
     if address == "auto":

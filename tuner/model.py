@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import ResNet18_Weights
+from torchvision.models import ResNet18_Weights, WeightsEnum
 
 from tuner.errors import InputError
 from tuner.spec import STAGES, Model, Train
@@ -41,16 +41,24 @@ class Weights:
     label: str  # recorded in spec.yaml and in every row of trials.csv
 
 
-def resolve_weights(spec: Model) -> Weights:
-    """Load and check the spec's weights (imagenet, none, or a state_dict path). Raises InputError."""
+IMAGENET = ResNet18_Weights.IMAGENET1K_V1  # what `model.weights: imagenet` means
+
+
+def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
+    """Load and check the spec's weights (imagenet, none, or a state_dict path). Raises InputError.
+
+    `imagenet` is the torchvision weights entry behind `model.weights: imagenet` (a parameter so that
+    tests can plant a file of their own under torchvision's naming rule).
+    """
     if spec.weights == "none":
         return Weights(None, "none (random init)")
     if spec.weights == "imagenet":
-        enum = ResNet18_Weights.IMAGENET1K_V1
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(imagenet.url)
+        # torch checks the hash in the name only when it downloads: check a cached file here.
+        digest = check_hub_file(cache) if cache.is_file() else None
         try:
-            # torchvision's own API: reads the torch hub cache, downloads only when absent.
-            state = enum.get_state_dict(progress=False)
+            # torchvision's own API: reads the torch hub cache, downloads (hash-checked) when absent.
+            state = imagenet.get_state_dict(progress=False, check_hash=True)
         except Exception as e:  # URLError, OSError, a truncated file...
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
             if spec.weights_fallback == "none":
@@ -61,11 +69,12 @@ def resolve_weights(spec: Model) -> Weights:
                 )
                 return Weights(None, "none (fallback: ImageNet weights unavailable)")
             raise InputError(
-                f"model.weights: imagenet: could not load {enum.url} ({reason}); put the file at "
+                f"model.weights: imagenet: could not load {imagenet.url} ({reason}); put the file at "
                 f"{cache} (set TORCH_HOME to move it), or set model.weights: none"
             ) from None
         _check_fits(state, "model.weights: imagenet", cache)
-        return Weights(state, f"imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:{_sha256(cache)}")
+        digest = digest or _sha256(cache)
+        return Weights(state, f"imagenet {imagenet} sha256:{digest[:16]}")
     path = Path(spec.weights).expanduser()
     if not path.is_file():
         raise InputError(
@@ -78,7 +87,7 @@ def resolve_weights(spec: Model) -> Weights:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a tuner checkpoint
     _check_fits(state, f"model.weights: {path}", path)
-    return Weights(state, f"file {path.resolve()} sha256:{_sha256(path)}")
+    return Weights(state, f"file {path.resolve()} sha256:{_sha256(path)[:16]}")
 
 
 def _check_fits(state: object, where: str, path: Path) -> None:
@@ -92,12 +101,25 @@ def _check_fits(state: object, where: str, path: Path) -> None:
         raise InputError(f"{where}: {path} does not fit resnet18: {detail}") from None
 
 
+def check_hub_file(path: Path) -> str:
+    """A hub file's sha256 must start with the hash in its name (torchvision's naming rule,
+    resnet18-f37072fd.pth), so that no other file is ever labelled as torchvision's weights.
+    Returns the file's sha256."""
+    digest = _sha256(path)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    expected = match.group(1) if match else ""
+    if not digest.startswith(expected):
+        raise InputError(
+            f"model.weights: imagenet: {path} is not torchvision's file (its sha256 starts "
+            f"{digest[:len(expected)]}, its name says {expected}); delete it so torchvision "
+            "downloads the real one, or give your own file as model.weights: PATH"
+        )
+    return digest
+
+
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- surgery ------------------------------------------------------------------------------------
@@ -116,6 +138,8 @@ def adapt_conv1(model: nn.Module, in_channels: int, mode: str, small_input: bool
     with torch.no_grad():
         if mode == "reinit":
             nn.init.xavier_uniform_(new.weight)
+            # bn1's ImageNet statistics describe the old conv1's outputs: start them afresh.
+            model.bn1.reset_running_stats()
         elif in_channels == old.in_channels:
             new.weight.copy_(old.weight)
         elif in_channels == 1:
@@ -166,15 +190,16 @@ def frozen_stages(policy: str, epoch: int) -> tuple[str, ...]:
 def apply_freeze(model: nn.Module, spec: Model, epoch: int) -> tuple[str, ...]:
     """Set requires_grad for this epoch's policy and return the frozen stages.
 
-    A re-initialised conv1 always trains: it holds nothing pretrained worth keeping.
+    A re-initialised conv1 always trains, and its bn1 with it (weights and running statistics):
+    the stem then holds nothing pretrained worth keeping.
     """
     frozen = frozen_stages(spec.freeze, epoch)
+    if spec.conv1 == "reinit":
+        frozen = tuple(s for s in frozen if s != "conv1")
     for stage in STAGES:
         for name in STAGE_MODULES[stage]:
             for p in getattr(model, name).parameters():
                 p.requires_grad = stage not in frozen
-    if spec.conv1 == "reinit":
-        model.conv1.weight.requires_grad = True
     return frozen
 
 

@@ -3,8 +3,8 @@
 
 Exit 0: the sweep ran and at least one trial finished. Exit 1: it ran but no trial finished.
 Exit 2: bad input, reported as one `error: ...` line on stderr, with nothing written.
-Exit 130: interrupted (Ctrl-C); the tables so far are written, marked partial, and the resume
-command is printed.
+Exit 130: interrupted (Ctrl-C), 143: terminated (SIGTERM, as from `kill`, docker stop, Kubernetes,
+Slurm); either way the tables so far are written, marked partial, and the resume command is printed.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import logging
 import os
 import platform
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from tuner import rayenv
 from tuner.errors import InputError
@@ -30,6 +34,8 @@ from tuner.spec import Spec, dump_spec, load_spec
 log = logging.getLogger("tuner")
 
 STATUS_FILE = "status.json"  # {"state": running | partial | finished, "experiment": path, ...}
+LOCK_FILE = ".driver.lock"  # held (flock) by the live driver of a run; the kernel frees it on death
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,38 +68,122 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+_terminated = False  # set by SIGTERM: the run stops as on Ctrl-C, and exits 143
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM stops the sweep as Ctrl-C does: Tune's own SIGINT handler while a sweep runs (it
+    stops trials and saves the experiment), KeyboardInterrupt elsewhere."""
+    global _terminated
+    _terminated = True
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+
+
+def handle_sigterm() -> None:
+    """(Re)install the SIGTERM handler: ray.init replaces it with one that exits at once."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stopped_code() -> int:
+    return TERMINATED if _terminated else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handle_sigterm()
     try:
         args = parse_args(argv)
         if args.resume:
             spec, status = load_run(args.resume)
-            return run(spec, args, run_dir=args.resume, experiment=status["experiment"],
-                       recorded_weights=status["provenance"]["weights"])
+            with driver_lock(args.resume):
+                return run(spec, args, run_dir=args.resume, experiment=status["experiment"],
+                           recorded_weights=status["provenance"]["weights"])
         spec = load_spec(args.spec, args.overrides)
         if args.dry_run:
-            from tuner.sweep import check_buildable  # imports Ray: only when needed
-
-            check_buildable(spec)
-            print_dry_run(spec)
-            return 0
+            return dry_run(spec, args)
         return run(spec, args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before or after the sweep itself (Tune handles Ctrl-C within it)
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        return stopped_code()
 
 
-def print_dry_run(spec: Spec) -> None:
-    from tuner.space import describe  # imports Ray: only when needed
+def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path | None = None):
+    """Everything about the spec that can be bad input, checked before anything is written or Ray
+    starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
+    from tuner import sweep  # imports Ray: only when needed
+    from tuner.data import load_dataset
+    from tuner.model import resolve_weights
+
+    sweep.check_buildable(spec)
+    weights = resolve_weights(spec.model)
+    if recorded_weights is not None and recorded_weights != weights.label:
+        raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
+                         f"but now gets {weights.label!r}; resuming would mix them")
+    return weights, load_dataset(spec.data)
+
+
+def dry_run(spec: Spec, args: argparse.Namespace) -> int:
+    """Check everything that can be checked without training, print the resolved spec, the search
+    space and how the trials would run; start no trial (and no Ray, unless --address is given)."""
+    rayenv.prepare(args.address)
+    from tuner import cluster, sweep
+    from tuner.space import describe
+
+    weights, data = check_inputs(spec)
+    if args.address:  # join, check the request against the nodes, and leave the cluster as it was
+        cluster.connect(args.address, spec.resources)
+        try:
+            cluster.check_resources(spec.resources)
+            cluster.check_storage(args.address, spec.run.storage)
+            where, slots = cluster.describe_cluster(), cluster.trial_slots(spec.resources)
+        finally:
+            import ray
+
+            ray.shutdown()  # a client's shutdown disconnects; the cluster keeps running
+    else:
+        cluster.check_fits_here(spec.resources)
+        where, slots = "this machine", cluster.trial_slots_here(spec.resources)
+    limit, why = sweep.concurrency(spec)
+    at_once = min(slots, limit or slots)
 
     print(dump_spec(spec), end="")
     print(f"\nsearch space ({spec.search.searcher}, {spec.search.num_samples} trials, "
           f"{spec.search.mode}imise {spec.search.metric}):")
     for key, text in describe(spec.search):
         print(f"  {key:<16} {text}")
+    print(f"\nweights: {weights.label}")
+    print(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
+          f"{data.num_classes} classes, from {data.source}")
+    print(f"trials at once: {at_once} ({where} fits {slots} at {spec.resources.cpu:g} CPU and "
+          f"{spec.resources.gpu:g} GPU each; limit {limit or 'none'}: {why})")
+    return 0
+
+
+@contextmanager
+def driver_lock(run_dir: Path):
+    """Hold the run directory's lock while this driver lives: a second driver (a `--resume` of a
+    live run) is bad input. The lock is an OS file lock, so a driver that died, however it died,
+    leaves nothing stale behind and the next `--resume` takes the run over."""
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            who = json.loads((run_dir / STATUS_FILE).read_text())["driver"]
+            holder = f"pid {who['pid']} on {who['host']}"
+        except (OSError, ValueError, KeyError):
+            holder = "another process"
+        raise InputError(f"--resume {run_dir}: the sweep is still running ({holder}); stop that "
+                         "driver first (Ctrl-C or kill PID), or wait for it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def load_run(run_dir: Path) -> tuple[Spec, dict]:
@@ -119,22 +209,18 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     import ray
 
     from tuner import cluster, results, sweep
-    from tuner.data import load_dataset
-    from tuner.model import resolve_weights
 
     # Everything that can be bad input is checked before anything is written.
-    sweep.check_buildable(spec)
-    weights = resolve_weights(spec.model)
-    if recorded_weights is not None and recorded_weights != weights.label:
-        raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
-                         f"but now gets {weights.label!r}; resuming would mix them")
-    data = load_dataset(spec.data)
-    started_ray = cluster.connect(args.address, spec.resources)
-    try:
+    weights, data = check_inputs(spec, recorded_weights, run_dir)
+    with ExitStack() as stack:
+        if cluster.connect(args.address, spec.resources):
+            stack.callback(ray.shutdown)  # the embedded Ray we started: no process left behind
+        handle_sigterm()  # ray.init installed its own, which exits without writing anything
         cluster.check_resources(spec.resources)
         cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
+            stack.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             results.write_text(run_dir / "spec.yaml",
                                spec_record(spec, weights.label, data.source, args))
@@ -153,9 +239,6 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
@@ -175,12 +258,13 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
 
     if partial:
         write_status(run_dir, "partial", experiment, resume)
-        print(f"\nsweep interrupted after {wall:.0f} s: the tables in {run_dir} are partial "
-              f"({grid.num_terminated} of {spec.search.num_samples} trials finished).\n"
-              f"resume with: {resume}", file=sys.stderr)
-        return 130
+        print(f"\nsweep {'terminated' if _terminated else 'interrupted'} after {wall:.0f} s: the "
+              f"tables in {run_dir} are partial ({grid.num_terminated} of "
+              f"{spec.search.num_samples} trials finished).\nresume with: {resume}", file=sys.stderr)
+        return stopped_code()
     best = results.best_trial(trials, spec)
     if best is None:
+        keep_checkpoints(spec, records, None)
         write_status(run_dir, "finished", experiment, resume)
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
@@ -202,12 +286,24 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "weights": weights.label,
         "sweep_wall_time_s": round(wall, 1),
     })
+    keep_checkpoints(spec, records, record)
     write_status(run_dir, "finished", experiment, resume)  # last: a crash before it can be resumed
     print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test_acc:.4f} (test set used once, after selection)")
     return 0
+
+
+def keep_checkpoints(spec: Spec, records, best) -> None:
+    """run.keep_checkpoints: best deletes every checkpoint but the chosen trial's, once the sweep has
+    finished and nothing can resume it (a partial sweep keeps them all)."""
+    if spec.run.keep_checkpoints == "best":
+        from tuner import sweep
+
+        deleted = sweep.prune_checkpoints(records, keep=best)
+        log.info("deleted %d checkpoint(s) of trials not chosen (run.keep_checkpoints: best)",
+                 deleted)
 
 
 def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
@@ -223,7 +319,8 @@ def write_status(run_dir: Path, state: str, experiment: str, resume: str) -> Non
     from tuner.results import write_json
 
     write_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
-                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "driver": {"host": socket.gethostname(), "pid": os.getpid()}})
 
 
 def gpu_names() -> str:

@@ -137,6 +137,21 @@ class Param(_Section):
             return [self.args[0], self.args[1] - 1]
         return [self.args[0], self.args[1]]
 
+    def contains(self, value: Any) -> bool:
+        """Whether the distribution can produce `value` (a point to evaluate must lie in the space,
+        or its trial would be missing from the summaries by value)."""
+        a = self.args
+        match self.kind:
+            case "choice":
+                return value in a
+            case "randint":
+                return isinstance(value, int) and a[0] <= value < a[1]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "quniform" and not _multiple(value, a[2]):
+            return False
+        return a[0] <= value <= a[1]
+
     def probes(self) -> list[Any]:
         """Values to check against the field's own rules: the bounds, and for continuous kinds an
         interior draw (so that uniform on a whole-number field such as epochs is caught)."""
@@ -185,12 +200,24 @@ class Resources(_Section):
     cpu: PositiveFloat = 1.0  # per trial
     gpu: NonNegativeFloat = 0.0  # per trial; fractions pack trials onto one GPU
 
+    @field_validator("gpu")
+    @classmethod
+    def _one_device(cls, v: float) -> float:
+        if v > 1:
+            raise ValueError(f"at most 1: a trial trains on one device (got {v:g}); use fractions "
+                             "such as 0.25 to pack several trials onto one GPU")
+        return v
+
 
 class Run(_Section):
     """Where trial checkpoints live and how trial failures are retried."""
 
     storage: str | None = None  # a folder every node sees, or a URI Ray accepts (s3://...); None: the run dir
     max_failures: int = Field(2, ge=0)  # retries of a failed trial, from its latest checkpoint
+    # best: once the sweep has finished, only the chosen trial's checkpoint remains (a ResNet-18
+    # checkpoint with Adam state is ~135 MB); all: every trial's last checkpoint stays.
+    keep_checkpoints: Literal["best", "all"] = "best"
+    checkpoint_every: PositiveInt = 1  # epochs between checkpoints; the last epoch is always saved
 
 
 class Spec(_Section):
@@ -236,8 +263,11 @@ class Spec(_Section):
                     problems.append(f"{where}: not a searched parameter")
                 elif param.kind == "choice" and value not in param.choice:
                     problems.append(f"{where}: {value!r} is not one of the choices {param.choice}")
-                else:
-                    problems += _check_value(self, param_path(key), value, where)
+                elif found := _check_value(self, param_path(key), value, where):
+                    problems += found
+                elif not param.contains(value):
+                    problems.append(f"{where}: {value!r} lies outside its search space "
+                                    f"({param.kind} {list(param.args)})")
         epochs = self.search_for("train.epochs")
         max_epochs = max(epochs.extremes()) if epochs else self.train.epochs
         if self.search.scheduler == "asha" and self.search.grace_period > max_epochs:

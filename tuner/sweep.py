@@ -4,40 +4,66 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
-import torch
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner.batches import DeviceSplit
-from tuner.data import Dataset
+from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord
 from tuner.space import param_space
 from tuner.spec import Spec, get_path, param_path
-from tuner.trainable import evaluate, load_checkpoint_model, train_trial
+from tuner.trainable import test_checkpoint, train_trial
 
 log = logging.getLogger(__name__)
 
 TRIALS_DIR = "trials"  # Ray Tune's experiment folder inside the run directory
 
 
+def initial_points(spec: Spec) -> int:
+    """Random trials before TPE: Ray's default of 20 would make a 10-trial sweep random search."""
+    return spec.search.n_initial_points or max(1, spec.search.num_samples // 2)
+
+
+def concurrency(spec: Spec) -> tuple[int | None, str]:
+    """The most trials that run at once (None: as many as the cluster fits), and why.
+
+    HyperOpt counts running trials among its random start-up points: with c trials at once, its
+    first TPE suggestion comes when at most c-1 trials are still running, so it sees a finished
+    result only if c <= n_initial_points. Hence that is the default.
+    """
+    s, n_initial = spec.search, initial_points(spec)
+    if s.searcher == "random":
+        return s.max_concurrent, ("search.max_concurrent" if s.max_concurrent else
+                                  "random search learns nothing from results, so no limit")
+    if s.max_concurrent is None:
+        return n_initial, (f"search.max_concurrent defaults to n_initial_points ({n_initial}) so "
+                           "that TPE's suggestions after them see finished results; raise it to "
+                           "fill more devices at the cost of TPE suggesting blind")
+    if s.max_concurrent > n_initial:
+        return s.max_concurrent, (f"search.max_concurrent; above n_initial_points ({n_initial}), "
+                                  f"so up to {s.max_concurrent - n_initial} TPE suggestions may "
+                                  "come before any result")
+    return s.max_concurrent, "search.max_concurrent"
+
+
 def make_searcher(spec: Spec):
     """HyperOpt TPE (or random search), seeded, with its concurrency limit."""
     s = spec.search
     points = [dict(p) for p in s.points_to_evaluate] or None
+    limit, _ = concurrency(spec)
     if s.searcher == "random":
         return BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
-                                     max_concurrent=s.max_concurrent or 0)
-    # Ray's default of 20 random start points would make a 10-trial sweep pure random search.
-    n_initial = s.n_initial_points or max(1, s.num_samples // 2)
-    searcher = HyperOptSearch(points_to_evaluate=points, n_initial_points=n_initial,
+                                     max_concurrent=limit or 0)
+    searcher = HyperOptSearch(points_to_evaluate=points, n_initial_points=initial_points(spec),
                               random_state_seed=s.seed)
-    return ConcurrencyLimiter(searcher, s.max_concurrent) if s.max_concurrent else searcher
+    return ConcurrencyLimiter(searcher, limit)
 
 
 def make_scheduler(spec: Spec):
@@ -154,10 +180,29 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
 
 
 def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> tuple[float, float]:
-    """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set."""
+    """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set.
+
+    It runs as a Ray task with the trials' resources, so it is evaluated where and as the trials
+    ran (their kind of device and precision), and the driver never holds a GPU the trials need.
+    """
     trial_spec = spec.with_values(record.params)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the driver's own
-    with record.checkpoint.as_directory() as d:
-        model = load_checkpoint_model(d, trial_spec, data, device)
-    test = DeviceSplit.put(data.test, device)
-    return evaluate(model, test, trial_spec.train.eval_batch_size, trial_spec.train.precision)
+    empty = Split(data.test.images[:0], data.test.labels[:0])
+    test_only = replace(data, train=empty, val=empty)  # ship only what is used
+    task = ray.remote(test_checkpoint).options(num_cpus=spec.resources.cpu,
+                                              num_gpus=spec.resources.gpu)
+    return ray.get(task.remote(record.checkpoint, trial_spec, test_only))
+
+
+def prune_checkpoints(records: list[TrialRecord], keep: TrialRecord | None) -> int:
+    """Delete every trial's checkpoint but `keep`'s (run.keep_checkpoints: best), wherever the
+    storage is (a local folder or a URI). Returns how many were deleted."""
+    deleted = 0
+    for r in records:
+        if r.checkpoint is None or r is keep:
+            continue
+        try:
+            r.checkpoint.filesystem.delete_dir(r.checkpoint.path)
+            deleted += 1
+        except (OSError, FileNotFoundError) as e:  # already gone, or storage refused: keep going
+            log.warning("could not delete %s: %s", r.checkpoint.path, e)
+    return deleted

@@ -11,7 +11,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import ray
@@ -21,6 +20,7 @@ from torch import nn
 
 from tuner.batches import DeviceSplit, eval_batches, train_batches
 from tuner.data import Dataset
+from tuner.device import autocast, memory_format, setup, trial_device
 from tuner.model import (
     Weights,
     apply_freeze,
@@ -31,23 +31,6 @@ from tuner.model import (
 from tuner.spec import Spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def trial_device() -> torch.device:
-    """The GPU Ray gave this trial, else the CPU. Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a
-    trial with no GPU, so torch.cuda.is_available() alone would put CPU trials on GPU 0."""
-    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")  # cuda:0 is the GPU Ray assigned
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    # channels_last lets cuDNN use its fastest convolution kernels; on CPU it buys nothing here.
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:
@@ -88,7 +71,7 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     device = data.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in eval_batches(data, batch_size, memory_format(device)):
+    for x, y in eval_batches(data, batch_size, memory_format(device, precision)):
         with autocast(device, precision):
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
@@ -100,12 +83,9 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
     """One trial: the spec with this trial's searched values, trained and reported once per epoch."""
     spec = spec.with_values(config)
     device = trial_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    setup(device, spec.resources.cpu, spec.train.precision)
     torch.manual_seed(spec.train.seed)
-    fmt = memory_format(device)
+    fmt = memory_format(device, spec.train.precision)
     model = build_model(spec.model, weights, data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(model, spec.model, spec.train)
@@ -145,14 +125,42 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
             "device": str(device),
             **node,
         }
-        if not math.isfinite(train_loss):
-            # Stop here rather than raise: a retry would diverge the same way.
-            tune.report({**metrics, "error": f"loss became {train_loss} in epoch {epoch + 1}"})
+        error = divergence(train_loss, val_loss, epoch + 1)
+        if error:
+            # Stop here rather than raise: a retry would diverge the same way. The searcher and
+            # ASHA see the worst loss, never NaN (TPE cannot rank NaN); the error says what it was.
+            tune.report({**metrics, "val_loss": math.inf, "error": error})
             return
+        last = epoch + 1 == spec.train.epochs
+        if not last and (epoch + 1) % spec.run.checkpoint_every:
+            tune.report({**metrics, "checkpoint_bytes": 0})
+            continue
         with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / CHECKPOINT_FILE
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1}, Path(d) / CHECKPOINT_FILE)
+                        "epoch": epoch + 1}, path)
+            metrics["checkpoint_bytes"] = path.stat().st_size  # written to storage this epoch
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
+    """Why a trial must stop (a non-finite training or validation loss), or None."""
+    if not math.isfinite(train_loss):
+        return f"loss became {train_loss} in epoch {epoch}"
+    if not math.isfinite(val_loss):
+        return f"validation loss became {val_loss} in epoch {epoch}"
+    return None
+
+
+def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> tuple[float, float]:
+    """(loss, accuracy) of a trial's checkpoint on the test split, on this worker's device and at
+    the trial's precision (run as a Ray task with the trial's resources)."""
+    device = trial_device()
+    setup(device, spec.resources.cpu, spec.train.precision)
+    with checkpoint.as_directory() as d:
+        model = load_checkpoint_model(d, spec, data, device)
+    test = DeviceSplit.put(data.test, device)
+    return evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
 
 
 def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
@@ -162,4 +170,4 @@ def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
                         data.num_classes)
     state = torch.load(Path(path) / CHECKPOINT_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
-    return model.to(device, memory_format=memory_format(device))
+    return model.to(device, memory_format=memory_format(device, spec.train.precision))
