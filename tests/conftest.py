@@ -57,9 +57,18 @@ QUICK = [
 ]
 
 
+# No network for the CLI under test, whatever the machine has: a download (of ImageNet weights, say)
+# goes to a proxy that refuses at once, so tests see what a machine without network sees. Loopback
+# stays direct: Ray's gRPC honours these variables too.
+OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1"}
+
+
 def cli_env(tmp_path: Path, **extra: str | None) -> dict:
-    """This process's environment for the CLI, with extra variables (None removes one)."""
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONUNBUFFERED": "1", **extra}
+    """This process's environment for the CLI, offline, with extra variables (None removes one)."""
+    env = {**os.environ, **OFFLINE, "TORCH_HOME": str(tmp_path / "torch-home"),
+           "PYTHONUNBUFFERED": "1", **extra}
     return {k: v for k, v in env.items() if v is not None}
 
 
@@ -102,6 +111,26 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def short_tmpdir() -> Path:
+    """A fresh folder with a short path, for RAY_TMPDIR (Ray's socket paths must stay short)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that name `path` (Ray's processes name their temp dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended meanwhile
+        if str(path) in text:
+            found.append(text)
+    return found
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -62,7 +62,9 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
         on_worker = wait_for(
             lambda: [r for r in reports(shared) if r["node_id"] == worker and r["epoch"] == 1],
             300, "a trial's first epoch on the worker node", proc)[0]
-        cluster.remove_node(cluster.worker)  # the worker node dies mid-trial
+        # The worker node dies mid-trial, hard (SIGKILL to its raylet and workers, no drain), as a
+        # machine that loses power: the graceful default would let it say goodbye first.
+        cluster.remove_node(cluster.worker, allow_graceful=False)
         assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
     finally:
         stop_group(proc)

@@ -9,7 +9,16 @@ import signal
 
 import pandas as pd
 import pytest
-from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
+from conftest import (
+    QUICK,
+    processes_using,
+    reports,
+    run_cli,
+    short_tmpdir,
+    start_cli,
+    stop_group,
+    wait_for,
+)
 
 # Three 2-epoch trials, one at a time: there is always a finished and an unfinished trial to check.
 THREE_TRIALS = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
@@ -82,6 +91,36 @@ def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
     assert again.returncode == 2 and "finished already" in again.stderr
 
 
+def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path):
+    """`kill PID` (docker stop, Kubernetes, Slurm): partial tables, the resume command, exit 143,
+    and no Ray process left. While the driver lives, a second driver's --resume is refused."""
+    results, ray_tmp = tmp_path / "results", short_tmpdir()
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path,
+                     RAY_TMPDIR=str(ray_tmp))
+    try:
+        wait_for(lambda: any(r["epoch"] == 2 for r in reports(results)), 300,
+                 "a finished trial", proc)
+        run = run_dir_of(results)
+        status = (run / "status.json").read_text()
+        second = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.startswith(f"error: --resume {run}: the sweep is still running (pid "
+                                        f"{proc.pid} on ")
+        assert (run / "status.json").read_text() == status  # the refused driver wrote nothing
+        assert proc.poll() is None  # and the live one goes on
+
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        stop_group(proc)
+    log = (tmp_path / "cli.log").read_text()
+    assert json.loads((run / "status.json").read_text())["state"] == "partial"
+    assert f"resume with: python -m tuner.run --resume {run}" in log
+    assert "finished" in set(pd.read_csv(run / "trials.csv")["status"])
+    assert "Traceback" not in log
+    assert processes_using(ray_tmp) == []  # the embedded Ray ended with the driver
+
+
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
     proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
@@ -95,7 +134,9 @@ def test_killed_driver_then_resume(tmp_path):
     finally:
         stop_group(proc)
     run = run_dir_of(results)
-    assert json.loads((run / "status.json").read_text())["state"] == "running"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "running" and status["driver"]["pid"] == proc.pid  # now dead
+    assert (run / ".driver.lock").exists()  # left behind: the next driver takes it over
     before = reports(results)
 
     done = run_cli("--resume", str(run), tmp_path=tmp_path)

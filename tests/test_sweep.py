@@ -2,26 +2,63 @@
 
 from pathlib import Path
 
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from tuner.spec import load_spec, validate
-from tuner.sweep import check_buildable, experiment_path, make_scheduler, make_searcher
+from tuner.sweep import (
+    check_buildable,
+    concurrency,
+    experiment_path,
+    make_scheduler,
+    make_searcher,
+)
 
 FASHION = Path(__file__).resolve().parents[1] / "sweeps" / "fashion.yaml"
 
 
+def hyperopt(searcher) -> HyperOptSearch:
+    assert isinstance(searcher, ConcurrencyLimiter)
+    return searcher.searcher
+
+
 def test_tutorial_sweep_uses_tpe_after_five_random_points():
-    searcher = make_searcher(load_spec(FASHION))
-    assert isinstance(searcher, HyperOptSearch)
+    searcher = hyperopt(make_searcher(load_spec(FASHION)))
     # Ray's default (20) would make a 10-trial sweep pure random search
     assert searcher.algo.keywords["n_startup_jobs"] == 5
 
 
 def test_default_initial_points_are_half_the_trials():
     spec = validate({"search": {"num_samples": 8}})
-    assert make_searcher(spec).algo.keywords["n_startup_jobs"] == 4
+    assert hyperopt(make_searcher(spec)).algo.keywords["n_startup_jobs"] == 4
+
+
+def test_tpe_never_suggests_before_it_has_a_result():
+    """HyperOpt counts running trials among its start-up points. With packed trials (a quarter GPU
+    each, no max_concurrent) the default limit holds suggestion n_initial+1 back until a trial has
+    finished, so TPE always fits at least one result."""
+    spec = load_spec(FASHION, ["resources.gpu=0.25", "search.num_samples=10",
+                               "search.n_initial_points=3"])
+    searcher = make_searcher(spec)
+    searcher.set_search_properties("val_accuracy", "max", {
+        "lr": tune.uniform(1e-4, 1e-3), "epochs": tune.choice([4, 5]),
+        "batch_size": tune.choice([32, 64])})
+    running = [f"t{i}" for i in range(10) if searcher.suggest(f"t{i}") is not None]
+    assert running == ["t0", "t1", "t2"]  # the rest wait: no result exists yet
+    searcher.on_trial_complete("t0", {"val_accuracy": 0.8, "lr": 1e-4})
+    assert searcher.suggest("t3") is not None  # the first TPE suggestion, fitted to t0's result
+    assert len(hyperopt(searcher)._hpopt_trials.losses()) and \
+        hyperopt(searcher)._hpopt_trials.losses()[0] == -0.8
+
+
+def test_concurrency_is_explained():
+    limit, why = concurrency(load_spec(FASHION))
+    assert limit == 5 and "defaults to n_initial_points (5)" in why
+    limit, why = concurrency(load_spec(FASHION, ["search.max_concurrent=8"]))
+    assert limit == 8 and "up to 3 TPE suggestions may come before any result" in why
+    assert concurrency(load_spec(FASHION, ["search.searcher=random"]))[0] is None
 
 
 def test_concurrency_limit_and_random_search():

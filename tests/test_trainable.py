@@ -1,15 +1,17 @@
 """The trial's training step: eager or torch.compile'd, the same numbers and the same saved state."""
 
 import copy
+import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from tuner.batches import DeviceSplit, train_batches
 from tuner.data import Split
 from tuner.spec import Augment
-from tuner.trainable import compiled, evaluate, train_epoch
+from tuner.trainable import compiled, divergence, evaluate, train_epoch
 
 
 def small_net() -> nn.Module:
@@ -57,3 +59,30 @@ def test_compiled_steps_train_the_plain_module_as_eager_steps_do(tmp_path, monke
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
     assert not torch.equal(plain[0].weight, small_net()[0].weight)  # it did train
     assert np.allclose(evaluate(plain, data, 1024, "fp32"), evaluate(eager, data, 1024, "fp32"), rtol=1e-3)
+
+
+@pytest.mark.parametrize("train_loss, val_loss, message", [
+    (0.5, 0.6, None),
+    (float("nan"), 0.6, "loss became nan in epoch 3"),
+    (float("inf"), float("nan"), "loss became inf in epoch 3"),
+    (0.5, float("nan"), "validation loss became nan in epoch 3"),
+    (0.5, float("inf"), "validation loss became inf in epoch 3"),
+])
+def test_a_non_finite_training_or_validation_loss_stops_the_trial(train_loss, val_loss, message):
+    assert divergence(train_loss, val_loss, 3) == message
+
+
+def test_tpe_ranks_the_worst_loss_a_diverged_trial_reports():
+    """A diverged trial reports val_loss = inf: HyperOpt ranks it last and keeps suggesting (NaN
+    would poison TPE's ordering of losses)."""
+    from ray import tune
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    searcher = HyperOptSearch(n_initial_points=2, random_state_seed=0)
+    searcher.set_search_properties("val_loss", "min", {"lr": tune.loguniform(1e-4, 1e-1)})
+    for i, loss in enumerate([math.inf, 0.4, 0.3]):
+        assert searcher.suggest(f"t{i}") is not None
+        searcher.on_trial_complete(f"t{i}", {"val_loss": loss})
+    assert searcher.suggest("t3") is not None
+    done = [loss for loss in searcher._hpopt_trials.losses() if loss is not None]
+    assert sorted(done) == [0.3, 0.4, math.inf]

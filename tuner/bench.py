@@ -6,8 +6,8 @@
 (a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
     DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
 (b) tuner: the split resident on the device as uint8, batches by a seeded permutation, converted and
-    normalised there (tuner.batches), and tuner.trainable.train_epoch (channels_last and bf16
-    autocast on CUDA as the spec says).
+    normalised there (tuner.batches), and tuner.trainable.train_epoch (bf16 autocast and
+    channels_last as tuner.device picks them for the precision asked).
 Both train the same model (ResNet-18, conv1 1-channel 7x7 re-initialised, fc 10, random weights),
 with Adam, at the same batch size, for the same number of timed steps after the same warm-up.
 The last line is `speedup X.XX (tuner N images/s, reference M images/s)`; with --repeats R both
@@ -38,7 +38,8 @@ from tuner.batches import DeviceSplit, train_batches
 from tuner.data import load_dataset, torchvision_layout
 from tuner.model import Weights, build_model, make_optimizer
 from tuner.spec import Spec
-from tuner.trainable import compiled, memory_format, train_epoch
+from tuner.device import memory_format
+from tuner.trainable import compiled, train_epoch
 
 
 def tutorial_model() -> nn.Module:
@@ -82,14 +83,19 @@ def reference_loop(root: Path, device: torch.device, batch_size: int, warmup: in
     return seen / (time.perf_counter() - t0)
 
 
-def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int,
+               layout: str = "auto") -> tuple[float, float]:
     """Images per second of tuner's own trial loop (after `warmup` steps), and the seconds the
-    warm-up took (torch.compile compiles there, when the spec asks for it)."""
+    warm-up took (torch.compile compiles there, when the spec asks for it). `layout` overrides the
+    memory format tuner.device picks (auto)."""
     data = load_dataset(spec.data)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    fmt = memory_format(device)
+    fmt = FORMATS.get(layout) or memory_format(device, spec.train.precision)
     model = build_model(spec.model, Weights(None, "none"), data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt).train()
     optimizer = make_optimizer(model, spec.model, spec.train)
@@ -150,7 +156,8 @@ def compare(args: argparse.Namespace) -> int:
     })
     root = torchvision_layout(spec.data.root)
     print(f"device: {machine(device)} | batch {args.batch_size} | {args.steps} timed steps after "
-          f"{args.warmup} warm-up | precision {args.precision} | compile {args.compile} | "
+          f"{args.warmup} warm-up | precision {args.precision} | memory format "
+          f"{args.memory_format} | compile {args.compile} | "
           f"weights none (random init)")
     eager_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"compile": "none"})})
     refs, owns, eagers, own_warmups, eager_warmups = [], [], [], [], []
@@ -161,13 +168,14 @@ def compare(args: argparse.Namespace) -> int:
               f"{refs[-1]:.1f} images/s", flush=True)
 
     def run_tuner(tag: str) -> None:
-        own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps)
+        own, own_warmup_s = tuner_loop(spec, device, args.warmup, args.steps, args.memory_format)
         owns.append(own)
         own_warmups.append(own_warmup_s)
         print(f"tuner (device-resident uint8 data, batched on the device){tag}: {own:.1f} images/s",
               flush=True)
         if args.compile != "none":
-            eager, eager_warmup_s = tuner_loop(eager_spec, device, args.warmup, args.steps)
+            eager, eager_warmup_s = tuner_loop(eager_spec, device, args.warmup, args.steps,
+                                               args.memory_format)
             eagers.append(eager)
             eager_warmups.append(eager_warmup_s)
             print(f"tuner, not compiled{tag}: {eager:.1f} images/s (compiled warm-up "
@@ -189,7 +197,7 @@ def compare(args: argparse.Namespace) -> int:
         _append_csv(args.csv, {
             "machine": machine(device), "device": device.type, "batch_size": args.batch_size,
             "steps": args.steps, "warmup": args.warmup, "precision": args.precision,
-            "repeats": args.repeats,
+            "memory_format": args.memory_format, "repeats": args.repeats,
             "reference_images_per_s": round(ref, 1), "tuner_images_per_s": round(own, 1),  # medians
             "speedup": round(own / ref, 2),
             "reference_each": " ".join(f"{r:.1f}" for r in refs),
@@ -330,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--repeats", type=_positive, default=1,
                    help="run the loops this many times, alternated, and compare medians (default 1)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast on CUDA, or on a CPU with native bf16")
+    p.add_argument("--memory-format", choices=["auto", *FORMATS], default="auto",
+                   help="tuner's layout: auto is what trials use (tuner.device.memory_format)")
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],
                    default="none", help="torch.compile tuner's loop in this mode, and compare with eager")
     p.add_argument("--data-root", default="data", help="torchvision layout root (default data)")

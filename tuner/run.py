@@ -269,7 +269,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
-    test_loss, test_acc = sweep.test_best(record, spec, data)
+    test = sweep.test_best(record, spec, data)
     metric = spec.search.metric
     results.write_json(run_dir / "best.json", {
         "trial_id": record.trial_id,
@@ -279,8 +279,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "val_accuracy": best["val_accuracy"],
         "val_loss": best["val_loss"],
         "epochs_completed": int(best["epochs_completed"]),
-        "test_accuracy": test_acc,  # evaluated once, after the sweep; never used to choose
-        "test_loss": test_loss,
+        **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
         "checkpoint": record.checkpoint.path,
         "weights": weights.label,
@@ -291,7 +290,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
-          f"test_accuracy={test_acc:.4f} (test set used once, after selection)")
+          f"test_accuracy={test['test_accuracy']:.4f} (test set used once, after selection)")
     return 0
 
 

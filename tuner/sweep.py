@@ -179,8 +179,9 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> tuple[float, float]:
-    """(test loss, test accuracy) of a trial's final checkpoint: the one look at the test set.
+def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> dict:
+    """Test loss and accuracy of a trial's final checkpoint (the one look at the test set), and the
+    device, node and process that computed them.
 
     It runs as a Ray task with the trials' resources, so it is evaluated where and as the trials
     ran (their kind of device and precision), and the driver never holds a GPU the trials need.

@@ -152,15 +152,17 @@ def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
     return None
 
 
-def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> tuple[float, float]:
-    """(loss, accuracy) of a trial's checkpoint on the test split, on this worker's device and at
-    the trial's precision (run as a Ray task with the trial's resources)."""
+def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> dict:
+    """Loss and accuracy of a trial's checkpoint on the test split, on this worker's device and at
+    the trial's precision (run as a Ray task with the trial's resources), and where it ran."""
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     with checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, spec, data, device)
     test = DeviceSplit.put(data.test, device)
-    return evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
+    loss, accuracy = evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
+    return {"test_accuracy": accuracy, "test_loss": loss, "test_device": str(device),
+            "test_node_ip": ray.util.get_node_ip_address(), "test_pid": os.getpid()}
 
 
 def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
