@@ -80,3 +80,19 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     assert moved.loc[2, "node_id"] == cluster.head_node.node_id  # retried on the head
     assert set(trials["node_id"]) == {cluster.head_node.node_id}  # where each trial ended
     assert (trials["node_ip"] == "127.0.0.1").all()
+
+
+def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path):
+    """--dry-run --address joins, compares the per-trial request with the nodes, and leaves."""
+    results = tmp_path / "res"
+    fits = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--results", str(results),
+                   tmp_path=tmp_path, timeout=180, RAY_AUTH_MODE=None)
+    assert fits.returncode == 0, fits.stderr[-2000:]
+    assert "trials at once: 2 (2 node(s), 2 CPU, 0 GPU fits 2 at 1 CPU and 0 GPU each;" in fits.stdout
+    too_big = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--set",
+                      "resources.cpu=2", "--results", str(results), tmp_path=tmp_path,
+                      timeout=180, RAY_AUTH_MODE=None)
+    assert too_big.returncode == 2
+    assert too_big.stderr.splitlines()[-1].startswith(
+        "error: resources: a trial needs 2 CPU and 0 GPU on one node, but the cluster has 2 node(s)")
+    assert not results.exists()

@@ -21,9 +21,9 @@ def test_quick_start_installs_the_data_before_the_first_sweep():
 
 def test_ci_runs_the_readme_test_command():
     test_block = code_blocks_after("Quick start")[1].splitlines()
-    assert test_block[0] == "sudo apt-get install -y dataset-fashion-mnist"
+    assert test_block[0] == "sudo apt-get install -y dataset-fashion-mnist chromium"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "dataset-fashion-mnist" in ci
+    assert "need+=(dataset-fashion-mnist)" in ci and "need+=(chromium)" in ci
     assert test_block[1].replace("pip install", "python3 -m pip install -q").replace(
         "&& python -m pytest", "&& python3 -m pytest") in ci
 
