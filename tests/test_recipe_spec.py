@@ -85,7 +85,8 @@ def test_a_trial_gets_the_searched_recipe_values():
 
 def test_dry_run_searches_every_recipe_field(tmp_path):
     """The real CLI: a spec searching all the new fields at once is valid and shows its space."""
-    lines = ["train: {optimizer: sgd, momentum: 0.9}", "search:", "  parameters:"]
+    lines = ["model: {weights: none}", "train: {optimizer: sgd, momentum: 0.9}", "search:",
+             "  parameters:"]
     lines += [f"    {key}: {dist}" for key, dist in RECIPE_FIELDS.items()]
     path = tmp_path / "recipe.yaml"
     path.write_text("\n".join(lines) + "\n")
