@@ -143,14 +143,27 @@ def test_no_weights_means_random_init():
 # --- surgery ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("small", [False, True])
-def test_shapes(pretrained, small):
-    model = build_model(Model(small_input_stem=small), pretrained, in_channels=1, num_classes=10)
+@pytest.mark.parametrize("stem, stride, pooled, layer1_size", [
+    (False, 2, True, 7),  # ImageNet's stem: 28 -> 14 -> 7
+    ("stride1", 1, False, 28),
+    ("stride1_pool", 1, True, 14),
+])
+def test_shapes(pretrained, stem, stride, pooled, layer1_size):
+    model = build_model(Model(small_input_stem=stem), pretrained, in_channels=1, num_classes=10)
     assert model.conv1.in_channels == 1 and model.conv1.weight.shape == (64, 1, 7, 7)
-    assert model.conv1.stride == ((1, 1) if small else (2, 2))
-    assert isinstance(model.maxpool, nn.Identity) == small
+    assert model.conv1.stride == (stride, stride)
+    assert isinstance(model.maxpool, nn.MaxPool2d) == pooled
     assert (model.fc.in_features, model.fc.out_features) == (512, 10)
-    assert model.eval()(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    model.eval()
+    x = torch.zeros(3, 1, 28, 28)
+    stem_out = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    assert model.layer1(stem_out).shape == (3, 64, layer1_size, layer1_size)
+    assert model(x).shape == (3, 10)
+
+
+def test_old_specs_small_input_stem_true_is_stride1():
+    assert Model(small_input_stem=True).small_input_stem == "stride1"
+    assert Model(small_input_stem=False).small_input_stem is False
 
 
 def test_conv1_sum_keeps_pretrained_filters(pretrained):
@@ -245,12 +258,45 @@ def test_a_training_step_changes_only_what_trains(pretrained):
         assert torch.equal(before[key], after[key]), key
 
 
-@pytest.mark.parametrize("optimizer, cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize("optimizer, cls", [
+    ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD),
+])
 def test_head_learning_rate_multiplier(pretrained, optimizer, cls):
     model = build_model(Model(), pretrained, 1, 10)
     opt = make_optimizer(model, Model(head_lr_multiplier=10), Train(lr=1e-4, optimizer=optimizer))
     assert isinstance(opt, cls)
-    body, head = opt.param_groups
-    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
-    assert head["params"] == list(model.fc.parameters())
-    assert len(body["params"]) + 2 == len(list(model.parameters()))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({"body": 1e-4, "body_no_decay": 1e-4, "head": 1e-3, "head_no_decay": 1e-3})
+    head = [p for g in opt.param_groups if g["name"].startswith("head") for p in g["params"]]
+    assert {id(p) for p in head} == {id(p) for p in model.fc.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [False, True])
+def test_no_weight_decay_on_norm_and_bias_unless_asked(pretrained, decay_norm_and_bias):
+    model = build_model(Model(), pretrained, 1, 10)
+    train = Train(optimizer="adamw", weight_decay=0.05, decay_norm_and_bias=decay_norm_and_bias)
+    opt = make_optimizer(model, Model(), train)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    norm_and_bias = {f"{m_name}.{p_name}" for m_name, m in model.named_modules()
+                     if isinstance(m, nn.BatchNorm2d) for p_name in ("weight", "bias")}
+    norm_and_bias |= {n for n in names if n.endswith(".bias")}
+    assert {"layer1.0.bn1.weight", "layer2.0.downsample.1.weight", "fc.bias"} <= norm_and_bias
+    for name, p in names.items():
+        expected = 0.0 if name in norm_and_bias and not decay_norm_and_bias else 0.05
+        assert decay[id(p)] == expected, name
+    # and AdamW really leaves them alone: with no gradient, only decoupled decay could move them
+    bn = model.layer1[0].bn1.weight
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before, conv_before = bn.detach().clone(), model.conv1.weight.detach().clone()
+    opt.step()
+    assert torch.equal(bn, before) != decay_norm_and_bias
+    assert not torch.equal(model.conv1.weight, conv_before)  # decayed: 1 - lr * wd
+
+
+def test_sgd_nesterov_reaches_torch(pretrained):
+    model = build_model(Model(), pretrained, 1, 10)
+    opt = make_optimizer(model, Model(), Train(optimizer="sgd", momentum=0.9, nesterov=True))
+    assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)

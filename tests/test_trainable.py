@@ -86,3 +86,44 @@ def test_tpe_ranks_the_worst_loss_a_diverged_trial_reports():
     assert searcher.suggest("t3") is not None
     done = [loss for loss in searcher._hpopt_trials.losses() if loss is not None]
     assert sorted(done) == [0.3, 0.4, math.inf]
+
+
+def test_label_smoothing_changes_the_training_loss_not_the_validation_loss():
+    data = split()
+    eps = 0.3
+    model = small_net()
+    with torch.no_grad():
+        model[-1].weight *= 50  # confident logits, where smoothing matters most
+
+    def epoch(smoothing):  # on a copy: BatchNorm's running statistics move in training mode
+        net = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the weights stay
+        batches = train_batches(data, 32, seed=0, epoch=0, aug=Augment())
+        loss, *_ = train_epoch(net.train(), optimizer, batches, "fp32", torch.device("cpu"),
+                               label_smoothing=smoothing)
+        return loss, evaluate(net, data, 1024, "fp32")
+
+    (plain, val_plain), (smoothed, val_smoothed) = epoch(0.0), epoch(eps)
+    # by hand: (1 - eps) x CE + eps x the mean over classes of -log p (BatchNorm in training mode
+    # sees the same batches, so the logits are those train_epoch saw)
+    ce = uniform = 0.0
+    with torch.no_grad():
+        for x, y in train_batches(data, 32, seed=0, epoch=0, aug=Augment()):
+            logp = model.train()(x).log_softmax(1)
+            ce += -logp.gather(1, y[:, None]).sum().item()
+            uniform += -logp.mean(1).sum().item()
+    ce, uniform = ce / len(data), uniform / len(data)
+    assert plain == pytest.approx(ce, rel=1e-5)
+    assert smoothed == pytest.approx((1 - eps) * ce + eps * uniform, rel=1e-5)
+    assert abs(smoothed - plain) > 0.01
+    assert val_smoothed == val_plain  # val_loss is plain cross-entropy whatever trains
+
+
+def test_the_scheduler_steps_once_per_batch():
+    data = split()  # 70 images at batch 32: 3 batches
+    model = small_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    train_epoch(model.train(), optimizer, train_batches(data, 32, 0, 0, Augment()), "fp32",
+                torch.device("cpu"), scheduler)
+    assert scheduler.last_epoch == 3 and optimizer.param_groups[0]["lr"] == 0.125

@@ -6,6 +6,7 @@ normalised and (optionally) augmented there as a whole batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, device: torch.de
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches `epoch_order` makes of n examples (a lone last example joins the batch
+    before it), so that a schedule knows its length before the first epoch."""
+    steps = -(-n // batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -88,6 +96,53 @@ def augment(images: torch.Tensor, spec: Augment, draws: Draws) -> torch.Tensor:
     return images.contiguous()
 
 
+@dataclass(frozen=True)
+class Erasures:
+    """One random-erasing rectangle per example, already on the device."""
+
+    box: torch.Tensor  # int64 [N, 4]: top, left, height, width in pixels
+    on: torch.Tensor  # bool [N]: erase this example or not
+
+    def __getitem__(self, part: slice) -> Erasures:
+        return Erasures(self.box[part], self.on[part])
+
+
+def draw_erasing(n: int, size: tuple[int, int], spec: Augment, generator: torch.Generator,
+                 device: torch.device) -> Erasures:
+    """Rectangles for n images of size (H, W), drawn on the CPU as `draw_augment` does.
+
+    As torchvision's RandomErasing: area uniform in erase_scale x H x W, aspect ratio h/w
+    log-uniform in erase_ratio. Where torchvision redraws a rectangle that does not fit (up to 10
+    times, then skips the image), this clips it to the image: one draw per image keeps it simple
+    and the draws fixed by the seed.
+    """
+    h, w = size
+    area = torch.empty(n).uniform_(*spec.erase_scale, generator=generator) * h * w
+    log_ratio = torch.empty(n).uniform_(*map(math.log, spec.erase_ratio), generator=generator)
+    eh = (area * log_ratio.exp()).sqrt().round().clamp(1, h).long()
+    ew = (area / log_ratio.exp()).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).long()  # 0..h-eh
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    on = torch.rand(n, generator=generator) < spec.erase_p
+    return Erasures(torch.stack([top, left, eh, ew], 1).to(device), on.to(device))
+
+
+def erase(images: torch.Tensor, erasures: Erasures) -> torch.Tensor:
+    """Set each drawn rectangle to 0 in every channel of normalised [B, C, H, W] images.
+
+    0 after normalisation is the training set's mean, as torchvision's RandomErasing(value=0) on
+    normalised tensors: the erased patch carries no signal and shifts no statistics.
+    """
+    _, _, h, w = images.shape
+    top, left, eh, ew = erasures.box.unbind(1)
+    rows = torch.arange(h, device=images.device)[None, :]  # [1, H]
+    cols = torch.arange(w, device=images.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # [B, H]
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # [B, W]
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & erasures.on[:, None, None]  # [B, H, W]
+    return images.masked_fill(mask[:, None], 0.0)
+
+
 def train_batches(
     data: DeviceSplit, batch_size: int, seed: int, epoch: int, aug: Augment,
     memory_format: torch.memory_format = torch.contiguous_format,
@@ -98,13 +153,20 @@ def train_batches(
     if augmenting:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
         draws = draw_augment(len(data), aug, g, device)
+    if aug.erase_p:  # its own generator: turning erasing on leaves the other draws as they were
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 11)
+        erasures = draw_erasing(len(data), tuple(data.images.shape[2:]), aug, g, device)
     start = 0
     for idx in epoch_order(len(data), batch_size, seed, epoch, device):
+        part = slice(start, start + len(idx))
+        start += len(idx)
         x = data.images[idx]
         if augmenting:
-            x = augment(x, aug, draws[start:start + len(idx)])
-        start += len(idx)
-        yield normalize(x).contiguous(memory_format=memory_format), data.labels[idx]
+            x = augment(x, aug, draws[part])
+        x = normalize(x)
+        if aug.erase_p:
+            x = erase(x, erasures[part])
+        yield x.contiguous(memory_format=memory_format), data.labels[idx]
 
 
 def eval_batches(data: DeviceSplit, batch_size: int, memory_format=torch.contiguous_format):

@@ -125,14 +125,15 @@ def _sha256(path: Path) -> str:
 # --- surgery ------------------------------------------------------------------------------------
 
 
-def adapt_conv1(model: nn.Module, in_channels: int, mode: str, small_input: bool = False) -> None:
+def adapt_conv1(model: nn.Module, in_channels: int, mode: str, stem: str | bool = False) -> None:
     """Fit conv1 to the data's channels: `sum` keeps the pretrained filters, `reinit` starts fresh.
 
-    `small_input` makes conv1 stride 1 and drops the max-pool, so 28x28 inputs keep their resolution.
+    `stem` (model.small_input_stem) keeps small inputs' resolution: `stride1` makes conv1 stride 1
+    and drops the max-pool, `stride1_pool` makes conv1 stride 1 and keeps the max-pool.
     """
     old = model.conv1
     new = nn.Conv2d(
-        in_channels, old.out_channels, old.kernel_size, stride=1 if small_input else old.stride,
+        in_channels, old.out_channels, old.kernel_size, stride=1 if stem else old.stride,
         padding=old.padding, bias=False,
     )
     with torch.no_grad():
@@ -149,7 +150,7 @@ def adapt_conv1(model: nn.Module, in_channels: int, mode: str, small_input: bool
             w = old.weight.repeat(1, reps, 1, 1)[:, :in_channels]
             new.weight.copy_(w * old.in_channels / in_channels)
     model.conv1 = new
-    if small_input:
+    if stem == "stride1":
         model.maxpool = nn.Identity()
 
 
@@ -213,20 +214,36 @@ def set_train_mode(model: nn.Module, frozen: tuple[str, ...]) -> None:
                     m.eval()
 
 
+def param_groups(model: nn.Module, model_spec: Model, train: Train) -> list[dict]:
+    """Parameter groups: body and head (fc at head_lr_multiplier x lr), each split into parameters
+    that get weight decay and those that do not: BatchNorm weights and all biases (1-D tensors, as
+    timm's rule) are not decayed unless train.decay_norm_and_bias. Decaying them only pulls the
+    normalisation scales towards 0, which regularises nothing. Empty groups are left out."""
+    head_ids = {id(p) for p in model.fc.parameters()}
+    groups = []
+    for part, lr in (("body", train.lr), ("head", train.lr * model_spec.head_lr_multiplier)):
+        params = [p for p in model.parameters() if (id(p) in head_ids) == (part == "head")]
+        if train.decay_norm_and_bias:
+            split = {part: params}
+        else:
+            split = {part: [p for p in params if p.ndim > 1],
+                     f"{part}_no_decay": [p for p in params if p.ndim <= 1]}
+        for name, ps in split.items():
+            if ps:
+                decay = 0.0 if name.endswith("_no_decay") else train.weight_decay
+                groups.append({"name": name, "params": ps, "lr": lr, "weight_decay": decay})
+    return groups
+
+
 def make_optimizer(model: nn.Module, model_spec: Model, train: Train) -> torch.optim.Optimizer:
-    """Adam or SGD over all parameters; fc at head_lr_multiplier x lr.
+    """Adam, AdamW or SGD over all parameters, in the groups of `param_groups`.
 
     Frozen parameters are included (their grad stays None, so they are skipped) so that gradual
     unfreezing needs no new optimizer.
     """
-    head = list(model.fc.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    groups = [
-        {"params": body, "lr": train.lr},
-        {"params": head, "lr": train.lr * model_spec.head_lr_multiplier},
-    ]
+    groups = param_groups(model, model_spec, train)
     if train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay)
-    return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr)
+    return torch.optim.Adam(groups, lr=train.lr)

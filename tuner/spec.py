@@ -40,6 +40,22 @@ class Augment(_Section):
 
     crop_padding: int = Field(0, ge=0)  # pixels of zero padding before a random crop back to size
     hflip: bool = False  # random horizontal flip, probability 0.5
+    # Random erasing (Zhong et al. 2017, as torchvision's RandomErasing): with probability erase_p
+    # a rectangle of erase_scale x the image's area, aspect ratio (h/w) in erase_ratio, is set to
+    # 0 after normalisation (the mean), in every channel.
+    erase_p: float = Field(0.0, ge=0, le=1)
+    erase_scale: tuple[float, float] = (0.02, 0.33)  # fraction of the image's area, low and high
+    erase_ratio: tuple[PositiveFloat, PositiveFloat] = (0.3, 3.3)  # h/w, drawn log-uniformly
+
+    @model_validator(mode="after")
+    def _erase_ranges(self) -> Augment:
+        low, high = self.erase_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"erase_scale: need 0 < low <= high <= 1 (got {low:g}, {high:g})")
+        if self.erase_ratio[0] > self.erase_ratio[1]:
+            raise ValueError(f"erase_ratio: low must not exceed high (got {self.erase_ratio[0]:g}, "
+                             f"{self.erase_ratio[1]:g})")
+        return self
 
 
 class Data(_Section):
@@ -64,7 +80,10 @@ class Model(_Section):
     weights: str = "imagenet"  # imagenet | none | path to a state_dict file
     weights_fallback: Literal["none"] | None = None  # if ImageNet weights cannot be had
     conv1: Literal["sum", "reinit"] = "sum"
-    small_input_stem: bool = False  # stride-1 conv1 and no max-pool, for 28x28 input
+    # For 28x28 input. false: ImageNet's stem (stride-2 conv1 and max-pool, 7x7 maps in layer1);
+    # stride1: stride-1 conv1, no max-pool (28x28 in layer1); stride1_pool: stride-1 conv1 and the
+    # max-pool (14x14 in layer1, about a quarter of stride1's compute). conv1 stays 7x7.
+    small_input_stem: Literal[False, "stride1", "stride1_pool"] = False
     freeze: str = "none"
     head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
 
@@ -78,20 +97,42 @@ class Model(_Section):
             return v
         raise ValueError(f"unknown freeze policy {v!r}; use {FREEZE_HELP}")
 
+    @field_validator("small_input_stem", mode="before")
+    @classmethod
+    def _old_stem(cls, v: Any) -> Any:
+        return "stride1" if v is True else v  # specs before stem variants said true
+
 
 class Train(_Section):
     epochs: PositiveInt = 5
     batch_size: int = Field(64, ge=2)  # BatchNorm cannot train on one image
     lr: PositiveFloat = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # adam: L2 in the gradient; adamw: decoupled
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    nesterov: bool = False  # sgd only (ignored otherwise, as momentum, so optimizer can be searched)
     weight_decay: NonNegativeFloat = 0.0
+    decay_norm_and_bias: bool = False  # false: no weight decay on BatchNorm weights and biases (timm)
+    # Learning rate, set per batch: constant, cosine (down to min_lr_fraction x lr at the end), or
+    # onecycle (a cosine rise from lr/25 to lr, then a fall to min_lr_fraction x lr, or lr/25/1e4).
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    # Linear warm-up from ~0 to lr, in epochs (fractions allowed), for constant and cosine; for
+    # onecycle, its rise (0: 30% of the training). Capped at the whole training, so that a
+    # searched epochs value never makes a trial invalid.
+    warmup_epochs: NonNegativeFloat = 0.0
+    min_lr_fraction: float = Field(0.0, ge=0, lt=1)  # cosine's (and onecycle's) final lr / lr
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val_loss stays plain CE
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA only
     # torch.compile the training steps (a mode name) or not. Off: in short CPU trials it cost more
     # than it saved (README, Speed); unmeasured on GPUs. reduce-overhead adds CUDA graphs.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     eval_batch_size: PositiveInt = 1024
     seed: int = 0  # model init and batch order; the trial id is not mixed in
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> Train:
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0 (got momentum 0)")
+        return self
 
 
 class Param(_Section):

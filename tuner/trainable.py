@@ -17,8 +17,9 @@ import ray
 import torch
 from ray import tune
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
-from tuner.batches import DeviceSplit, eval_batches, train_batches
+from tuner.batches import DeviceSplit, eval_batches, steps_per_epoch, train_batches
 from tuner.data import Dataset
 from tuner.device import autocast, memory_format, setup, trial_device
 from tuner.model import (
@@ -28,6 +29,7 @@ from tuner.model import (
     make_optimizer,
     set_train_mode,
 )
+from tuner.schedule import make_scheduler
 from tuner.spec import Spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,18 +48,22 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, precision: str,
-                device: torch.device) -> tuple[float, float, int]:
-    """One pass over the batches; returns (mean loss, accuracy, images seen)."""
+                device: torch.device, scheduler: LRScheduler | None = None,
+                label_smoothing: float = 0.0) -> tuple[float, float, int]:
+    """One pass over the batches, the scheduler stepped after every batch; returns (mean loss,
+    accuracy, images seen). The loss is the smoothed one that is trained on."""
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for x, y in batches:
         with autocast(device, precision):
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -74,6 +80,7 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     for x, y in eval_batches(data, batch_size, memory_format(device, precision)):
         with autocast(device, precision):
             logits = model(x)
+        # plain cross-entropy, never label-smoothed: val_loss stays comparable across trials
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / len(data), correct.item() / len(data)
@@ -89,6 +96,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
     model = build_model(spec.model, weights, data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(model, spec.model, spec.train)
+    scheduler = make_scheduler(optimizer, spec.train, steps_per_epoch(len(data.train),
+                                                                      spec.train.batch_size))
     step_model = compiled(model, spec.train.compile)
 
     start = 0
@@ -98,6 +107,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints from before schedules have none: constant lr
+            scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"]
 
     train_set, val_set = DeviceSplit.put(data.train, device), DeviceSplit.put(data.val, device)
@@ -110,7 +121,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
         batches = train_batches(train_set, spec.train.batch_size, spec.train.seed, epoch,
                                 spec.data.augment, fmt)
         train_loss, train_acc, seen = train_epoch(step_model, optimizer, batches, spec.train.precision,
-                                                  device)
+                                                  device, scheduler, spec.train.label_smoothing)
         train_s = time.perf_counter() - t0
         val_loss, val_acc = evaluate(model, val_set, spec.train.eval_batch_size, spec.train.precision)
         metrics = {
@@ -138,7 +149,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / CHECKPOINT_FILE
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1}, path)
+                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1}, path)
             metrics["checkpoint_bytes"] = path.stat().st_size  # written to storage this epoch
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
