@@ -48,6 +48,7 @@ class LiveTables(tune.Callback):
         self._errors: dict[str, str] = {}
         self._ended: set[str] = set()
         self._last_write = 0.0  # time.monotonic() of the last rewrite
+        self._dirty = False  # something changed since then
 
     def __getstate__(self) -> dict:  # pickled into Ray's tuner.pkl: settings only, not reports
         return {k: self.__dict__[k] for k in ("run_dir", "spec", "weights", "every_s")}
@@ -72,22 +73,34 @@ class LiveTables(tune.Callback):
                       and not (isinstance(v, float) and pd.isna(v))}
             if "epoch" in report:
                 self._reports[str(row["trial_id"])][int(report["epoch"])] = report
+        self._dirty = True
+
+    # Events mark the tables stale; on_step_end (every turn of Tune's loop) rewrites them once
+    # `every_s` has passed, so a report is never held back until the next event.
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._dirty = True
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         report = {k: v for k, v in result.items() if k not in results.RAY_COLUMNS}
-        self._reports[trial.trial_id][int(report.get("epoch", len(self._reports[trial.trial_id]) + 1))] = report
-        self.write(trials)
+        by_epoch = self._reports[trial.trial_id]
+        by_epoch[int(report.get("epoch", len(by_epoch) + 1))] = report  # a retried epoch once
+        self._dirty = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended.add(trial.trial_id)
-        self.write(trials)
+        self._dirty = True
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended.add(trial.trial_id)
         error = trial.get_error()
         self._errors[trial.trial_id] = (" ".join(str(error).split())[-500:] if error
-                                        else "failed; see the trial's error.txt")
-        self.write(trials)
+                                        else _ray_error(trial) or "failed")
+        self._dirty = True
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if self._dirty:
+            self.write(trials)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.write(trials, force=True)
@@ -100,7 +113,7 @@ class LiveTables(tune.Callback):
             state = None if t.trial_id in self._ended else _STATES.get(t.status)
             out.append(results.TrialRecord(
                 trial_id=t.trial_id, params=results.trial_params(t.config or {}, self.spec),
-                reports=reports, error=self._errors.get(t.trial_id), state=state))
+                reports=reports, error=self._errors.get(t.trial_id) or _ray_error(t), state=state))
         return sorted(out, key=lambda r: r.trial_id)
 
     def write(self, trials: list, force: bool = False) -> None:
@@ -110,7 +123,7 @@ class LiveTables(tune.Callback):
         now = time.monotonic()
         if not force and now - self._last_write < self.every_s:
             return
-        self._last_write = now
+        self._last_write, self._dirty = now, False
         try:
             records = self.records(trials)
             table = results.trials_table(records, self.spec, self.weights)
@@ -129,3 +142,8 @@ class LiveTables(tune.Callback):
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         results.write_json(path, status)
+
+
+def _ray_error(trial) -> str | None:
+    """For a trial Ray restored as failed (a resumed sweep), where its error is."""
+    return "failed; see the trial's error.txt" if trial.status == "ERROR" else None

@@ -73,7 +73,7 @@ def epochs_table(records: list[TrialRecord]) -> pd.DataFrame:
     rows = [{"trial_id": r.trial_id, **r.params,
              **{k: v for k, v in rep.items() if k not in RAY_COLUMNS}}
             for r in records for rep in r.reports]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epoch"])  # a header to read
 
 
 def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
