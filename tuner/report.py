@@ -133,8 +133,11 @@ def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
     counts = run.status.get("trials")
     if isinstance(counts, dict):
         state += " · " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
-    wall = (f"{s['wall_time_s']:.0f} s" if s["wall_time_s"] is not None
-            else f"(running; last report at {s['last_report_s']} s)" if s["last_report_s"] else "-")
+    # The driver's wall time covers its last session only (a resume starts the clock again); the
+    # last report's sweep time spans every session.
+    last = f"last report at {s['last_report_s']:.0f} s of sweep time" if s["last_report_s"] else ""
+    wall = (f"{s['wall_time_s']:.0f} s (the driver's last session); {last}".rstrip("; ")
+            if s["wall_time_s"] is not None else f"(not finished) {last}")
     return [
         ("spec", spec.name),
         ("data", f"{spec.data.dataset}, {subset}, val fraction {spec.data.val_fraction}; "
