@@ -10,7 +10,9 @@ import pytest
 from conftest import QUICK, start_cli, stop_group, wait_for
 from test_report import CHROMIUM, check_in_browser, images
 
-# Three 2-epoch trials, one at a time.
+# Three 2-epoch trials, one at a time. The test interrupts the sweep before the third trial
+# exists: with every trial created, the driver cannot tell an interrupted sweep from a finished one
+# (Ray marks the trials it stops at Ctrl-C TERMINATED).
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
          "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
 
@@ -35,7 +37,9 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
         def reported(n):
             def check():
                 got = live_tables(results, proc)
-                return got if got and len(got[1]) >= n and "trials" in got[2] else None
+                # each file is replaced whole, but three files are no snapshot: wait for all three
+                return (got if got and len(got[1]) >= n and "trials" in got[2]
+                        and got[2]["cost"]["trial_epochs"] >= n else None)
             return check
 
         trials, epochs, status, run = wait_for(reported(1), 300, "a live epochs.csv", proc)
@@ -44,11 +48,15 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
         assert {"trial_epochs", "device_s", "status"} <= set(trials.columns)
         assert epochs["val_accuracy"].between(0, 1).all()
 
-        # It grows: the first trial ends (2 epochs) and the next one reports, all before the end.
-        trials, epochs, status, _ = wait_for(reported(3), 300, "the second trial's reports", proc)
+        # It grows: the first trial ends (2 epochs) before the sweep does.
+        def first_finished():
+            got = reported(2)()
+            return got if got and (got[0]["status"] == "finished").any() else None
+
+        trials, epochs, status, _ = wait_for(first_finished, 300, "the first trial's end", proc)
         first = trials[trials["status"] == "finished"]
         assert len(first) >= 1 and (first["trial_epochs"] == 2).all() and (first["device_s"] > 0).all()
-        assert status["trials"]["finished"] >= 1 and status["cost"]["trial_epochs"] >= 3
+        assert status["trials"]["finished"] >= 1 and status["cost"]["trial_epochs"] >= 2
         kept = first.set_index("trial_id")["val_accuracy"]
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=120) == 130
