@@ -234,3 +234,16 @@ def test_the_page_renders_its_figures_in_chromium(tmp_path):
     fifo, asha = make_run(tmp_path / "fifo", scheduler="fifo"), make_run(tmp_path / "asha")
     write_report([fifo, asha], tmp_path / "both.html")
     check_in_browser(tmp_path / "both.html", tmp_path)
+
+
+def test_parallel_coordinate_axes_span_the_search_space():
+    from tuner.plots import _unit_axis
+
+    spec = Spec.model_validate({"search": {"parameters": {
+        "batch_size": {"choice": [32, 64, 128]}, "lr": {"loguniform": [1e-4, 1e-2]},
+        "model.freeze": {"choice": ["none", "head"]}}}})
+    unit, ticks = _unit_axis(pd.Series([64.0, 128, 32]), "batch_size", spec)  # 64.0 is the choice 64
+    assert unit.tolist() == [0.5, 1.0, 0.0] and [t[1] for t in ticks] == ["32", "64", "128"]
+    unit, ticks = _unit_axis(pd.Series([1e-4, 1e-3, 1e-2]), "lr", spec)  # log scale: 1e-3 mid-way
+    assert unit.tolist() == pytest.approx([0.0, 0.5, 1.0]) and ticks == [(0.0, "0.0001"), (1.0, "0.01")]
+    assert _unit_axis(pd.Series(["head"]), "model.freeze", spec)[0].tolist() == [1.0]

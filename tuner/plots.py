@@ -82,9 +82,11 @@ def _unit_axis(values: pd.Series, key: str, spec: Spec) -> tuple[np.ndarray, lis
     loguniform; choices evenly spaced), and (position, label) ticks."""
     param = spec.search.parameters[key]
     if param.kind == "choice":
-        labels = [str(c) for c in param.choice]
-        pos = {label: i / max(1, len(labels) - 1) for i, label in enumerate(labels)}
-        return values.map(str).map(pos).to_numpy(float), [(p, lab) for lab, p in pos.items()]
+        step = 1 / max(1, len(param.choice) - 1)
+        # 64 matches a choice of 64.0, and a mapping read back from trials.csv matches its text
+        index = values.map(lambda v: next((i for i, c in enumerate(param.choice)
+                                           if v == c or str(v) == str(c)), np.nan))
+        return index.to_numpy(float) * step, [(i * step, str(c)) for i, c in enumerate(param.choice)]
     low, high = float(param.args[0]), float(param.args[1])
     log = param.kind == "loguniform"
     f = np.log10 if log else (lambda v: v)
