@@ -120,12 +120,14 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
         if spec.search.scheduler == "asha":
             row["stopped_at_epoch"] = done if status == "stopped_early" else None
         rows.append(row)
-    if spec.search.scheduler == "asha" and rows:
-        rows = pd.DataFrame(rows).astype({"stopped_at_epoch": "Int64"})  # blank, not 1.0, in the CSV
-    return pd.DataFrame(rows, columns=None if len(rows) else ["trial_id", "status", "error",
-                                                          *spec.search.parameters, "val_accuracy",
-                                                          "val_loss", "epochs_completed",
-                                                          "wall_time_s", "trial_epochs", "device_s"])
+    if not rows:
+        return pd.DataFrame(columns=["trial_id", "status", "error", *spec.search.parameters,
+                                     "val_accuracy", "val_loss", "epochs_completed", "wall_time_s",
+                                     "trial_epochs", "device_s"])
+    table = pd.DataFrame(rows)
+    if "stopped_at_epoch" in table:
+        table = table.astype({"stopped_at_epoch": "Int64"})  # blank, not 1.0, in the CSV
+    return table
 
 
 def scored_trials(trials: pd.DataFrame, spec: Spec) -> pd.DataFrame:
