@@ -63,7 +63,7 @@ class LiveTables(tune.Callback):
         if not path.is_file():
             return
         try:
-            old = pd.read_csv(path)
+            old = pd.read_csv(path, dtype={"trial_id": str})  # hex ids such as 1234e567
         except (pd.errors.EmptyDataError, OSError) as e:
             log.warning("live tables: %s not read (%s); they start empty", path, e)
             return
@@ -72,7 +72,7 @@ class LiveTables(tune.Callback):
             report = {k: v for k, v in row.items() if k not in params and k != "trial_id"
                       and not (isinstance(v, float) and pd.isna(v))}
             if "epoch" in report:
-                self._reports[str(row["trial_id"])][int(report["epoch"])] = report
+                self._reports[row["trial_id"]][int(report["epoch"])] = report
         self._dirty = True
 
     # Events mark the tables stale; on_step_end (every turn of Tune's loop) rewrites them once

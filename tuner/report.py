@@ -58,7 +58,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={"trial_id": str})  # hex ids such as 1234e567 stay text
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except (OSError, pd.errors.ParserError) as e:
