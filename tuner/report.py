@@ -196,7 +196,8 @@ def figures(run: Run) -> list[dict[str, str]]:
         plots.draw_asha(axes[2], trials)
     out.append({"src": data_uri(plots.png(fig)), "alt": "validation curves and best so far",
                 "caption": f"Left: every trial's {metric} per epoch (the chosen trial in red). "
-                           f"Middle: the best {metric} reported so far against sweep time."
+                           f"{'Middle' if asha else 'Right'}: the best {metric} reported so far "
+                           "against sweep time."
                            + (" Right: the epoch each trial ended at; ASHA stops weak trials at its"
                               " rungs." if asha else "")})
     params = list(spec.search.parameters)
