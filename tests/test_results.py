@@ -8,11 +8,16 @@ import pytest
 
 from tuner.results import (
     TrialRecord,
+    best_so_far,
     best_trial,
+    cost_totals,
     epochs_table,
     new_run_dir,
     summary_tables,
+    sweep_seconds,
+    time_to_best,
     top_trials,
+    trial_counts,
     trials_table,
     write_csv,
     write_json,
@@ -150,3 +155,70 @@ def test_no_figure_without_reports(spec, tmp_path):
     empty = trials_table([], spec, weights="none")
     assert not plot_sweep(epochs_table([]), empty, spec, tmp_path / "sweep.png")
     assert not (tmp_path / "sweep.png").exists()
+
+
+# --- costs, live states and sweep time --------------------------------------------------------
+
+
+def test_costs_count_a_retried_epoch_once_and_use_gpus_else_cpus(spec):
+    # epoch 2 reported twice (a retry after the driver lost the first report): trained once
+    rec = TrialRecord("r", {"epochs": 2, "batch_size": 32, "lr": 2e-4},
+                      [report(1, 0.5, 1.0), report(2, 0.6, 0.9), report(2, 0.6, 0.9, time_total_s=25.0)])
+    cpu = trials_table([rec], spec, "w").iloc[0]
+    assert cpu["trial_epochs"] == 2 and cpu["epochs_completed"] == 2
+    assert cpu["wall_time_s"] == 25.0 and cpu["device_s"] == 25.0  # 1 CPU by default
+    two_cpus = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpu": 2.0})})
+    assert trials_table([rec], two_cpus, "w").iloc[0]["device_s"] == 50.0
+    quarter_gpu = spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"cpu": 4.0, "gpu": 0.25})})
+    assert trials_table([rec], quarter_gpu, "w").iloc[0]["device_s"] == 6.25  # GPUs, not CPUs
+    assert "stopped_at_epoch" not in cpu  # FIFO: no rung column
+
+
+def test_asha_records_where_trials_stopped(records, spec):
+    asha = spec.model_copy(update={"search": spec.search.model_copy(update={"scheduler": "asha"})})
+    early = TrialRecord("e", {"epochs": 2, "batch_size": 32, "lr": 2e-4}, [report(1, 0.5, 1.0)])
+    t = trials_table([*records, early], asha, "w").set_index("trial_id")
+    assert t.loc["e", "status"] == "stopped_early" and t.loc["e", "stopped_at_epoch"] == 1
+    assert t["stopped_at_epoch"].drop("e").isna().all()  # finished or failed: not stopped
+    assert str(t["stopped_at_epoch"].dtype) == "Int64"  # written as 1, not 1.0
+
+
+def test_cost_totals_and_counts_with_live_states(records, spec):
+    running = TrialRecord("r", {"epochs": 2, "batch_size": 32, "lr": 2e-4}, [report(1, 0.5, 1.0)],
+                          state="running")
+    pending = TrialRecord("p", {"epochs": 2, "batch_size": 32, "lr": 3e-4}, [], state="pending")
+    t = trials_table([*records, running, pending], spec, "w")
+    assert t.set_index("trial_id").loc[["r", "p"], "status"].tolist() == ["running", "pending"]
+    assert trial_counts(t, planned=8) == {"finished": 2, "stopped_early": 0, "running": 1,
+                                          "pending": 1, "error": 2, "planned": 8}
+    # a, b: 2 epochs each; c, d, r: 1 each; p: none. 10 s per epoch on 1 CPU.
+    assert cost_totals(t) == {"trials": 6, "trial_epochs": 7, "device_s": 70.0}
+    assert cost_totals(trials_table([], spec, "w")) == {"trials": 0, "trial_epochs": 0,
+                                                        "device_s": 0.0}
+
+
+def timed(epoch, val_acc, start, **extra):
+    """A report of a trial that started at `start` (unix s) and trains 10 s per epoch."""
+    return report(epoch, val_acc, 1.0, timestamp=start + 10 * epoch, time_total_s=10.0 * epoch,
+                  **extra)
+
+
+def test_sweep_time_best_so_far_and_time_to_best(spec):
+    t0 = 1_800_000_000
+    recs = [
+        TrialRecord("a", {"epochs": 2, "batch_size": 32, "lr": 2e-4},
+                    [timed(1, 0.70, t0), timed(2, 0.60, t0)]),  # best early, worse at the end
+        TrialRecord("b", {"epochs": 2, "batch_size": 64, "lr": 9e-4},
+                    [timed(1, 0.80, t0 + 5), timed(2, 0.80, t0 + 5)]),  # reaches its final at once
+        TrialRecord("c", {"epochs": 2, "batch_size": 64, "lr": 5e-4},
+                    [timed(1, 0.99, t0 + 30, error="loss became nan in epoch 1")]),  # failed: ignored
+    ]
+    epochs, trials = epochs_table(recs), trials_table(recs, spec, "w")
+    assert sweep_seconds(epochs).tolist() == [10, 20, 15, 25, 40]  # from a's start at t0
+    best = best_so_far(epochs, spec)
+    assert best["sweep_s"].tolist() == [10, 15] and best["val_accuracy"].tolist() == [0.70, 0.80]
+    assert best["trial_id"].tolist() == ["a", "b"]
+    assert best_trial(trials, spec)["trial_id"] == "b"
+    assert time_to_best(epochs, trials, spec) == 15.0  # b's first epoch already had its final 0.80
+    assert time_to_best(epochs.iloc[:0], trials.iloc[:0], spec) is None

@@ -1,64 +1,179 @@
-"""One figure per run, `sweep.png`: every trial's validation curve, and the metric against each
-searched value, so a reader sees at a glance what the sweep learned."""
+"""The run's figures, one panel per function so the sweep's `sweep.png` and the HTML report share
+them: every trial's validation curve, the metric against each searched value, parallel coordinates,
+best-so-far against sweep time, and where ASHA stopped trials."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to manage
 from matplotlib.ticker import MaxNLocator
 
-from tuner.results import best_trial, scored_trials, write_bytes
+from tuner.results import best_so_far, best_trial, scored_trials, sweep_seconds, write_bytes
 from tuner.spec import Spec
 
 PANEL_INCHES = (4.2, 3.6)  # width, height of one panel
+DPI = 100
+CHOSEN, OTHERS = "C3", "C0"  # the chosen trial in red, the rest in blue, in every panel
+
+
+def panels(n: int, wide: float = 1.0) -> tuple[Figure, list[Axes]]:
+    """A figure of n panels side by side (each `wide` panels wide)."""
+    fig = Figure(figsize=(PANEL_INCHES[0] * wide * n, PANEL_INCHES[1]))
+    return fig, list(fig.subplots(1, n, squeeze=False)[0])
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, laid out tight, at DPI."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def chosen_id(trials: pd.DataFrame, spec: Spec) -> str | None:
+    best = best_trial(trials, spec)
+    return None if best is None else best["trial_id"]
+
+
+def draw_curves(ax: Axes, epochs: pd.DataFrame, spec: Spec, best_id: str | None) -> None:
+    """Every trial's validation metric per epoch, the chosen trial highlighted."""
+    metric = spec.search.metric
+    for trial_id, rows in epochs.groupby("trial_id", sort=False):
+        is_best = trial_id == best_id
+        ax.plot(rows["epoch"], rows[metric], marker="o", markersize=3,
+                linewidth=2.5 if is_best else 1, alpha=1 if is_best else 0.5,
+                color=CHOSEN if is_best else OTHERS, zorder=3 if is_best else 2,
+                label=f"chosen: {trial_id}" if is_best else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=metric, title="every trial, per epoch")
+    if best_id is not None:
+        ax.legend(loc="best", fontsize="small")
+
+
+def draw_param(ax: Axes, trials: pd.DataFrame, key: str, spec: Spec, best_id: str | None) -> None:
+    """The final metric of each scored trial against one searched value."""
+    metric = spec.search.metric
+    done = scored_trials(trials, spec)
+    x = done[key]
+    if not pd.api.types.is_numeric_dtype(x):
+        x = x.map(str)  # choices of strings or mappings: one category each
+    chosen = done["trial_id"] == best_id
+    ax.scatter(x[~chosen], done.loc[~chosen, metric], color=OTHERS, alpha=0.7)
+    ax.scatter(x[chosen], done.loc[chosen, metric], color=CHOSEN, zorder=3)
+    kind = spec.search.parameters[key].kind
+    if kind == "loguniform":
+        ax.set_xscale("log")
+    elif kind == "choice" and pd.api.types.is_numeric_dtype(x):
+        ax.set_xticks(sorted(set(spec.search.parameters[key].args)))  # just the choices
+    elif kind in ("randint", "quniform"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=kind == "randint"))
+    ax.set(xlabel=key, ylabel=metric, title=f"final {metric} by {key}")
+
+
+def _unit_axis(values: pd.Series, key: str, spec: Spec) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """One parallel-coordinates axis: values mapped onto [0, 1] over the searched range (log for
+    loguniform; choices evenly spaced), and (position, label) ticks."""
+    param = spec.search.parameters[key]
+    if param.kind == "choice":
+        step = 1 / max(1, len(param.choice) - 1)
+        # 64 matches a choice of 64.0, and a mapping read back from trials.csv matches its text
+        index = values.map(lambda v: next((i for i, c in enumerate(param.choice)
+                                           if v == c or str(v) == str(c)), np.nan))
+        return index.to_numpy(float) * step, [(i * step, str(c)) for i, c in enumerate(param.choice)]
+    low, high = float(param.args[0]), float(param.args[1])
+    log = param.kind == "loguniform"
+    f = np.log10 if log else (lambda v: v)
+    unit = (f(values.to_numpy(float)) - f(low)) / (f(high) - f(low))
+    return unit, [(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")]
+
+
+def draw_parallel(ax: Axes, trials: pd.DataFrame, spec: Spec, best_id: str | None) -> None:
+    """Parallel coordinates: one line per scored trial through its searched values (each axis
+    normalised to its search range) to its metric, coloured by the metric."""
+    metric = spec.search.metric
+    done = scored_trials(trials, spec)
+    keys = list(spec.search.parameters)
+    columns, ticks = [], []
+    for key in keys:
+        unit, t = _unit_axis(done[key], key, spec)
+        columns.append(unit)
+        ticks.append(t)
+    score = done[metric].to_numpy(float)
+    lo, hi = (np.nanmin(score), np.nanmax(score)) if len(score) else (0.0, 1.0)
+    span = hi - lo or 1.0
+    columns.append((score - lo) / span)
+    ticks.append([(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")])
+    lines = np.column_stack(columns) if len(score) else np.empty((0, len(columns)))
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-9)
+    cmap = "viridis" if spec.search.mode == "max" else "viridis_r"  # yellow is good either way
+    xs = np.arange(len(columns))
+    for ys, s, trial_id in zip(lines, score, done["trial_id"], strict=True):
+        is_best = trial_id == best_id
+        ax.plot(xs, ys, color=ScalarMappable(norm, cmap).to_rgba(s), linewidth=3 if is_best else 1.2,
+                alpha=1 if is_best else 0.8, zorder=3 if is_best else 2)
+    for x, axis_ticks in zip(xs, ticks, strict=True):
+        ax.axvline(x, color="0.6", linewidth=0.8, zorder=1)
+        for y, label in axis_ticks:
+            ax.annotate(label, (x, y), xytext=(3, 0), textcoords="offset points", fontsize="x-small",
+                        va="center", color="0.3")
+    ax.set_xticks(xs, [*keys, metric])
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlim(-0.1, len(columns) - 0.6)
+    ax.set_title("searched values, coloured by " + metric + (" (thick: chosen)" if best_id else ""))
+    ax.figure.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric)
+
+
+def draw_best_so_far(ax: Axes, epochs: pd.DataFrame, spec: Spec) -> None:
+    """Every report's metric (grey) and the best reported so far (a step line) against sweep time."""
+    metric = spec.search.metric
+    ax.scatter(sweep_seconds(epochs), epochs[metric], color="0.7", s=12, label="every report")
+    best = best_so_far(epochs, spec)
+    if len(best):
+        t = [*best["sweep_s"], float(sweep_seconds(epochs).max())]
+        y = [*best[metric], best[metric].iloc[-1]]
+        ax.step(t, y, where="post", color=CHOSEN, linewidth=2, label="best so far")
+    ax.set_xlim(left=0)
+    ax.set(xlabel="sweep time (s, from the first trial's start)", ylabel=metric,
+           title="best so far against sweep time")
+    ax.legend(loc="best", fontsize="small")
+
+
+def draw_asha(ax: Axes, trials: pd.DataFrame) -> None:
+    """How many trials ended at each epoch: stopped there by ASHA, or ran all their epochs."""
+    ended = trials[trials["status"].isin(["stopped_early", "finished"])]
+    counts = (ended.groupby(["epochs_completed", "status"]).size().unstack(fill_value=0)
+              .reindex(columns=["stopped_early", "finished"], fill_value=0))
+    x = counts.index.to_numpy()
+    ax.bar(x, counts["stopped_early"], color="C1", label="stopped by ASHA")
+    ax.bar(x, counts["finished"], bottom=counts["stopped_early"], color=OTHERS,
+           label="ran all its epochs")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epochs trained", ylabel="trials", title="ASHA: where trials ended")
+    ax.legend(loc="best", fontsize="small")
 
 
 def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Path) -> bool:
-    """Write the run's figure to `path`; False (and nothing written) when no trial reported."""
+    """Write the run's figure (curves, then the metric by each searched value) to `path`; False
+    (and nothing written) when no trial reported."""
     metric = spec.search.metric
     if epochs.empty or metric not in epochs:
         return False
     params = list(spec.search.parameters)
-    fig = Figure(figsize=(PANEL_INCHES[0] * (1 + len(params)), PANEL_INCHES[1]))
-    axes = fig.subplots(1, 1 + len(params), squeeze=False)
-    curves, *scatters = axes[0]
-    best = best_trial(trials, spec)
-    best_id = None if best is None else best["trial_id"]
-    for trial_id, rows in epochs.groupby("trial_id", sort=False):
-        is_best = trial_id == best_id
-        curves.plot(rows["epoch"], rows[metric], marker="o", markersize=3,
-                    linewidth=2.5 if is_best else 1, alpha=1 if is_best else 0.5,
-                    color="C3" if is_best else "C0", zorder=3 if is_best else 2,
-                    label=f"chosen: {trial_id}" if is_best else None)
-    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
-    curves.set(xlabel="epoch", ylabel=metric, title="every trial, per epoch")
-    if best_id is not None:
-        curves.legend(loc="best", fontsize="small")
-
-    done = scored_trials(trials, spec)
+    fig, (curves, *scatters) = panels(1 + len(params))
+    best_id = chosen_id(trials, spec)
+    draw_curves(curves, epochs, spec, best_id)
     for ax, key in zip(scatters, params, strict=True):
-        x = done[key]
-        if not pd.api.types.is_numeric_dtype(x):
-            x = x.map(str)  # choices of strings or mappings: one category each
-        chosen = done["trial_id"] == best_id
-        ax.scatter(x[~chosen], done.loc[~chosen, metric], color="C0", alpha=0.7)
-        ax.scatter(x[chosen], done.loc[chosen, metric], color="C3", zorder=3)
-        kind = spec.search.parameters[key].kind
-        if kind == "loguniform":
-            ax.set_xscale("log")
-        elif kind == "choice" and pd.api.types.is_numeric_dtype(x):
-            ax.set_xticks(sorted(set(spec.search.parameters[key].args)))  # just the choices
-        elif kind in ("randint", "quniform"):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=kind == "randint"))
-        ax.set(xlabel=key, ylabel=metric, title=f"final {metric} by {key}")
-
+        draw_param(ax, trials, key, spec, best_id)
     weights = trials["weights"].iloc[0] if "weights" in trials and len(trials) else "?"
     fig.suptitle(f"{spec.name}: {len(trials)} trials, weights {weights}", fontsize="medium")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, png(fig))
     return True

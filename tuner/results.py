@@ -18,11 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.spec import Spec
+from tuner.spec import Spec, get_path, param_path
 
-# Ray Tune's own bookkeeping in each report, left out of epochs.csv.
+# Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
+# wall clock in whole seconds, and `time_total_s`, the trial's running time, stay: they time the sweep.)
 RAY_COLUMNS = ("checkpoint_dir_name", "should_checkpoint", "done", "date", "hostname",
-               "time_since_restore", "iterations_since_restore", "time_this_iter_s", "trial_id")
+               "time_since_restore", "iterations_since_restore", "time_this_iter_s", "trial_id",
+               "config", "experiment_tag")
+
+# A trial's state while the sweep runs (live tables); a trial that ended gets its status from its
+# reports instead.
+LIVE_STATES = ("running", "pending", "paused")
 
 
 @dataclass
@@ -32,6 +38,21 @@ class TrialRecord:
     reports: list[dict[str, Any]]  # one per epoch, in order
     error: str | None = None  # the trial's failure, if it failed
     checkpoint: Any = None  # its latest ray.tune.Checkpoint
+    state: str | None = None  # one of LIVE_STATES while the trial has not ended, else None
+
+
+def trial_params(config: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """A trial's searched values from its Ray config, as the trial used them (quniform's 64.0 is 64)."""
+    params = {k: config[k] for k in spec.search.parameters if k in config}
+    if len(params) == len(spec.search.parameters):
+        trial_spec = spec.with_values(params)
+        params = {k: get_path(trial_spec, param_path(k)) for k in params}
+    return params
+
+
+def devices_per_trial(spec: Spec) -> float:
+    """What a trial's wall time is multiplied by to count its cost: its GPUs, or its CPUs if none."""
+    return spec.resources.gpu or spec.resources.cpu
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -52,7 +73,7 @@ def epochs_table(records: list[TrialRecord]) -> pd.DataFrame:
     rows = [{"trial_id": r.trial_id, **r.params,
              **{k: v for k, v in rep.items() if k not in RAY_COLUMNS}}
             for r in records for rep in r.reports]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epoch"])  # a header to read
 
 
 def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
@@ -60,7 +81,11 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
     """One row per trial: status, error, searched values, final and best metrics, epochs, time.
 
     Status: finished, error, stopped_early (by the scheduler), or, in an interrupted sweep,
-    unfinished.
+    unfinished; while the sweep runs (live tables), running, pending or paused.
+
+    Costs: `trial_epochs` counts the epochs the trial trained and reported (an epoch retried after a
+    failure once); `device_s` is its wall time x its GPUs (x its CPUs if it has no GPU). With ASHA,
+    `stopped_at_epoch` is the epoch (a rung) where the scheduler stopped a trial early.
     """
     rows = []
     for r in records:
@@ -69,7 +94,8 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
         planned = spec.with_values(r.params).train.epochs
         error = r.error or last.get("error")
         done = int(last.get("epoch", 0))
-        status = ("error" if error else "finished" if done >= planned
+        status = ("error" if error else r.state if r.state in LIVE_STATES
+                  else "finished" if done >= planned
                   else "unfinished" if interrupted else "stopped_early")
         row = {"trial_id": r.trial_id, "status": status, "error": error, **r.params}
         for m in ("val_accuracy", "val_loss"):
@@ -78,20 +104,30 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
                 row[f"best_{m}"] = reps[m].max() if m.endswith("accuracy") else reps[m].min()
             else:
                 row[f"best_{m}"] = None
+        # Ray's running time of the trial (model build, data upload, every epoch, retries), seconds
+        wall = float(last.get("time_total_s", 0.0))
         row.update({
             "train_accuracy": last.get("train_accuracy"),
             "epochs_completed": done,
             "epochs_planned": planned,
-            # Ray's running time of the trial (model build, data upload, every epoch, retries)
-            "wall_time_s": float(last.get("time_total_s", 0.0)),
+            "wall_time_s": wall,
+            "trial_epochs": int(reps["epoch"].nunique()) if "epoch" in reps else 0,
+            "device_s": wall * devices_per_trial(spec),
             "node_ip": last.get("node_ip"),
             "node_id": last.get("node_id"),
             "weights": weights,
         })
+        if spec.search.scheduler == "asha":
+            row["stopped_at_epoch"] = done if status == "stopped_early" else None
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status", "error",
-                                                          *spec.search.parameters, "val_accuracy",
-                                                          "val_loss", "epochs_completed"])
+    if not rows:
+        return pd.DataFrame(columns=["trial_id", "status", "error", *spec.search.parameters,
+                                     "val_accuracy", "val_loss", "epochs_completed", "wall_time_s",
+                                     "trial_epochs", "device_s"])
+    table = pd.DataFrame(rows)
+    if "stopped_at_epoch" in table:
+        table = table.astype({"stopped_at_epoch": "Int64"})  # blank, not 1.0, in the CSV
+    return table
 
 
 def scored_trials(trials: pd.DataFrame, spec: Spec) -> pd.DataFrame:
@@ -140,10 +176,69 @@ def best_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:
 
 
 def top_trials(trials: pd.DataFrame, spec: Spec, n: int = 5) -> pd.DataFrame:
+    """The n trials with the best final metric, best first, with their searched values and cost."""
     metric = spec.search.metric
     cols = ["trial_id", "status", *spec.search.parameters, metric, "epochs_completed", "wall_time_s"]
     return (trials.sort_values(metric, ascending=spec.search.mode == "min", na_position="last")
             .head(n)[cols])
+
+
+def cost_totals(trials: pd.DataFrame) -> dict[str, Any]:
+    """The sweep's cost so far: trials, trial-epochs and device-seconds, summed over trials.csv."""
+    return {"trials": len(trials),
+            "trial_epochs": int(trials["trial_epochs"].sum()) if len(trials) else 0,
+            "device_s": round(float(trials["device_s"].sum()), 1) if len(trials) else 0.0}
+
+
+def trial_counts(trials: pd.DataFrame, planned: int) -> dict[str, int]:
+    """How many trials are in each status, and how many the sweep plans in all."""
+    counts = {s: 0 for s in ("finished", "stopped_early", "running", "pending", "error")}
+    counts.update(trials["status"].value_counts().to_dict() if len(trials) else {})
+    return {**{k: int(v) for k, v in counts.items()}, "planned": planned}
+
+
+def sweep_seconds(epochs: pd.DataFrame) -> pd.Series:
+    """For each report in epochs.csv, seconds since the sweep's first trial started.
+
+    From Ray's per-report `timestamp` (wall clock, whole seconds) and `time_total_s` (the trial's
+    running time when it reported): the first trial started at min(timestamp - time_total_s). So
+    sweep time counts from the first trial's start (Ray start-up before it and the test evaluation
+    after the sweep are left out), to about a second, and includes any time a resumed sweep was
+    stopped.
+    """
+    if epochs.empty or "timestamp" not in epochs or "time_total_s" not in epochs:
+        return pd.Series(np.nan, index=epochs.index, dtype=float)
+    start = (epochs["timestamp"] - epochs["time_total_s"]).min()
+    return (epochs["timestamp"] - start).clip(lower=0.0)
+
+
+def best_so_far(epochs: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """The best validation metric any trial had reported so far, at each report's sweep time
+    (columns sweep_s, the metric, trial_id), in time order."""
+    metric = spec.search.metric
+    if epochs.empty or metric not in epochs:
+        return pd.DataFrame(columns=["sweep_s", metric, "trial_id"])
+    ok = epochs.assign(sweep_s=sweep_seconds(epochs)).dropna(subset=[metric, "sweep_s"])
+    if "error" in ok:
+        ok = ok[ok["error"].isna()]
+    ok = ok.sort_values("sweep_s", kind="stable")
+    running = ok[metric].cummax() if spec.search.mode == "max" else ok[metric].cummin()
+    better = running.ne(running.shift())  # only the reports that improved on everything before
+    return ok.loc[better, ["sweep_s", metric, "trial_id"]].reset_index(drop=True)
+
+
+def time_to_best(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec) -> float | None:
+    """Sweep time (s, see sweep_seconds) at which the eventual best trial first reported a score at
+    least as good as its final one: how long the sweep took to find the answer it ended with."""
+    best = best_trial(trials, spec)
+    if best is None or epochs.empty:
+        return None
+    metric = spec.search.metric
+    rows = epochs.assign(sweep_s=sweep_seconds(epochs))[epochs["trial_id"] == best["trial_id"]]
+    final = best[metric]
+    reached = rows[rows[metric] >= final] if spec.search.mode == "max" else rows[rows[metric] <= final]
+    seconds = reached["sweep_s"].min()
+    return None if pd.isna(seconds) else round(float(seconds), 1)
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -208,7 +208,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     import ray
 
-    from tuner import cluster, results, sweep
+    from tuner import cluster, live, results, sweep
 
     # Everything that can be bad input is checked before anything is written.
     weights, data = check_inputs(spec, recorded_weights, run_dir)
@@ -234,8 +234,10 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
               f"from {data.source}")
 
         t0 = time.perf_counter()
-        tuner = (sweep.make_tuner(spec, data, weights, experiment) if not args.resume
-                 else sweep.restore_tuner(spec, data, weights, experiment))
+        # On --resume the LiveTables given at the start comes back with Ray's saved RunConfig.
+        tuner = (sweep.make_tuner(spec, data, weights, experiment,
+                                  callbacks=[live.LiveTables(run_dir, spec, weights.label)])
+                 if not args.resume else sweep.restore_tuner(spec, data, weights, experiment))
         grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
@@ -255,9 +257,13 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     for key, table in results.summary_tables(trials, spec).items():
         results.write_csv(run_dir / f"summary_by_{key}.csv", table)
     write_plot(spec, epochs, trials, run_dir)
+    cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
+    counts = {"trials": results.trial_counts(trials, spec.search.num_samples), "cost": cost,
+              "wall_time_s": round(wall, 1)}  # this session's: a resumed sweep counts from the resume
 
     if partial:
-        write_status(run_dir, "partial", experiment, resume)
+        write_status(run_dir, "partial", experiment, resume, counts)
+        write_report(run_dir)
         print(f"\nsweep {'terminated' if _terminated else 'interrupted'} after {wall:.0f} s: the "
               f"tables in {run_dir} are partial ({grid.num_terminated} of "
               f"{spec.search.num_samples} trials finished).\nresume with: {resume}", file=sys.stderr)
@@ -265,7 +271,8 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     best = results.best_trial(trials, spec)
     if best is None:
         keep_checkpoints(spec, records, None)
-        write_status(run_dir, "finished", experiment, resume)
+        write_status(run_dir, "finished", experiment, resume, counts)
+        write_report(run_dir)
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
@@ -284,9 +291,11 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "checkpoint": record.checkpoint.path,
         "weights": weights.label,
         "sweep_wall_time_s": round(wall, 1),
+        "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
     })
     keep_checkpoints(spec, records, record)
-    write_status(run_dir, "finished", experiment, resume)  # last: a crash before it can be resumed
+    write_status(run_dir, "finished", experiment, resume, counts)  # a crash before it: resumable
+    write_report(run_dir)
     print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
@@ -314,12 +323,24 @@ def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
         log.warning("sweep.png not written: %s: %s", type(e).__name__, e)
 
 
-def write_status(run_dir: Path, state: str, experiment: str, resume: str) -> None:
+def write_report(run_dir: Path) -> None:
+    try:
+        from tuner import report
+
+        report.write_report([run_dir], run_dir / "report.html")
+    except Exception as e:  # noqa: BLE001  like the figure: never lose a run's results to it
+        log.warning("report.html not written: %s: %s", type(e).__name__, e)
+
+
+def write_status(run_dir: Path, state: str, experiment: str, resume: str,
+                 extra: dict | None = None) -> None:
+    """status.json; `extra`: counts of trials by status and the cost totals, once known."""
     from tuner.results import write_json
 
     write_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                       "driver": {"host": socket.gethostname(), "pid": os.getpid()}})
+                                       "driver": {"host": socket.gethostname(), "pid": os.getpid()},
+                                       **(extra or {})})
 
 
 def gpu_names() -> str:

@@ -16,9 +16,9 @@ from ray.tune.search.hyperopt import HyperOptSearch
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
-from tuner.results import TrialRecord
+from tuner.results import TrialRecord, trial_params
 from tuner.space import param_space
-from tuner.spec import Spec, get_path, param_path
+from tuner.spec import Spec
 from tuner.trainable import test_checkpoint, train_trial
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,10 @@ def experiment_path(spec: Spec, run_dir: Path) -> str:
     return f"{storage.rstrip('/')}/{spec.name}-{run_dir.name}"
 
 
-def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> tune.Tuner:
+def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str,
+               callbacks: list[tune.Callback] = ()) -> tune.Tuner:
+    """The sweep's Tuner. `callbacks` run on the driver (live tables); Tuner.restore brings them
+    back with the rest of the RunConfig."""
     storage_path, name = experiment.rsplit("/", 1)
     return tune.Tuner(
         _trainable(spec, data, weights),
@@ -124,6 +127,7 @@ def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> 
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # ~135 MB each with Adam state
             verbose=1,
+            callbacks=list(callbacks),
         ),
     )
 
@@ -165,10 +169,7 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
             reports = df[keep].to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         config = result.config or {}  # None for a trial that never started (interrupted sweep)
-        params = {k: config[k] for k in spec.search.parameters if k in config}
-        if len(params) == len(spec.search.parameters):  # as the trial used them: quniform's 64.0 is 64
-            trial_spec = spec.with_values(params)
-            params = {k: get_path(trial_spec, param_path(k)) for k in params}
+        params = trial_params(config, spec)
         error = None
         if result.error is not None:
             error = " ".join(str(result.error).split())[-500:]  # the end holds the real cause

@@ -1,0 +1,100 @@
+"""Tables that grow while a real sweep runs (a Ray Tune callback on the driver), through a Ctrl-C and
+a --resume, and the costs and report the sweep writes at the end."""
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+from conftest import QUICK, start_cli, stop_group, wait_for
+from test_report import CHROMIUM, check_in_browser, images
+
+# Three 2-epoch trials, one at a time. The test interrupts the sweep before the third trial
+# exists: with every trial created, the driver cannot tell an interrupted sweep from a finished one
+# (Ray marks the trials it stops at Ctrl-C TERMINATED).
+SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
+         "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
+
+
+def live_tables(results, proc):
+    """(trials, epochs, status) as a reader sees them now, while the sweep runs; None until the
+    sweep has written them. Fails if the sweep has ended: these must be read during it."""
+    runs = list(results.glob("*/*/status.json"))
+    if not runs or not (runs[0].parent / "trials.csv").exists():
+        return None
+    run = runs[0].parent
+    status = json.loads((run / "status.json").read_text())
+    tables = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
+    assert proc.poll() is None, "the sweep ended: the tables were not read while it ran"
+    return (*tables, status, run)
+
+
+def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
+    results = tmp_path / "results"
+    proc = start_cli(*SWEEP, "--results", str(results), tmp_path=tmp_path)
+    try:
+        def reported(n):
+            def check():
+                got = live_tables(results, proc)
+                # each file is replaced whole, but three files are no snapshot: wait for all three
+                return (got if got and len(got[1]) >= n and "trials" in got[2]
+                        and got[2]["cost"]["trial_epochs"] >= n else None)
+            return check
+
+        trials, epochs, status, run = wait_for(reported(1), 300, "a live epochs.csv", proc)
+        assert status["state"] == "running" and status["trials"]["planned"] == 3
+        assert status["trials"]["running"] + status["trials"]["pending"] >= 1
+        assert {"trial_epochs", "device_s", "status"} <= set(trials.columns)
+        assert epochs["val_accuracy"].between(0, 1).all()
+
+        # It grows: the first trial ends (2 epochs) before the sweep does.
+        def first_finished():
+            got = reported(2)()
+            return got if got and (got[0]["status"] == "finished").any() else None
+
+        trials, epochs, status, _ = wait_for(first_finished, 300, "the first trial's end", proc)
+        first = trials[trials["status"] == "finished"]
+        assert len(first) >= 1 and (first["trial_epochs"] == 2).all() and (first["device_s"] > 0).all()
+        assert status["trials"]["finished"] >= 1 and status["cost"]["trial_epochs"] >= 2
+        kept = first.set_index("trial_id")["val_accuracy"]
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        stop_group(proc)
+    partial = json.loads((run / "status.json").read_text())
+    assert partial["state"] == "partial" and partial["trials"]["finished"] >= 1
+    assert (run / "report.html").exists()  # a partial run gets its report too
+
+    # --resume: the callback comes back with Ray's saved RunConfig and keeps the ended trials' rows.
+    proc = start_cli("--resume", str(run), tmp_path=tmp_path)
+    try:
+        def resumed():
+            got = live_tables(results, proc)
+            if not got or got[2]["state"] != "running" or "trials" not in got[2]:
+                return None  # run.py's status at the resume has no counts: the callback's has
+            trials = got[0].set_index("trial_id")
+            return got if set(kept.index) <= set(trials.index) else None
+
+        trials, _, status, _ = wait_for(resumed, 300, "live tables after --resume", proc)
+        assert (trials.set_index("trial_id").loc[kept.index, "val_accuracy"] == kept).all()
+        assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        stop_group(proc)
+
+    trials = pd.read_csv(run / "trials.csv")
+    assert set(trials["status"]) == {"finished"} and (trials["trial_epochs"] == 2).all()
+    assert (trials["device_s"] == trials["wall_time_s"]).all()  # 1 CPU per trial, no GPU
+    best = json.loads((run / "best.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    assert best["cost"] == status["cost"]
+    assert best["cost"]["trials"] == 3 and best["cost"]["trial_epochs"] == 6
+    assert best["cost"]["device_s"] == round(trials["device_s"].sum(), 1)
+    assert 0 < best["cost"]["time_to_best_s"]
+    assert status["trials"] == {"finished": 3, "stopped_early": 0, "running": 0, "pending": 0,
+                                "error": 0, "planned": 3}
+    page = (run / "report.html").read_text()  # written by the sweep at its end
+    assert f"test accuracy {best['test_accuracy']:.4f}" in page and len(images(page)) == 3
+    if CHROMIUM is None:
+        pytest.skip("the sweep passed; the browser check needs Debian's chromium")
+    check_in_browser(run / "report.html", tmp_path)

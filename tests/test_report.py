@@ -1,0 +1,250 @@
+"""The HTML report: built from a run folder's files (hand-made here from known reports, and from a
+real sweep in test_live.py), bad input, and the page rendered by a real headless browser."""
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from tuner import results
+from tuner.report import comparison_table, load_run, write_report
+from tuner.results import TrialRecord
+from tuner.spec import Spec, dump_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+T0 = 1_800_000_000  # unix seconds: when the first trial started
+
+
+def make_spec(scheduler="asha") -> Spec:
+    return Spec.model_validate({"name": "handmade", "search": {
+        "num_samples": 4, "scheduler": scheduler, "parameters": {
+            "epochs": {"choice": [1, 3]},
+            "batch_size": {"choice": [32, 64]},
+            "lr": {"loguniform": [1e-4, 1e-2]},
+        }}})
+
+
+def rep(epoch, val_acc, start):
+    return {"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0 - val_acc,
+            "val_accuracy": val_acc, "epoch_time_s": 10.0, "time_total_s": 10.0 * epoch,
+            "timestamp": start + 10 * epoch, "node_ip": "127.0.0.1"}
+
+
+def make_run(folder: Path, scheduler="asha", finished=True) -> Path:
+    """A run folder as the sweep writes it, from known reports."""
+    spec = make_spec(scheduler)
+    records = [
+        TrialRecord("aaaa", {"epochs": 3, "batch_size": 32, "lr": 2e-4},
+                    [rep(1, 0.60, T0), rep(2, 0.70, T0), rep(3, 0.72, T0)]),
+        TrialRecord("bbbb", {"epochs": 3, "batch_size": 64, "lr": 5e-3},
+                    [rep(1, 0.80, T0 + 30), rep(2, 0.85, T0 + 30), rep(3, 0.88, T0 + 30)]),
+        TrialRecord("1234e567", {"epochs": 3, "batch_size": 64, "lr": 1e-4}, [rep(1, 0.40, T0 + 5)]),
+        TrialRecord("dddd", {"epochs": 1, "batch_size": 32, "lr": 9e-3}, [rep(1, 0.50, T0 + 10)],
+                    error="RuntimeError: boom"),
+    ]
+    folder.mkdir(parents=True)
+    provenance = {"weights": "none (random init)", "data": "/data/fashion-mnist",
+                  "machine": "testbox x86_64, 2 CPUs, no GPU", "address": "embedded",
+                  "command": "python -m tuner.run handmade.yaml", "started": "2026-11-22T10:00:00+0000"}
+    results.write_text(folder / "spec.yaml", dump_spec(spec) + yaml.safe_dump({"provenance": provenance}))
+    trials = results.trials_table(records, spec, provenance["weights"], interrupted=not finished)
+    results.write_csv(folder / "trials.csv", trials)
+    results.write_csv(folder / "epochs.csv", results.epochs_table(records))
+    status = {"state": "finished" if finished else "running", "updated": "2026-11-22T10:02:00+0000",
+              "trials": results.trial_counts(trials, 4), "cost": results.cost_totals(trials)}
+    if finished:
+        status["wall_time_s"] = 75.0
+        results.write_json(folder / "best.json", {
+            "trial_id": "bbbb", "config": {"epochs": 3, "batch_size": 64, "lr": 5e-3},
+            "metric": "val_accuracy", "val_accuracy": 0.88, "test_accuracy": 0.8642,
+            "test_images": 500, "sweep_wall_time_s": 75.0})
+    results.write_json(folder / "status.json", status)
+    return folder
+
+
+def images(page: str) -> list[Image.Image]:
+    """Every figure embedded in the page, decoded."""
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
+
+
+def test_report_of_a_finished_asha_run(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = write_report([run], run / "report.html")
+    page = out.read_text()
+    for piece in ("handmade", "none (random init)", "testbox x86_64", "asha scheduler",
+                  "test accuracy 0.8642", "Chosen trial <b>bbbb</b>", "val_accuracy 0.8800",
+                  "Top trials", "Failed trials", "RuntimeError: boom", "ASHA",
+                  "<td>1234e567</td>"):  # a trial id that looks like a number stays as it was
+        assert piece in page, piece
+    # costs: 3 + 3 + 1 + 1 trial-epochs, 10 s per epoch on 1 CPU
+    assert re.search(r"<th>trial-epochs</th><td>8</td>", page)
+    assert re.search(r"<th>device-seconds</th><td>80.0</td>", page)
+    # time to best: bbbb started at T0+30 and first had its final 0.88 after its 3rd epoch: 60 s
+    assert re.search(r"<th>time to best</th><td>60 s</td>", page)
+    figs = images(page)
+    assert len(figs) == 3  # curves + best so far + ASHA; metric by value; parallel coordinates
+    for fig in figs:
+        assert fig.format == "PNG" and np.asarray(fig.convert("L")).std() > 10  # drawn on
+    # self-contained: nothing fetched, nothing run
+    assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_report_of_a_running_sweep_and_of_one_not_started(tmp_path):
+    run = make_run(tmp_path / "run", finished=False)
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert "Best trial so far <b>bbbb</b>" in page and "No test score" in page
+    assert "running (tables as of 2026-11-22T10:02:00+0000)" in page
+    assert "(not finished) last report at 60 s of sweep time" in page  # bbbb's: T0 + 30 + 30
+    assert len(images(page)) == 3
+
+    for name in ("trials.csv", "epochs.csv", "best.json"):
+        (run / name).unlink(missing_ok=True)
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert "No trial has a validation score yet" in page and not images(page)
+
+
+def test_comparison_arms_are_shown_when_the_run_has_them(tmp_path):
+    from matplotlib.figure import Figure
+
+    run = make_run(tmp_path / "run")
+    pd.DataFrame({
+        "arm": ["fine-tune", "feature-extraction"], "val_mean": [0.9, 0.8], "val_std": [0.01, 0.02],
+        "test_mean": [0.89, 0.79], "test_std": [0.012, 0.021], "test_ci95_low": [0.86, 0.74],
+        "test_ci95_high": [0.92, 0.84], "trials": [4, 4], "trial_epochs": [8, 7],
+        "device_s": [60.0, 55.5]}).to_csv(run / "compare.csv", index=False)
+    fig = Figure(figsize=(3, 2))
+    fig.subplots().errorbar([0, 1], [0.89, 0.79], yerr=[0.03, 0.05], fmt="o")
+    fig.savefig(run / "compare.png")
+    page = write_report([run], run / "report.html").read_text()
+    assert "Comparison arms" in page and "feature-extraction" in page and "0.86" in page
+    assert len(images(page)) == 4 and images(page)[0].size == (300, 200)  # compare.png first
+
+
+def test_several_runs_side_by_side(tmp_path):
+    fifo = make_run(tmp_path / "fifo", scheduler="fifo")
+    asha = make_run(tmp_path / "asha")
+    out, csv = tmp_path / "both.html", tmp_path / "both.csv"
+    proc = subprocess.run([sys.executable, "-m", "tuner.report", str(fifo), str(asha),
+                           "--out", str(out), "--csv", str(csv)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(csv)
+    assert table["scheduler"].tolist() == ["fifo", "asha"] and table["run"].tolist() == ["fifo", "asha"]
+    assert (table["trial_epochs"] == 8).all() and (table["test_accuracy"] == 0.8642).all()
+    assert (table["best_val"] == 0.88).all() and (table["time_to_best_s"] == 60).all()
+    page = out.read_text()
+    assert "The runs side by side" in page and page.count('<h2 id="run-') == 2
+    assert len(comparison_table([load_run(fifo), load_run(asha)])) == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_run", "several_without_out", "out_folder_missing",
+                                  "bad_trials_csv", "bad_spec"])
+def test_bad_input(tmp_path, case):
+    run = make_run(tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    args = {
+        "missing": [str(tmp_path / "nowhere")],
+        "not_a_run": [str(tmp_path)],
+        "several_without_out": [str(run), str(run)],
+        "out_folder_missing": [str(run), "--out", str(tmp_path / "no" / "r.html")],
+        "bad_trials_csv": [str(run)],
+        "bad_spec": [str(run)],
+    }[case]
+    if case == "bad_trials_csv":
+        (run / "trials.csv").write_text("just,some\n1,2\n")
+        before = sorted(p.name for p in run.iterdir())
+    if case == "bad_spec":
+        (run / "spec.yaml").write_text("train:\n  epochs: many\n")
+    proc = subprocess.run([sys.executable, "-m", "tuner.report", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
+# --- a real browser -------------------------------------------------------------------------------
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const pre = document.createElement("pre");
+  pre.id = "image-check";
+  pre.textContent = JSON.stringify([...document.images].map(i => {
+    const r = i.getBoundingClientRect();
+    return [i.naturalWidth, i.naturalHeight, r.left, r.top, r.width, r.height];
+  }));
+  document.body.appendChild(pre);
+});
+</script></body>"""
+WINDOW = (1400, 2400)  # width, height of the browser window and screenshot (px)
+
+
+def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={profile}",
+         *args],
+        capture_output=True, text=True, timeout=120)
+
+
+def check_in_browser(page: Path, tmp_path: Path) -> Path:
+    """Open the page in headless Chromium: every figure must decode there at its own size, and a
+    screenshot must show drawn figures where the page laid them out. Returns the screenshot."""
+    html = page.read_text()
+    expected = [im.size for im in images(html)]
+    assert expected, "the page has no figures"
+    probe = tmp_path / "probe.html"  # the page plus a script that reports each image as laid out
+    probe.write_text(html.replace("</body>", CHECK))
+    dom = chromium("--dump-dom", probe.as_uri(), tmp_path=tmp_path)
+    found = re.search(r'<pre id="image-check">([^<]*)</pre>', dom.stdout)
+    assert found, f"no image check in the DOM; stderr: {dom.stderr[-2000:]}"
+    laid_out = json.loads(found.group(1))
+    assert [(w, h) for w, h, *_ in laid_out] == expected  # every figure decoded, none broken
+
+    shot = tmp_path / "screenshot.png"
+    chromium(f"--screenshot={shot}", page.as_uri(), tmp_path=tmp_path)
+    pixels = np.asarray(Image.open(shot).convert("L")).astype(float)
+    assert pixels.shape == (WINDOW[1], WINDOW[0])
+    seen = 0
+    for _, _, left, top, width, height in laid_out:
+        if top + height > WINDOW[1] or width < 100:
+            continue  # below the screenshot's fold
+        area = pixels[int(top):int(top + height), int(left):int(left + width)]
+        assert area.std() > 10 and (area < 128).mean() > 0.005, f"a blank figure in {shot}"
+        seen += 1
+    assert seen >= 2, f"too few figures in view in {shot}"
+    return shot
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_page_renders_its_figures_in_chromium(tmp_path):
+    fifo, asha = make_run(tmp_path / "fifo", scheduler="fifo"), make_run(tmp_path / "asha")
+    write_report([fifo, asha], tmp_path / "both.html")
+    check_in_browser(tmp_path / "both.html", tmp_path)
+
+
+def test_parallel_coordinate_axes_span_the_search_space():
+    from tuner.plots import _unit_axis
+
+    spec = Spec.model_validate({"search": {"parameters": {
+        "batch_size": {"choice": [32, 64, 128]}, "lr": {"loguniform": [1e-4, 1e-2]},
+        "model.freeze": {"choice": ["none", "head"]}}}})
+    unit, ticks = _unit_axis(pd.Series([64.0, 128, 32]), "batch_size", spec)  # 64.0 is the choice 64
+    assert unit.tolist() == [0.5, 1.0, 0.0] and [t[1] for t in ticks] == ["32", "64", "128"]
+    unit, ticks = _unit_axis(pd.Series([1e-4, 1e-3, 1e-2]), "lr", spec)  # log scale: 1e-3 mid-way
+    assert unit.tolist() == pytest.approx([0.0, 0.5, 1.0]) and ticks == [(0.0, "0.0001"), (1.0, "0.01")]
+    assert _unit_axis(pd.Series(["head"]), "model.freeze", spec)[0].tolist() == [1.0]

@@ -1,0 +1,288 @@
+"""`python -m tuner.report RUN_DIR [RUN_DIR ...] [--out FILE] [--csv FILE]`: one self-contained HTML
+page (figures embedded as PNG, no scripts, no network) that shows what a sweep found.
+
+It reads only the files of run directories (spec.yaml with its provenance, trials.csv, epochs.csv,
+best.json, status.json, and compare.csv / compare.png when a comparison wrote them), so it works on
+a finished, an interrupted or a still running sweep. One run: the page goes to RUN_DIR/report.html.
+Several: a table comparing them, then each run; `--out` names the page, and `--csv` also writes the
+comparison table (e.g. the FIFO vs ASHA benchmark).
+
+Exit 0: the page was written. Exit 2: bad input, one `error: ...` line on stderr, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+import yaml
+
+from tuner import plots, results
+from tuner.errors import InputError
+from tuner.spec import Spec, load_spec
+
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class Run:
+    """Everything the page shows about one run directory, as read from its files."""
+
+    path: Path
+    spec: Spec
+    provenance: dict[str, Any]
+    status: dict[str, Any]
+    best: dict[str, Any] | None  # best.json: only once the sweep finished and tested its choice
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    compare: pd.DataFrame | None = None  # compare.csv: the arms of a comparison, if any
+    compare_png: bytes | None = None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A table of the run; empty when the sweep has not written it yet."""
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path, dtype={"trial_id": str})  # hex ids such as 1234e567 stay text
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (OSError, pd.errors.ParserError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+
+
+def load_run(path: Path) -> Run:
+    """Read a run directory. Raises InputError if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such directory; give a run folder such as "
+                         "results/<name>/<run id>")
+    if not path.is_dir() or not (path / "spec.yaml").is_file():
+        raise InputError(f"{path}: not a tuner run directory (no spec.yaml); give a run folder "
+                         "such as results/<name>/<run id>")
+    spec = load_spec(path / "spec.yaml")
+    provenance = (yaml.safe_load((path / "spec.yaml").read_text()) or {}).get("provenance") or {}
+    trials, epochs = _read_csv(path / "trials.csv"), _read_csv(path / "epochs.csv")
+    if not trials.empty and "status" not in trials:
+        raise InputError(f"{path / 'trials.csv'}: not a tuner trials table (no status column)")
+    compare = _read_csv(path / "compare.csv")
+    png = path / "compare.png"
+    return Run(path=path, spec=spec, provenance=provenance,
+               status=_read_json(path / "status.json") or {"state": "not started"},
+               best=_read_json(path / "best.json"), trials=trials, epochs=epochs,
+               compare=None if compare.empty else compare,
+               compare_png=png.read_bytes() if png.is_file() else None)
+
+
+# --- what the page says about a run --------------------------------------------------------------
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """One run in figures: its cost, time and answer (a row of the comparison table)."""
+    spec, trials, epochs = run.spec, run.trials, run.epochs
+    metric = spec.search.metric
+    cost = results.cost_totals(trials) if "trial_epochs" in trials else {}
+    best = results.best_trial(trials, spec) if metric in trials else None
+    seconds = results.sweep_seconds(epochs)
+    wall = run.status.get("wall_time_s") or (run.best or {}).get("sweep_wall_time_s")
+    return {
+        "run": run.path.name,
+        "name": spec.name,
+        "state": run.status.get("state"),
+        "scheduler": spec.search.scheduler,
+        "searcher": spec.search.searcher,
+        "trials": cost.get("trials", len(trials)),
+        "trial_epochs": cost.get("trial_epochs"),
+        "device_s": cost.get("device_s"),
+        "wall_time_s": wall,
+        "last_report_s": None if seconds.isna().all() else round(float(seconds.max()), 1),
+        "time_to_best_s": (results.time_to_best(epochs, trials, spec)
+                           if metric in epochs and best is not None else None),
+        "metric": metric,
+        "best_trial": None if best is None else best["trial_id"],
+        "best_val": None if best is None else float(best[metric]),
+        # measured once, on the chosen trial, after the sweep; absent until it finished
+        "test_accuracy": (run.best or {}).get("test_accuracy"),
+    }
+
+
+def comparison_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run, side by side (e.g. FIFO against ASHA on the same space and seed)."""
+    return pd.DataFrame([summary(r) for r in runs])
+
+
+def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
+    p, spec = run.provenance, run.spec
+    subset = f"{spec.data.train_subset} train images" if spec.data.train_subset else "all train images"
+    state = s["state"] + (f" (tables as of {run.status['updated']})"
+                          if s["state"] == "running" and run.status.get("updated") else "")
+    counts = run.status.get("trials")
+    if isinstance(counts, dict):
+        state += " · " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+    # The driver's wall time covers its last session only (a resume starts the clock again); the
+    # last report's sweep time spans every session.
+    last = f"last report at {s['last_report_s']:.0f} s of sweep time" if s["last_report_s"] else ""
+    wall = (f"{s['wall_time_s']:.0f} s (the driver's last session); {last}".rstrip("; ")
+            if s["wall_time_s"] is not None else f"(not finished) {last}")
+    return [
+        ("spec", spec.name),
+        ("data", f"{spec.data.dataset}, {subset}, val fraction {spec.data.val_fraction}; "
+                 f"from {p.get('data', '?')}"),
+        ("weights used", p.get("weights", "?")),
+        ("search", f"{spec.search.searcher}, {spec.search.num_samples} trials, "
+                   f"{spec.search.scheduler} scheduler, {spec.search.mode}imise {spec.search.metric}"),
+        ("machine", f"{p.get('machine', '?')}; Ray: {p.get('address', '?')}"),
+        ("per trial", f"{spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"),
+        ("started", p.get("started", "?")),
+        ("wall time", wall),
+        ("trial-epochs", s["trial_epochs"]),
+        ("device-seconds", s["device_s"]),
+        ("time to best", "-" if s["time_to_best_s"] is None else f"{s['time_to_best_s']:.0f} s"),
+        ("state", state),
+        ("command", p.get("command", "?")),
+    ]
+
+
+def best_section(run: Run, s: dict[str, Any]) -> dict[str, Any] | None:
+    metric = run.spec.search.metric
+    if run.best:
+        b = run.best
+        return {"trial_id": b["trial_id"], "config": b["config"], "metric": metric,
+                "val": b.get(metric), "test_accuracy": b.get("test_accuracy"),
+                "test_images": b.get("test_images"), "final": True}
+    if s["best_trial"] is None:
+        return None
+    row = run.trials.set_index("trial_id").loc[s["best_trial"]]
+    return {"trial_id": s["best_trial"], "config": {k: row[k] for k in run.spec.search.parameters},
+            "metric": metric, "val": s["best_val"], "test_accuracy": None, "final": False}
+
+
+def html_table(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, border=0, na_rep="", classes="table",
+                         float_format=lambda v: f"{v:.4g}")
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figures(run: Run) -> list[dict[str, str]]:
+    """The run's figures as embedded PNGs, each with a caption."""
+    spec, trials, epochs = run.spec, run.trials, run.epochs
+    metric = spec.search.metric
+    if epochs.empty or metric not in epochs or trials.empty:
+        return []
+    best_id = plots.chosen_id(trials, spec)
+    out = []
+    asha = spec.search.scheduler == "asha"
+    fig, axes = plots.panels(3 if asha else 2)
+    plots.draw_curves(axes[0], epochs, spec, best_id)
+    plots.draw_best_so_far(axes[1], epochs, spec)
+    if asha:
+        plots.draw_asha(axes[2], trials)
+    out.append({"src": data_uri(plots.png(fig)), "alt": "validation curves and best so far",
+                "caption": f"Left: every trial's {metric} per epoch (the chosen trial in red). "
+                           f"{'Middle' if asha else 'Right'}: the best {metric} reported so far "
+                           "against sweep time."
+                           + (" Right: the epoch each trial ended at; ASHA stops weak trials at its"
+                              " rungs." if asha else "")})
+    params = list(spec.search.parameters)
+    if params and not results.scored_trials(trials, spec).empty:
+        fig, axes = plots.panels(len(params))
+        for ax, key in zip(axes, params, strict=True):
+            plots.draw_param(ax, trials, key, spec, best_id)
+        out.append({"src": data_uri(plots.png(fig)), "alt": "metric by searched value",
+                    "caption": f"Final {metric} of each trial against each searched value."})
+        fig, (ax,) = plots.panels(1, wide=max(2.0, 0.8 * (len(params) + 1)))
+        plots.draw_parallel(ax, trials, spec, best_id)
+        out.append({"src": data_uri(plots.png(fig)), "alt": "parallel coordinates",
+                    "caption": "Each trial's searched values (each axis spans its search range) "
+                               f"and its {metric}, coloured by {metric}; the chosen trial is thick."})
+    return out
+
+
+def run_context(run: Run) -> dict[str, Any]:
+    s = summary(run)
+    top = pd.DataFrame()
+    if run.spec.search.metric in run.trials:
+        top = results.top_trials(run.trials, run.spec, n=10)
+        extra = [c for c in ("trial_epochs", "device_s") if c in run.trials]
+        top = top.join(run.trials[extra])
+    errors = (run.trials[run.trials["status"] == "error"][["trial_id", "error"]]
+              if "status" in run.trials else pd.DataFrame())
+    return {
+        "title": f"{run.spec.name} / {run.path.name}",
+        "header": header(run, s),
+        "best": best_section(run, s),
+        "top": html_table(top) if not top.empty else None,
+        "errors": html_table(errors) if not errors.empty else None,
+        "figures": figures(run),
+        "compare": html_table(run.compare) if run.compare is not None else None,
+        "compare_png": data_uri(run.compare_png) if run.compare_png else None,
+    }
+
+
+def render(runs: list[Run]) -> str:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("tuner", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    table = comparison_table(runs) if len(runs) > 1 else None
+    title = (runs[0].spec.name + " sweep report" if len(runs) == 1
+             else f"{len(runs)} sweeps compared")
+    return env.get_template("report.html.j2").render(
+        title=title, comparison=None if table is None else html_table(table),
+        runs=[run_context(r) for r in runs])
+
+
+def write_report(run_dirs: list[Path], out: Path, csv: Path | None = None) -> Path:
+    """Read the run directories and write the page to `out` (and the comparison table to `csv`).
+    Every input is checked before anything is written; raises InputError."""
+    runs = [load_run(d) for d in run_dirs]
+    for target in filter(None, (out, csv)):
+        if not Path(target).parent.is_dir():
+            raise InputError(f"{target}: its folder {Path(target).parent} does not exist")
+    results.write_text(Path(out), render(runs))
+    if csv is not None:
+        results.write_csv(Path(csv), comparison_table(runs))
+    return Path(out)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise InputError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m tuner.report",
+                description="Write a self-contained HTML report of one or more sweep run folders.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="results/<name>/<run id>")
+    p.add_argument("--out", type=Path, help=f"the page (default: RUN_DIR/{REPORT_FILE} for one run; "
+                                            "needed for several)")
+    p.add_argument("--csv", type=Path, help="also write the table comparing the runs as CSV")
+    try:
+        args = p.parse_args(argv)
+        if len(args.runs) > 1 and args.out is None:
+            raise InputError("several run directories make one page: give --out FILE")
+        out = write_report(args.runs, args.out or args.runs[0] / REPORT_FILE, args.csv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {out}" + (f"; comparison table: {args.csv}" if args.csv else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
