@@ -10,9 +10,7 @@ import pytest
 from conftest import QUICK, start_cli, stop_group, wait_for
 from test_report import CHROMIUM, check_in_browser, images
 
-# Three 2-epoch trials, one at a time. The test interrupts the sweep before the third trial
-# exists: with every trial created, the driver cannot tell an interrupted sweep from a finished one
-# (Ray marks the trials it stops at Ctrl-C TERMINATED).
+# Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
          "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
 

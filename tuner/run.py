@@ -249,7 +249,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     from tuner import results, sweep
 
     records = sweep.collect(grid, spec)
-    partial = sweep.interrupted(grid, spec)
+    partial = sweep.interrupted(grid, spec, experiment)
     trials = results.trials_table(records, spec, weights.label, interrupted=partial)
     results.write_csv(run_dir / "trials.csv", trials)
     epochs = results.epochs_table(records)

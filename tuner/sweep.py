@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
@@ -153,9 +154,16 @@ def _trainable(spec: Spec, data: Dataset, weights: Weights):
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def interrupted(grid: tune.ResultGrid, spec: Spec) -> bool:
-    """True when the sweep stopped before every trial ended (Ctrl-C)."""
-    return len(grid) < spec.search.num_samples or grid.num_terminated + grid.num_errors < len(grid)
+def interrupted(grid: tune.ResultGrid, spec: Spec, experiment: str) -> bool:
+    """True when the sweep stopped before every trial ended (Ctrl-C, SIGTERM).
+
+    Asked of the experiment state Tune saved as fit() ended: the ResultGrid itself cannot tell, since
+    Tune's clean-up marks the trials it stops as TERMINATED, like the ones that finished.
+    """
+    if len(grid) < spec.search.num_samples:
+        return True
+    saved = tune.ExperimentAnalysis(experiment).trials
+    return any(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in saved)
 
 
 def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
