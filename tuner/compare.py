@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ray import tune
+from pyarrow import fs as pafs
 from scipy import stats
 
 from tuner import results, sweep
@@ -112,9 +112,16 @@ def _run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str,
     weights = {setting: w for setting, w in weights.items() if setting in needed}
     if done:
         return sweep.restore_tuner(spec, data, weights, path).get_results()
-    started = tune.Tuner.can_restore(path)
-    tuner = (sweep.restore_tuner if started else sweep.make_tuner)(spec, data, weights, path)
+    tuner = (sweep.restore_tuner if _started(path) else sweep.make_tuner)(spec, data, weights, path)
     return tuner.fit()
+
+
+def _started(path: str) -> bool:
+    """Ray Tune saved the step's state (its trials and searcher), not only its tuner.pkl: a Tuner
+    restored from a tuner.pkl alone, killed before its first save, has a HyperOpt without a space."""
+    fs, root = pafs.FileSystem.from_uri(path)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return any(Path(f.path).name.startswith("experiment_state") for f in found)
 
 
 def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict,

@@ -365,7 +365,7 @@ class Spec(_Section):
                     problems.append(f"{where}.{key}: {path} is not a spec field")
                     continue
                 clash = [s for s in searched if s == path or s.startswith(path + ".")]
-                if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
+                if not f"{path}.".startswith(SEARCHABLE) or path.startswith(FIXED):
                     problems.append(f"{where}.{key}: an arm can set train.*, model.* and "
                                     "data.augment.* fields; data, search, resources and run are "
                                     "shared so that the arms are compared on equal terms")
