@@ -30,14 +30,13 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
-def plant_imagenet(torch_home: Path) -> dict:
-    """A random resnet18 state_dict where torchvision looks for the ImageNet file (not ImageNet's)."""
-    ckpt = torch_home / "hub" / "checkpoints"
-    ckpt.mkdir(parents=True)
+def pretrained_file(folder: Path) -> tuple[Path, dict]:
+    """A resnet18 state_dict file standing in for pretrained weights (no ImageNet file exists here,
+    and one planted under torchvision's ImageNet name fails its hash check)."""
     torch.manual_seed(0)
     state = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(state, ckpt / "resnet18-f37072fd.pth")
-    return state
+    torch.save(state, folder / "pretrained.pt")
+    return folder / "pretrained.pt", state
 
 
 # --- the spec ------------------------------------------------------------------------------------
@@ -113,15 +112,13 @@ def test_dry_run_lists_the_arms(tmp_path):
 # --- weights per arm ---------------------------------------------------------------------------
 
 
-def test_each_arm_gets_the_weights_it_names(tmp_path, monkeypatch):
-    planted = plant_imagenet(tmp_path / "torch-home")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    spec = load_spec(QUICK, ["model.weights_fallback=null",
-                             "compare.arms={tuned: {model.weights: imagenet}, "
+def test_each_arm_gets_the_weights_it_names(tmp_path):
+    path, planted = pretrained_file(tmp_path)
+    spec = load_spec(QUICK, [f"compare.arms={{tuned: {{model.weights: {path}}}, "
                              "scratch: {model.weights: none}}"])
     weights = resolve_all(spec.model_variants())
-    assert set(weights) == {"imagenet", "none"}
-    assert weights["imagenet"].label.startswith("imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:")
+    assert set(weights) == {str(path), "none"}
+    assert weights[str(path)].label.startswith(f"file {path} sha256:")
     assert weights["none"].label == "none (random init)" and weights["none"].state_dict is None
     for arm, same in (("tuned", True), ("scratch", False)):
         arm_model = spec.arm(arm).model
@@ -203,16 +200,16 @@ def _step_done(run_dir: list[Path], step: str):
 
 @needs_fashion
 def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
-    plant_imagenet(tmp_path / "torch-home")
+    path, _ = pretrained_file(tmp_path)
     results = tmp_path / "results"
     args = [str(QUICK), "--results", str(results),
             "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-            "--set", "model.weights_fallback=null", "--set", "model.small_input_stem=true",
+            "--set", "model.small_input_stem=true",
             "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
             "--set", "search.parameters={lr: {loguniform: [3.0e-4, 3.0e-3]}}",
             "--set", "train.epochs=1",
             "--set", "compare.repeats=2",
-            "--set", "compare.arms={planted: {model.weights: imagenet}, scratch: {model.weights: none}}"]
+            "--set", f"compare.arms={{planted: {{model.weights: {path}}}, scratch: {{model.weights: none}}}}"]
     proc = start_cli(*args, tmp_path=tmp_path)
     try:
         run = wait_for(lambda: _step_done([results], "search:planted"), 300,
@@ -233,7 +230,7 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     assert set(trials["status"]) == {"finished"}
     by_arm = trials.groupby("arm")["weights"].unique()
     assert len(by_arm["planted"]) == 1
-    assert by_arm["planted"][0].startswith("imagenet ResNet18_Weights.IMAGENET1K_V1 sha256:")
+    assert by_arm["planted"][0].startswith(f"file {path} sha256:")
     assert list(by_arm["scratch"]) == ["none (random init)"]
     repeats = trials[trials["phase"] == "repeats"]
     assert sorted(repeats["train.seed"]) == [1, 1, 2, 2]  # fresh seeds (the search used 0)
@@ -260,21 +257,20 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
 
 @needs_fashion
 def test_a_plain_sweep_searches_the_weights(tmp_path):
-    plant_imagenet(tmp_path / "torch-home")
+    path, _ = pretrained_file(tmp_path)
     results = tmp_path / "results"
     proc = run_cli(str(QUICK), "--results", str(results),
                    "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-                   "--set", "model.weights_fallback=null",
                    "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
-                   "--set", "search.parameters={model.weights: {choice: [imagenet, none]}, "
+                   "--set", f"search.parameters={{model.weights: {{choice: [{path}, none]}}, "
                             "epochs: {choice: [1]}}",
-                   "--set", "search.points_to_evaluate=[{model.weights: imagenet, epochs: 1}, "
+                   "--set", f"search.points_to_evaluate=[{{model.weights: {path}, epochs: 1}}, "
                             "{model.weights: none, epochs: 1}]",
                    tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = results.glob("*/*")
     trials = pd.read_csv(run / "trials.csv").set_index("model.weights")
-    assert trials.loc["imagenet", "weights"].startswith("imagenet ResNet18_Weights.IMAGENET1K_V1")
+    assert trials.loc[str(path), "weights"].startswith(f"file {path} sha256:")
     assert trials.loc["none", "weights"] == "none (random init)"
     best = json.loads((run / "best.json").read_text())
     assert best["weights"] == trials.loc[best["config"]["model.weights"], "weights"]

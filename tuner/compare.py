@@ -65,6 +65,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     labels = {setting: w.label for setting, w in weights.items()}
     t0 = time.perf_counter()
     trials, epochs, best = [], [], {}
+    search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
     for phase, arm in steps(spec):
         arm_spec = spec.arm(arm)
         if phase == "repeats":
@@ -82,6 +83,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         interrupted = not done and sweep.interrupted(grid, arm_spec)
         table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
         if phase == "search":
+            search_records += records
             chosen = results.best_trial(table, arm_spec)
             if chosen is not None:
                 best[arm] = next(r.params for r in records if r.trial_id == chosen["trial_id"])
@@ -102,6 +104,9 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             if phase == "search":  # for a reader of status.json; a resume recomputes it
                 progress.setdefault("best", {})[arm] = best.get(arm)
             _status(status_path, compare=progress)
+    if spec.run.keep_checkpoints == "best":  # the repeats' checkpoints are the tested models
+        deleted = sweep.prune_checkpoints(search_records, keep=None)
+        log.info("deleted %d search checkpoint(s) (run.keep_checkpoints: best)", deleted)
     return _finish(spec, run_dir, pd.concat(trials, ignore_index=True), best, status_path,
                    time.perf_counter() - t0)
 
@@ -127,14 +132,15 @@ def _started(path: str) -> bool:
 def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict,
             status_path: Path, progress: dict) -> pd.DataFrame:
     """Each finished repeat tested once (scores kept in status.json, so a resumed run never tests
-    again); the table with test_loss and test_accuracy columns."""
+    again); the table with test_accuracy and test_loss columns."""
     finished = set(table.loc[table["status"] == "finished", "trial_id"])
     for r in records:
         if r.trial_id in finished and r.trial_id not in tests:
-            tests[r.trial_id] = list(sweep.test_best(r, spec, data))
+            tests[r.trial_id] = sweep.test_best(r, spec, data)
             _status(status_path, compare=progress)
-    scores = table["trial_id"].map(lambda t: tests.get(t, [math.nan, math.nan]))
-    return table.assign(test_loss=scores.str[0], test_accuracy=scores.str[1])
+    scores = pd.DataFrame([tests.get(t, {}) for t in table["trial_id"]], index=table.index)
+    return table.assign(test_accuracy=scores.get("test_accuracy", math.nan),
+                        test_loss=scores.get("test_loss", math.nan))
 
 
 def _status(path: Path, **fields) -> None:
