@@ -250,6 +250,8 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == 8
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and len(status["compare"]["done"]) == 4
+    assert status["trials"]["finished"] == 8 and status["cost"]["trial_epochs"] == 8
+    assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]
     assert " points of test accuracy over 2 seeds, each tuned with 2 trials" in last
     assert last.startswith(("planted ", "scratch "))

@@ -167,7 +167,10 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
         plots.plot_compare(trials, table, spec, run_dir / "compare.png")
     except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
         log.warning("compare.png not written: %s: %s", type(e).__name__, e)
-    _status(status_path, state="finished", phase=None, arm=None)
+    planned = len(spec.compare.arms) * (spec.search.num_samples + spec.compare.repeats)
+    _status(status_path, state="finished", phase=None, arm=None,
+            trials=results.trial_counts(trials, planned), cost=results.cost_totals(trials),
+            wall_time_s=round(wall, 1))  # this session's, as a plain sweep's
     shown = ["arm", "test_mean", "test_ci95_low", "test_ci95_high", "val_mean", "repeats",
              "trials", "trial_epochs", "device_s"]
     print(f"\ncomparison finished in {wall:.0f} s; results in {run_dir}")

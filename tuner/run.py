@@ -244,7 +244,10 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             from tuner import compare
 
             code = compare.run_comparison(spec, data, weights, run_dir, experiment, resume)
-            return stopped_code() if code == 130 else code  # 143 after SIGTERM
+            if code == 130:
+                return stopped_code()  # 143 after SIGTERM
+            write_report(run_dir)
+            return code
 
         t0 = time.perf_counter()
         # On --resume the LiveTables given at the start comes back with Ray's saved RunConfig.
