@@ -78,9 +78,10 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         if not done:
             _status(status_path, state="running", phase=phase, arm=arm)
             print(f"\n== {phase} {arm} ==", flush=True)
-        grid = _run_step(arm_spec, data, weights, f"{experiment}/{arm}/{phase}", done)
+        path = f"{experiment}/{arm}/{phase}"
+        grid = _run_step(arm_spec, data, weights, path, done)
         records = sweep.collect(grid, arm_spec)
-        interrupted = not done and sweep.interrupted(grid, arm_spec)
+        interrupted = not done and sweep.interrupted(grid, arm_spec, path)
         table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
         if phase == "search":
             search_records += records
