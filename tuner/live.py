@@ -36,7 +36,8 @@ class LiveTables(tune.Callback):
     directory's epochs.csv, so the trials that ended before the resume keep their rows.
     """
 
-    def __init__(self, run_dir: Path, spec: Spec, weights: str, every_s: float = 5.0):
+    def __init__(self, run_dir: Path, spec: Spec, weights: str | dict[str, str],
+                 every_s: float = 5.0):
         self.run_dir = Path(run_dir).resolve()  # a resume may start from another working directory
         self.spec = spec
         self.weights = weights

@@ -1,7 +1,8 @@
 """The controlled variables: a torchvision ResNet-18, its weights, and small named surgery functions.
 
-Weights are resolved once in the driver (`resolve_weights`) and the resulting state_dict is shipped to
-every trial, so a missing or mis-shaped file is a bad input before any trial starts.
+Weights are resolved once in the driver (`resolve_all`: every setting any trial can use) and the
+resulting state_dicts are shipped to every trial, so a missing or mis-shaped file is a bad input
+before any trial starts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,23 @@ def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
         state = state["model"]  # a tuner checkpoint
     _check_fits(state, f"model.weights: {path}", path)
     return Weights(state, f"file {path.resolve()} sha256:{_sha256(path)[:16]}")
+
+
+def resolve_all(models: Iterable[Model]) -> dict[str, Weights]:
+    """Each distinct weights setting among these model sections resolved once: setting (imagenet,
+    none, a path) -> Weights. Trials look theirs up by their own model.weights. Raises InputError."""
+    out: dict[str, Weights] = {}
+    for m in models:
+        if m.weights not in out:
+            out[m.weights] = resolve_weights(m)
+    return out
+
+
+def weights_label(weights: dict[str, Weights]) -> str:
+    """One line naming the weights a run uses (spec.yaml's provenance, the resume check)."""
+    if len(weights) == 1:
+        return next(iter(weights.values())).label
+    return "; ".join(f"{setting}: {w.label}" for setting, w in sorted(weights.items()))
 
 
 def _check_fits(state: object, where: str, path: Path) -> None:

@@ -1,6 +1,7 @@
 """The run's figures, one panel per function so the sweep's `sweep.png` and the HTML report share
 them: every trial's validation curve, the metric against each searched value, parallel coordinates,
-best-so-far against sweep time, and where ASHA stopped trials."""
+best-so-far against sweep time, where ASHA stopped trials, and for a comparison (`compare.png`) the
+arms side by side with their spread."""
 
 from __future__ import annotations
 
@@ -177,3 +178,49 @@ def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Pat
     fig.suptitle(f"{spec.name}: {len(trials)} trials, weights {weights}", fontsize="medium")
     write_bytes(path, png(fig))
     return True
+
+
+def draw_arms_test(ax: Axes, trials: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Each arm's repeats' test accuracy (one dot per seed) with their mean and 95% interval."""
+    for i, row in table.reset_index(drop=True).iterrows():
+        reps = trials[(trials["arm"] == row["arm"]) & (trials["phase"] == "repeats")]
+        scores = reps["test_accuracy"].dropna() if "test_accuracy" in reps else pd.Series([])
+        ax.scatter([i] * len(scores), scores, color=OTHERS, alpha=0.6, zorder=2,
+                   label="one seed" if i == 0 else None)
+        if pd.notna(row["test_mean"]):
+            low, high = row["test_ci95_low"], row["test_ci95_high"]
+            err = [[row["test_mean"] - low], [high - row["test_mean"]]] if pd.notna(low) else None
+            ax.errorbar([i + 0.15], [row["test_mean"]], yerr=err, fmt="s", color=CHOSEN, capsize=5,
+                        zorder=3, label="mean, 95% interval" if i == 0 else None)
+    repeats = int(table["repeats"].max()) if len(table) else 0
+    ax.set(ylabel="test accuracy", title=f"best config re-run over {repeats} seeds")
+    _arm_axis(ax, list(table["arm"]))
+    if table["test_mean"].notna().any():
+        ax.legend(loc="best", fontsize="small")
+
+
+def draw_arms_search(ax: Axes, trials: pd.DataFrame, arms: list[str], spec: Spec) -> None:
+    """Every search trial's final validation metric per arm, the arm's chosen one in red."""
+    metric = spec.search.metric
+    for i, arm in enumerate(arms):
+        search = scored_trials(trials[(trials["arm"] == arm) & (trials["phase"] == "search")], spec)
+        chosen = (search[metric] == search[metric].agg(spec.search.mode)).to_numpy()
+        ax.scatter([i] * len(search), search[metric], color=np.where(chosen, CHOSEN, OTHERS),
+                   alpha=0.7)
+    ax.set(ylabel=metric, title=f"search: {spec.search.num_samples} trials per arm")
+    _arm_axis(ax, arms)
+
+
+def _arm_axis(ax: Axes, arms: list[str]) -> None:
+    ax.set_xticks(range(len(arms)), arms, rotation=15)
+    ax.set_xlim(-0.5, len(arms) - 0.5)
+
+
+def plot_compare(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec, path: Path) -> None:
+    """compare.png: the repeats' test accuracy per arm with its spread, next to the arms' searches."""
+    arms = list(table["arm"])
+    fig, (test_ax, search_ax) = panels(2, wide=max(1.0, 0.4 * len(arms)))
+    draw_arms_test(test_ax, trials, table)
+    draw_arms_search(search_ax, trials, arms, spec)
+    fig.suptitle(f"{spec.name}: {len(arms)} arms compared", fontsize="medium")
+    write_bytes(path, png(fig))

@@ -76,9 +76,12 @@ def epochs_table(records: list[TrialRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epoch"])  # a header to read
 
 
-def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
+def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str, str],
                  interrupted: bool = False) -> pd.DataFrame:
     """One row per trial: status, error, searched values, final and best metrics, epochs, time.
+
+    Each row's weights are those its trial reported starting from; a trial that never reported
+    gets the label of its weights setting from `weights` (setting -> label, or one label).
 
     Status: finished, error, stopped_early (by the scheduler), or, in an interrupted sweep,
     unfinished; while the sweep runs (live tables), running, pending or paused.
@@ -91,7 +94,9 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
     for r in records:
         reps = pd.DataFrame(r.reports)
         last = r.reports[-1] if r.reports else {}
-        planned = spec.with_values(r.params).train.epochs
+        trial_spec = spec.with_values(r.params)
+        planned = trial_spec.train.epochs
+        label = weights if isinstance(weights, str) else weights.get(trial_spec.model.weights)
         error = r.error or last.get("error")
         done = int(last.get("epoch", 0))
         status = ("error" if error else r.state if r.state in LIVE_STATES
@@ -115,7 +120,7 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str,
             "device_s": wall * devices_per_trial(spec),
             "node_ip": last.get("node_ip"),
             "node_id": last.get("node_id"),
-            "weights": weights,
+            "weights": last.get("weights") or label,
         })
         if spec.search.scheduler == "asha":
             row["stopped_at_epoch"] = done if status == "stopped_early" else None
@@ -271,3 +276,12 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def update_json(path: Path, fields: dict) -> dict:
+    """Set these keys of a JSON file, keeping its others (a comparison's progress in status.json);
+    the file's new content."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(fields)
+    write_json(path, data)
+    return data

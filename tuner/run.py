@@ -117,13 +117,13 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
     from tuner import sweep  # imports Ray: only when needed
     from tuner.data import load_dataset
-    from tuner.model import resolve_weights
+    from tuner.model import resolve_all, weights_label
 
     sweep.check_buildable(spec)
-    weights = resolve_weights(spec.model)
-    if recorded_weights is not None and recorded_weights != weights.label:
+    weights = resolve_all(spec.model_variants())  # every arm's, every searched choice's
+    if recorded_weights is not None and recorded_weights != weights_label(weights):
         raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
-                         f"but now gets {weights.label!r}; resuming would mix them")
+                         f"but now gets {weights_label(weights)!r}; resuming would mix them")
     return weights, load_dataset(spec.data)
 
 
@@ -132,6 +132,7 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
     space and how the trials would run; start no trial (and no Ray, unless --address is given)."""
     rayenv.prepare(args.address)
     from tuner import cluster, sweep
+    from tuner.model import weights_label
     from tuner.space import describe
 
     weights, data = check_inputs(spec)
@@ -156,7 +157,12 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
           f"{spec.search.mode}imise {spec.search.metric}):")
     for key, text in describe(spec.search):
         print(f"  {key:<16} {text}")
-    print(f"\nweights: {weights.label}")
+    if spec.compare is not None:
+        print(f"\narms (each searched as above, then its best config re-run with "
+              f"{spec.compare.repeats} seeds and tested once per seed):")
+        for name, overrides in spec.compare.arms.items():
+            print(f"  {name:<16} " + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "the spec as is"))
+    print(f"\nweights: {weights_label(weights)}")
     print(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
           f"{data.num_classes} classes, from {data.source}")
     print(f"trials at once: {at_once} ({where} fits {slots} at {spec.resources.cpu:g} CPU and "
@@ -209,9 +215,11 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     import ray
 
     from tuner import cluster, live, results, sweep
+    from tuner.model import weights_label
 
     # Everything that can be bad input is checked before anything is written.
     weights, data = check_inputs(spec, recorded_weights, run_dir)
+    label = weights_label(weights)
     with ExitStack() as stack:
         if cluster.connect(args.address, spec.resources):
             stack.callback(ray.shutdown)  # the embedded Ray we started: no process left behind
@@ -223,20 +231,28 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             stack.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             results.write_text(run_dir / "spec.yaml",
-                               spec_record(spec, weights.label, data.source, args))
-        else:
+                               spec_record(spec, label, data.source, args))
+        elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
         write_status(run_dir, "running", experiment, resume)
         print(f"run directory: {run_dir}")
-        print(f"cluster: {cluster.describe_cluster()}; weights: {weights.label}; "
+        print(f"cluster: {cluster.describe_cluster()}; weights: {label}; "
               f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
               f"from {data.source}")
+        if spec.compare is not None:
+            from tuner import compare
+
+            code = compare.run_comparison(spec, data, weights, run_dir, experiment, resume)
+            if code == 130:
+                return stopped_code()  # 143 after SIGTERM
+            write_report(run_dir)
+            return code
 
         t0 = time.perf_counter()
         # On --resume the LiveTables given at the start comes back with Ray's saved RunConfig.
         tuner = (sweep.make_tuner(spec, data, weights, experiment,
-                                  callbacks=[live.LiveTables(run_dir, spec, weights.label)])
+                                  callbacks=[live.LiveTables(run_dir, spec, labels(weights))])
                  if not args.resume else sweep.restore_tuner(spec, data, weights, experiment))
         grid = tuner.fit()
         wall = time.perf_counter() - t0
@@ -250,7 +266,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
 
     records = sweep.collect(grid, spec)
     partial = sweep.interrupted(grid, spec, experiment)
-    trials = results.trials_table(records, spec, weights.label, interrupted=partial)
+    trials = results.trials_table(records, spec, labels(weights), interrupted=partial)
     results.write_csv(run_dir / "trials.csv", trials)
     epochs = results.epochs_table(records)
     results.write_csv(run_dir / "epochs.csv", epochs)
@@ -289,7 +305,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
         "checkpoint": record.checkpoint.path,
-        "weights": weights.label,
+        "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
     })
@@ -314,6 +330,11 @@ def keep_checkpoints(spec: Spec, records, best) -> None:
                  deleted)
 
 
+def labels(weights: dict) -> dict[str, str]:
+    """Weights setting -> the label of what it resolved to (for rows of trials that never reported)."""
+    return {setting: w.label for setting, w in weights.items()}
+
+
 def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
     from tuner import plots
 
@@ -335,12 +356,12 @@ def write_report(run_dir: Path) -> None:
 def write_status(run_dir: Path, state: str, experiment: str, resume: str,
                  extra: dict | None = None) -> None:
     """status.json; `extra`: counts of trials by status and the cost totals, once known."""
-    from tuner.results import write_json
+    from tuner.results import update_json
 
-    write_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
-                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                       "driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                                       **(extra or {})})
+    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
+                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "driver": {"host": socket.gethostname(), "pid": os.getpid()},
+                                        **(extra or {})})
 
 
 def gpu_names() -> str:

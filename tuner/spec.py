@@ -6,6 +6,7 @@ Every default lives here. Code downstream takes a `Spec` (or one of its sections
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,11 @@ from tuner.errors import InputError
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # ResNet stages, input to output
 # What a trial can vary: the rest (data, weights, resources, search) is set up once per sweep.
 SEARCHABLE = ("train.", "model.", "data.augment.")
-FIXED = ("model.weights", "model.arch")
+FIXED = ("model.arch",)
+# Weights are resolved and checked in the driver before anything runs, so only a list of them can
+# be searched (each one resolved up front), never a range.
+CHOICE_ONLY = ("model.weights",)
+ARM_NAME = r"^[A-Za-z0-9_.-]+$"  # an arm's name is a folder name (trials/<arm>/)
 FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
@@ -261,6 +266,25 @@ class Run(_Section):
     checkpoint_every: PositiveInt = 1  # epochs between checkpoints; the last epoch is always saved
 
 
+class Compare(_Section):
+    """Strategies compared on equal terms: each arm (name -> spec overrides, keys as in
+    search.parameters) gets the spec's own search; then its best config is trained `repeats` more
+    times with fresh train.seed values, and each of those runs is tested once."""
+
+    arms: dict[str, dict[str, Any]]
+    repeats: int = Field(3, ge=1)  # seeds per arm for its best config
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        problems = [] if len(v) >= 2 else [f"give at least two arms to compare (got {len(v)})"]
+        problems += [f"arm {name!r}: an arm's name is a folder name: use letters, digits, '_', "
+                     "'.' and '-' only" for name in v if not re.fullmatch(ARM_NAME, name)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
 class Spec(_Section):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # results/<name>/<run id>/
     data: Data = Data()
@@ -269,6 +293,7 @@ class Spec(_Section):
     search: Search = Search()
     resources: Resources = Resources()
     run: Run = Run()
+    compare: Compare | None = None  # None: a plain sweep
 
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:
@@ -283,8 +308,12 @@ class Spec(_Section):
                 continue
             if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
                 problems.append(f"search.parameters.{key}: {path} is fixed for the whole sweep "
-                                "(data, weights and resources are set up once); search train.*, "
-                                "model.* or data.augment.* fields")
+                                "(data, architecture and resources are set up once); search "
+                                "train.*, model.* or data.augment.* fields")
+                continue
+            if path in CHOICE_ONLY and param.kind != "choice":
+                problems.append(f"search.parameters.{key}: {path} can only be searched with "
+                                "choice (each one is loaded before the sweep starts)")
                 continue
             if path in seen:
                 problems.append(f"search.parameters.{key}: {path} is searched twice "
@@ -314,9 +343,65 @@ class Spec(_Section):
         if self.search.scheduler == "asha" and self.search.grace_period > max_epochs:
             problems.append(f"search.grace_period: {self.search.grace_period} is more than the most "
                             f"epochs a trial can have ({max_epochs})")
+        if self.compare is not None:
+            problems += self._arm_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _arm_problems(self) -> list[str]:
+        """What is wrong with the arms' overrides: keys that are not spec fields or that an arm may
+        not set, values that break the field's rules."""
+        arms = self.compare.arms
+        problems = []
+        searched = [param_path(k) for k in self.search.parameters]
+        for name, overrides in arms.items():
+            where = f"compare.arms.{name}"
+            for key, value in overrides.items():
+                path = param_path(key)
+                try:
+                    get_path(self, path)
+                except KeyError:
+                    problems.append(f"{where}.{key}: {path} is not a spec field")
+                    continue
+                clash = [s for s in searched if s == path or s.startswith(path + ".")]
+                if not f"{path}.".startswith(SEARCHABLE) or path.startswith(FIXED):
+                    problems.append(f"{where}.{key}: an arm can set train.*, model.* and "
+                                    "data.augment.* fields; data, search, resources and run are "
+                                    "shared so that the arms are compared on equal terms")
+                elif clash:
+                    problems.append(f"{where}.{key}: {clash[0]} is also searched "
+                                    "(search.parameters); an arm may fix only fields the search "
+                                    "leaves alone")
+                else:
+                    problems += _check_value(self, path, value, f"{where}.{key}")
+        if not problems:  # each value is fine alone; check the arm's spec as a whole
+            for name in arms:
+                try:
+                    self.arm(name)
+                except ValidationError as e:
+                    problems += [f"compare.arms.{name}: {err['msg'].removeprefix('Value error, ')}"
+                                 for err in e.errors()]
+        return problems
+
+    def arm(self, name: str) -> Spec:
+        """The spec one arm runs: its overrides applied, no `compare` section."""
+        raw = self.model_dump()
+        raw["compare"] = None
+        for key, value in self.compare.arms[name].items():
+            set_path(raw, param_path(key), value)
+        return Spec.model_validate(raw)
+
+    def model_variants(self) -> list[Model]:
+        """Every model section a trial of this sweep can start from (per arm, per searched
+        weights choice), so that the driver resolves all their weights before anything runs."""
+        specs = [self.arm(n) for n in self.compare.arms] if self.compare else [self]
+        out = []
+        for s in specs:
+            weights = s.search_for("model.weights")
+            for choice in weights.choice if weights else [s.model.weights]:
+                out.append(s.model.model_copy(update={"weights": choice}))
+        return out
 
     def search_for(self, path: str) -> Param | None:
         """The distribution searched for a spec path, if any ('train.epochs' finds key 'epochs')."""
@@ -327,6 +412,7 @@ class Spec(_Section):
         in and validated; nothing is left to search in it."""
         raw = self.model_dump()
         raw["search"].update(parameters={}, points_to_evaluate=[])
+        raw["compare"] = None  # a trial is one arm's (its spec comes from Spec.arm)
         for key, value in values.items():
             set_path(raw, param_path(key), value)
         return Spec.model_validate(raw)
@@ -361,6 +447,7 @@ def _check_value(spec: Spec, path: str, value: Any, where: str) -> list[str]:
     """Validate one candidate value for a field by putting it into a copy of the spec."""
     raw = spec.model_dump()
     raw["search"] = {}  # the search section is not under test here; avoid recursion
+    raw["compare"] = None
     set_path(raw, path, value)
     try:
         Spec.model_validate(raw)
@@ -454,7 +541,7 @@ def apply_override(raw: dict, item: str) -> None:
             raise InputError(
                 f"--set {key}: unknown key {part!r} in {where}; valid keys: {', '.join(fields)}"
             )
-        ann = fields[part].annotation
+        ann = _unoptional(fields[part].annotation)
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if model is None and i < len(parts) - 1 and not _is_mapping(ann):
             raise InputError(f"--set {key}: {'.'.join(parts[: i + 1])} has no sub-keys")
@@ -462,6 +549,12 @@ def apply_override(raw: dict, item: str) -> None:
         set_path(raw, key, value)
     except KeyError:
         raise InputError(f"--set {key}: {key.rsplit('.', 1)[0]} is not a mapping in the spec") from None
+
+
+def _unoptional(ann: Any) -> Any:
+    """`Compare | None` -> Compare; other annotations unchanged."""
+    args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+    return args[0] if isinstance(ann, types.UnionType) and len(args) == 1 else ann
 
 
 def _is_mapping(ann: Any) -> bool:
@@ -499,7 +592,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
             skip_key = False
             continue
         field = model.model_fields.get(part)
-        ann = field.annotation if field else None
+        ann = _unoptional(field.annotation) if field else None
         if _is_mapping(ann):
             ann, skip_key = ann.__args__[1], True
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
@@ -511,6 +604,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def dump_spec(spec: Spec) -> str:
     """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml."""
     raw = spec.model_dump(mode="json")
+    if raw["compare"] is None:
+        del raw["compare"]  # a plain sweep's spec.yaml looks as it always did
     params = raw["search"]["parameters"]
     for key, dist in params.items():  # show only the distribution that is set
         params[key] = {k: v for k, v in dist.items() if v is not None}

@@ -103,7 +103,7 @@ def experiment_path(spec: Spec, run_dir: Path) -> str:
     return f"{storage.rstrip('/')}/{spec.name}-{run_dir.name}"
 
 
-def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str,
+def make_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights], experiment: str,
                callbacks: list[tune.Callback] = ()) -> tune.Tuner:
     """The sweep's Tuner. `callbacks` run on the driver (live tables); Tuner.restore brings them
     back with the rest of the RunConfig."""
@@ -133,7 +133,8 @@ def make_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str,
     )
 
 
-def restore_tuner(spec: Spec, data: Dataset, weights: Weights, experiment: str) -> tune.Tuner:
+def restore_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights],
+                  experiment: str) -> tune.Tuner:
     """Continue an interrupted sweep: finished trials stay, unfinished ones resume from their
     checkpoints, and the searcher continues from its saved state."""
     return tune.Tuner.restore(experiment, trainable=_trainable(spec, data, weights),
@@ -146,7 +147,7 @@ def check_restorable(experiment: str) -> None:
                          "was stopped before its first trial started. Start it again instead")
 
 
-def _trainable(spec: Spec, data: Dataset, weights: Weights):
+def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
     # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Fixed inputs travel once per node through Ray's object store.

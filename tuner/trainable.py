@@ -86,14 +86,16 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
-def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) -> None:
-    """One trial: the spec with this trial's searched values, trained and reported once per epoch."""
+def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, Weights]) -> None:
+    """One trial: the spec with this trial's searched values, trained and reported once per epoch.
+    `weights` maps each weights setting the sweep can use to its resolved weights."""
     spec = spec.with_values(config)
+    initial = weights[spec.model.weights]
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     torch.manual_seed(spec.train.seed)
     fmt = memory_format(device, spec.train.precision)
-    model = build_model(spec.model, weights, data.in_channels, data.num_classes)
+    model = build_model(spec.model, initial, data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(model, spec.model, spec.train)
     scheduler = make_scheduler(optimizer, spec.train, steps_per_epoch(len(data.train),
@@ -134,6 +136,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: Weights) ->
             "train_images": seen,  # images trained on this epoch
             "images_per_s": seen / train_s,  # training images per second
             "device": str(device),
+            "weights": initial.label,  # what this trial really started from
             **node,
         }
         error = divergence(train_loss, val_loss, epoch + 1)

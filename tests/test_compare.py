@@ -1,0 +1,278 @@
+"""Strategies compared as arms: the spec section, weights per arm, the statistics and words, and one
+real comparison (real Ray, HyperOpt, training, Fashion-MNIST) interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from conftest import ROOT, reports, run_cli, start_cli, stop_group, wait_for
+
+from tuner import data
+from tuner.compare import compare_table, repeats_spec, t_interval, verdict
+from tuner.errors import InputError
+from tuner.model import build_model, resolve_all
+from tuner.spec import load_spec, validate
+
+QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # searches epochs, batch_size and lr
+ARMS = "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"
+needs_fashion = pytest.mark.skipif(
+    not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
+    and not os.environ.get("FASHION_MNIST_DIR"),
+    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
+)
+
+
+def pretrained_file(folder: Path) -> tuple[Path, dict]:
+    """A resnet18 state_dict file standing in for pretrained weights (no ImageNet file exists here,
+    and one planted under torchvision's ImageNet name fails its hash check)."""
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, folder / "pretrained.pt")
+    return folder / "pretrained.pt", state
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+def test_arms_give_their_own_specs():
+    spec = load_spec(QUICK, [ARMS, "compare.repeats=2",
+                             "compare.arms.head={model.freeze: head, train.weight_decay: 1.0e-4}"])
+    assert spec.compare.repeats == 2 and list(spec.compare.arms) == ["full", "head"]
+    head = spec.arm("head")
+    assert head.model.freeze == "head" and head.train.weight_decay == 1e-4 and head.compare is None
+    assert head.search == spec.search and spec.arm("full").model.freeze == "none"
+
+
+@pytest.mark.parametrize(("compare", "pieces"), [
+    ({"arms": {"a": {"lr": 0.01}, "b": {}}},
+     ["compare.arms.a.lr", "train.lr is also searched"]),
+    ({"arms": {"a": {"data.augment": {"hflip": True}}, "b": {}}},
+     []),  # not searched here: fine (the case below searches it)
+    ({"arms": {"a": {"model.dropout": 0.1}, "b": {"trian.momentum": 0.5}}},
+     ["compare.arms.a.model.dropout: model.dropout is not a spec field",
+      "compare.arms.b.trian.momentum: trian.momentum is not a spec field"]),
+    ({"arms": {"a": {"data.train_subset": 100}, "b": {"resources.cpu": 2}}},
+     ["compare.arms.a.data.train_subset: an arm can set", "compare.arms.b.resources.cpu"]),
+    ({"arms": {"a": {"train.momentum": 1.5}, "b": {"model.freeze": "legs"}}},
+     ["compare.arms.a.train.momentum: value 1.5", "compare.arms.b.model.freeze", "legs"]),
+    ({"arms": {"only": {}}}, ["compare.arms", "at least two arms to compare (got 1)"]),
+    ({"arms": {"a": {}, "b": {}}, "repeats": 0}, ["compare.repeats", "greater than or equal to 1"]),
+    ({"arms": {"a b": {}}, "repeats": 0},  # every problem at once
+     ["at least two arms to compare (got 1)", "'a b'", "folder name", "compare.repeats"]),
+    ({"arms": {"a": {}, "b": {}}, "seeds": 3}, ["compare.seeds", "unknown key", "arms, repeats"]),
+])
+def test_bad_arms(compare, pieces):
+    raw = {"search": {"parameters": {"lr": {"uniform": [1e-4, 1e-3]}}}, "compare": compare}
+    if not pieces:
+        validate(raw)
+        raw["search"]["parameters"]["data.augment.hflip"] = {"choice": [True, False]}
+        pieces = ["compare.arms.a.data.augment", "data.augment.hflip is also searched"]
+    with pytest.raises(InputError) as e:
+        validate(raw)
+    for piece in pieces:
+        assert piece in str(e.value)
+
+
+def test_an_arm_is_checked_as_a_whole():
+    raw = {"search": {"scheduler": "asha", "grace_period": 3},
+           "compare": {"arms": {"short": {"train.epochs": 2}, "long": {"train.epochs": 5}}}}
+    with pytest.raises(InputError, match=r"compare.arms.short: search.grace_period: 3 is more"):
+        validate(raw)
+
+
+def test_weights_are_searchable_by_choice_only():
+    spec = validate({"search": {"parameters": {"model.weights": {"choice": ["imagenet", "none"]}}}})
+    assert [m.weights for m in spec.model_variants()] == ["imagenet", "none"]
+    with pytest.raises(InputError, match="only be searched with choice"):
+        validate({"search": {"parameters": {"model.weights": {"uniform": [0, 1]}}}})
+
+
+def test_the_cli_rejects_a_bad_comparison_before_writing(tmp_path):
+    proc = run_cli(str(QUICK), "--results", str(tmp_path / "results"),
+                   "--set", "compare.arms={a: {lr: 0.01}, b: {}}", tmp_path=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "train.lr is also searched" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
+
+
+def test_dry_run_lists_the_arms(tmp_path):
+    proc = run_cli(str(QUICK), "--dry-run", "--set", ARMS, tmp_path=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "re-run with 3 seeds" in proc.stdout and "head             model.freeze=head" in proc.stdout
+
+
+# --- weights per arm ---------------------------------------------------------------------------
+
+
+def test_each_arm_gets_the_weights_it_names(tmp_path):
+    path, planted = pretrained_file(tmp_path)
+    spec = load_spec(QUICK, [f"compare.arms={{tuned: {{model.weights: {path}}}, "
+                             "scratch: {model.weights: none}}"])
+    weights = resolve_all(spec.model_variants())
+    assert set(weights) == {str(path), "none"}
+    assert weights[str(path)].label.startswith(f"file {path} sha256:")
+    assert weights["none"].label == "none (random init)" and weights["none"].state_dict is None
+    for arm, same in (("tuned", True), ("scratch", False)):
+        arm_model = spec.arm(arm).model
+        torch.manual_seed(1)
+        model = build_model(arm_model, weights[arm_model.weights], in_channels=1, num_classes=10)
+        assert torch.equal(model.layer1[0].conv1.weight, planted["layer1.0.conv1.weight"]) is same
+
+
+def test_missing_weights_stop_a_comparison_before_anything_runs(tmp_path):
+    proc = run_cli(str(QUICK), "--results", str(tmp_path / "results"),
+                   "--set", "model.weights_fallback=null",
+                   "--set", "compare.arms={tuned: {model.weights: imagenet}, scratch: {model.weights: none}}",
+                   tmp_path=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "model.weights: imagenet: could not load" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# --- the statistics and the words ---------------------------------------------------------------
+
+
+def test_repeats_are_the_best_config_over_fresh_seeds():
+    spec = load_spec(QUICK, [ARMS, "search.scheduler=asha", "train.seed=7"])
+    rep = repeats_spec(spec.arm("head"), {"epochs": 2, "batch_size": 64, "lr": 5e-4}, 3)
+    s = rep.search
+    assert s.num_samples == 3 and s.scheduler == "fifo" and s.searcher == "random"
+    assert [p["train.seed"] for p in s.points_to_evaluate] == [8, 9, 10]
+    assert all(p["lr"] == 5e-4 and p["epochs"] == 2 for p in s.points_to_evaluate)
+    assert rep.model.freeze == "head"
+
+
+def test_t_interval():
+    low, high = t_interval(pd.Series([0.80, 0.82, 0.84]))
+    assert (low, high) == pytest.approx((0.82 - 4.3027 * 0.02 / 3**0.5, 0.82 + 4.3027 * 0.02 / 3**0.5),
+                                        abs=1e-4)
+    assert all(math.isnan(v) for v in t_interval(pd.Series([0.8])))
+
+
+def _trials(scores: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for arm, tests in scores.items():
+        rows += [{"arm": arm, "phase": "search", "status": "finished", "val_accuracy": 0.5,
+                  "trial_epochs": 2, "device_s": 10.0, "weights": "none"}] * 2
+        rows += [{"arm": arm, "phase": "repeats", "status": "finished", "val_accuracy": t,
+                  "test_accuracy": t, "trial_epochs": 2, "device_s": 10.0, "weights": "none"}
+                 for t in tests]
+    return pd.DataFrame(rows)
+
+
+def test_compare_table_and_the_answer_in_words():
+    spec = load_spec(QUICK, ["compare.arms={tuned: {}, scratch: {}, other: {}}",
+                             "search.num_samples=2", "search.n_initial_points=1"])
+    trials = _trials({"scratch": [0.70, 0.71, 0.72], "tuned": [0.80, 0.81, 0.82],
+                      "other": [0.79, 0.81, 0.83]})
+    table = compare_table(trials, {"tuned": {"lr": 1e-3}}, spec)
+    assert {"arm", "best_config", "val_mean", "val_std", "test_mean", "test_std", "test_ci95_low",
+            "test_ci95_high", "trials", "trial_epochs", "device_s"} <= set(table.columns)
+    tuned = table.set_index("arm").loc["tuned"]
+    assert tuned["test_mean"] == pytest.approx(0.81) and tuned["trials"] == 2
+    assert tuned["trial_epochs"] == 10 and tuned["device_s"] == 50.0  # 5 trials' sums
+    assert json.loads(tuned["best_config"]) == {"lr": 1e-3}
+    lines = verdict(trials, table, spec)
+    assert lines[0].startswith("tuned and other are within noise: tuned leads by 0.0 +- ")
+    assert lines[1].startswith("tuned beats scratch by 10.0 +- ")
+    assert lines[1].endswith(" points of test accuracy over 3 seeds, each tuned with 2 trials")
+
+
+# --- one real comparison, interrupted and resumed ---------------------------------------------
+
+
+def _step_done(run_dir: list[Path], step: str):
+    for status in Path(run_dir[0]).glob("*/*/status.json"):
+        try:
+            if step in json.loads(status.read_text()).get("compare", {}).get("done", []):
+                return status.parent
+        except (json.JSONDecodeError, FileNotFoundError):
+            pass
+    return None
+
+
+@needs_fashion
+def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
+    path, _ = pretrained_file(tmp_path)
+    results = tmp_path / "results"
+    args = [str(QUICK), "--results", str(results),
+            "--set", "data.train_subset=600", "--set", "data.test_subset=300",
+            "--set", "model.small_input_stem=true",
+            "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
+            "--set", "search.parameters={lr: {loguniform: [3.0e-4, 3.0e-3]}}",
+            "--set", "train.epochs=1",
+            "--set", "compare.repeats=2",
+            "--set", f"compare.arms={{planted: {{model.weights: {path}}}, scratch: {{model.weights: none}}}}"]
+    proc = start_cli(*args, tmp_path=tmp_path)
+    try:
+        run = wait_for(lambda: _step_done([results], "search:planted"), 300,
+                       "the first arm's search to finish", proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies (and its embedded Ray with it)
+    finally:
+        stop_group(proc)
+    first = sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search"))
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+
+    resumed = run_cli("--resume", str(run), tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the finished step was read back, not trained again
+    assert sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search")) == first
+    trials = pd.read_csv(run / "trials.csv")
+    assert len(trials) == 8  # 2 arms x (2 search trials + 2 repeats)
+    assert (trials.groupby(["arm", "phase"]).size() == 2).all()
+    assert set(trials["status"]) == {"finished"}
+    by_arm = trials.groupby("arm")["weights"].unique()
+    assert len(by_arm["planted"]) == 1
+    assert by_arm["planted"][0].startswith(f"file {path} sha256:")
+    assert list(by_arm["scratch"]) == ["none (random init)"]
+    repeats = trials[trials["phase"] == "repeats"]
+    assert sorted(repeats["train.seed"]) == [1, 1, 2, 2]  # fresh seeds (the search used 0)
+    assert repeats["test_accuracy"].between(0, 1).all()
+    for arm, rows in repeats.groupby("arm"):  # each arm's repeats re-run its chosen config
+        search = trials[(trials["arm"] == arm) & (trials["phase"] == "search")]
+        assert set(rows["lr"]) == {search.loc[search["val_accuracy"].idxmax(), "lr"]}
+
+    table = pd.read_csv(run / "compare.csv").set_index("arm")
+    assert list(table.index) == ["planted", "scratch"]
+    assert (table["repeats"] == 2).all() and (table["trials"] == 2).all()
+    assert (table["trial_epochs"] == 4).all() and (table["device_s"] > 0).all()
+    assert (table["test_ci95_low"] <= table["test_mean"]).all()
+    assert (table["test_mean"] <= table["test_ci95_high"]).all()
+    assert (run / "compare.png").read_bytes().startswith(b"\x89PNG")
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == 8
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and len(status["compare"]["done"]) == 4
+    assert status["trials"]["finished"] == 8 and status["cost"]["trial_epochs"] == 8
+    assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
+    last = resumed.stdout.strip().splitlines()[-1]
+    assert " points of test accuracy over 2 seeds, each tuned with 2 trials" in last
+    assert last.startswith(("planted ", "scratch "))
+
+
+@needs_fashion
+def test_a_plain_sweep_searches_the_weights(tmp_path):
+    path, _ = pretrained_file(tmp_path)
+    results = tmp_path / "results"
+    proc = run_cli(str(QUICK), "--results", str(results),
+                   "--set", "data.train_subset=600", "--set", "data.test_subset=300",
+                   "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
+                   "--set", f"search.parameters={{model.weights: {{choice: [{path}, none]}}, "
+                            "epochs: {choice: [1]}}",
+                   "--set", f"search.points_to_evaluate=[{{model.weights: {path}, epochs: 1}}, "
+                            "{model.weights: none, epochs: 1}]",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = results.glob("*/*")
+    trials = pd.read_csv(run / "trials.csv").set_index("model.weights")
+    assert trials.loc[str(path), "weights"].startswith(f"file {path} sha256:")
+    assert trials.loc["none", "weights"] == "none (random init)"
+    best = json.loads((run / "best.json").read_text())
+    assert best["weights"] == trials.loc[best["config"]["model.weights"], "weights"]
