@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuner.data import FILES
+from tuner.fashion_mnist import FILES
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from tuner.batches import DeviceSplit, train_batches
-from tuner.data import load_dataset, torchvision_layout
+from tuner.data import load_dataset
+from tuner.fashion_mnist import torchvision_layout
 from tuner.model import Weights, build_model, make_optimizer
 from tuner.spec import Spec
 from tuner.device import memory_format
@@ -100,7 +101,7 @@ def tuner_loop(spec: Spec, device: torch.device, warmup: int, steps: int,
     model = model.to(device, memory_format=fmt).train()
     optimizer = make_optimizer(model, spec.model, spec.train)
     step_model = compiled(model, spec.train.compile)
-    train = DeviceSplit.put(data.train, device)
+    train = DeviceSplit.put(data.train, device, data.pixels)
 
     def batches():  # epochs back to back, as many as the steps need
         for epoch in itertools.count():
