@@ -64,25 +64,17 @@ class Found:
 
 
 def read_folder(spec: Data) -> Found:
-    """List, check, then decode (or load from the cache) the folder at spec.root. Raises InputError."""
+    """List, check, then decode (or load from the cache) the folder at spec.root. Raises InputError.
+    Logs what it found only once all is well, so that bad input stays one line."""
     root = spec.root
     listings = list_folder(root)
     classes = listings["train"].classes
-    skipped = [f for lst in listings.values() for f in lst.skipped]
-    log.info("imagefolder %s: %s in %d classes (%s)%s", root,
-             ", ".join(f"{len(lst.files)} {split}/" for split, lst in listings.items()),
-             len(classes), ", ".join(classes),
-             f"; skipped {len(skipped)} other files (hidden or not images, e.g. "
-             f"{', '.join(sorted({Path(f).name for f in skipped})[:4])})" if skipped else "")
     files = [f for lst in listings.values() for f in lst.files]
-    images, bad = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
+    images, bad, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
     if bad and not spec.skip_bad_images:
         first = next(iter(bad))
         raise InputError(f"data: {len(bad)} file(s) cannot be decoded as images, first {root / first} "
                          f"({bad[first]}); remove them or set data.skip_bad_images: true")
-    if bad:
-        log.warning("skipped %d file(s) that cannot be decoded (data.skip_bad_images): %s",
-                    len(bad), ", ".join(bad))
     splits, start = {}, 0
     for split, lst in listings.items():
         keep = [i for i, f in enumerate(lst.files) if str(f) not in bad]
@@ -94,6 +86,16 @@ def read_folder(spec: Data) -> Found:
             names = ", ".join(classes[c] for c in sorted(missing))
             raise InputError(f"data: {split}/ has no decodable image of class {names} left after "
                              "skipping the bad ones")
+    skipped = [f for lst in listings.values() for f in lst.skipped]
+    log.info("imagefolder %s: %s in %d classes (%s)%s", root,
+             ", ".join(f"{len(lst.files)} {split}/" for split, lst in listings.items()),
+             len(classes), ", ".join(classes),
+             f"; skipped {len(skipped)} other files (hidden or not images, e.g. "
+             f"{', '.join(sorted({Path(f).name for f in skipped})[:4])})" if skipped else "")
+    log.info("%s", how)
+    if bad:
+        log.warning("skipped %d file(s) that cannot be decoded (data.skip_bad_images): %s",
+                    len(bad), ", ".join(bad))
     record = {"skipped_bad_images": {"count": len(bad), "files": list(bad)}} if bad else {}
     return Found(splits, classes, f"{root} (imagefolder: {', '.join(listings)})", record)
 
@@ -219,11 +221,12 @@ def cache_key(root: Path, files: list[Path], size: int) -> str:
 
 
 def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None,
-             skip_bad: bool) -> tuple[np.ndarray, dict[str, str]]:
-    """The decoded images and the bad files: from the cache when it has them, else decoded (and
-    cached, unless a bad file will stop the run). Two drivers on one folder take turns."""
+             skip_bad: bool) -> tuple[np.ndarray, dict[str, str], str]:
+    """The decoded images, the bad files, and a line saying how they were had: from the cache
+    when it has them, else decoded (and cached, unless a bad file will stop the run). Two drivers
+    on one folder take turns."""
     if not cache:
-        return _decode_logged(root, files, size)
+        return _decode_timed(root, files, size)
     path = Path(cache) / f"imagefolder-{root.resolve().name}-{size}px-{cache_key(root, files, size)}.npz"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,12 +239,11 @@ def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None
             t0 = time.perf_counter()
             with np.load(path) as f:
                 images, bad = f["images"], json.loads(str(f["bad"]))
-            log.info("decode cache hit: %s (%d images, loaded in %.1f s)", path, len(images),
-                     time.perf_counter() - t0)
-            return images, bad
-        images, bad = _decode_logged(root, files, size)
+            return images, bad, (f"decode cache hit: {path} ({len(images)} images, loaded in "
+                                 f"{time.perf_counter() - t0:.1f} s)")
+        images, bad, how = _decode_timed(root, files, size)
         if bad and not skip_bad:
-            return images, bad  # bad input: nothing is written
+            return images, bad, how  # bad input: nothing is written
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -249,16 +251,12 @@ def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None
             os.replace(tmp, path)  # atomic: a reader sees the whole file or none
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            log.warning("decode cache not written (%s: %s); the next run decodes again", path,
-                        e.strerror)
-        else:
-            log.info("decode cache written: %s (%.0f MB)", path, path.stat().st_size / 1e6)
-    return images, bad
+            return images, bad, f"{how}; decode cache NOT written to {path} ({e.strerror})"
+    return images, bad, f"{how}; decode cache written: {path} ({path.stat().st_size / 1e6:.0f} MB)"
 
 
-def _decode_logged(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str]]:
+def _decode_timed(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str], str]:
     t0 = time.perf_counter()
     images, bad = decode_all(root, files, size)
-    log.info("decoded %d images to %dx%d in %.1f s on %d threads", len(files), size, size,
-             time.perf_counter() - t0, os.cpu_count() or 1)
-    return images, bad
+    return images, bad, (f"decoded {len(files)} images to {size}x{size} in "
+                         f"{time.perf_counter() - t0:.1f} s on {os.cpu_count() or 1} threads")
