@@ -219,16 +219,21 @@ def resized_crop(images: torch.Tensor, boxes: Boxes, size: int) -> torch.Tensor:
     """Each image's box resized to size x size (bilinear) and flipped where drawn: one roi_align
     call for the whole batch. Returns float32 in 0..255, [B, C, size, size]."""
     b = len(images)
-    rois = torch.cat([torch.arange(b, device=images.device, dtype=torch.float32)[:, None],
-                      boxes.boxes], dim=1)
+    x1, y1, x2, y2 = boxes.boxes.unbind(1)
+    # A flipped image is its box read right to left: with aligned=True roi_align takes the box's
+    # width as it comes (negative here; only aligned=False clamps it to 1), on CPU and CUDA alike.
+    # That saves a flip of the whole output batch.
+    x1, x2 = torch.where(boxes.flip, x2, x1), torch.where(boxes.flip, x1, x2)
+    index = torch.arange(b, device=images.device, dtype=torch.float32)
+    rois = torch.stack([index, x1, y1, x2, y2], dim=1)
     # aligned=True: box edges are pixel edges, so the box [0, W] covers the whole image exactly.
     # One sample per output pixel is plain bilinear, enough for the small rescales of a crop from
     # a resized image; more when the box can be over twice the output size (against aliasing).
+    # (A fixed sampling_ratio also keeps roi_align's adaptive count away from negative widths.)
     longest = float(max(images.shape[-2:]))
     samples = max(1, math.ceil(longest / (2 * size)))
-    out = roi_align(images.float(), rois, output_size=(size, size), spatial_scale=1.0,
-                    sampling_ratio=samples, aligned=True)
-    return torch.where(boxes.flip[:, None, None, None], out.flip(3), out)
+    return roi_align(images.float(), rois, output_size=(size, size), spatial_scale=1.0,
+                     sampling_ratio=samples, aligned=True)
 
 
 def train_batches(
