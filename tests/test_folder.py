@@ -436,3 +436,21 @@ def test_bad_folder_input_is_one_error_line_and_nothing_written(tmp_path):
         assert re.search(BAD_INPUT[case][1], stderr), (case, stderr)
         assert not (where / "results").exists(), case
         assert not list((where / "cache").glob("*.npz")), case
+
+
+def test_hotdog_is_the_chapters_recipe():
+    from tuner.spec import load_spec
+
+    spec = load_spec(ROOT / "sweeps" / "hotdog.yaml")
+    assert spec.data.dataset == "imagefolder" and spec.data.root.parts[-2:] == ("data", "hotdog")
+    assert (spec.data.resize, spec.data.image_size) == (256, 224)  # Resize([256, 256]), crops 224
+    assert spec.data.augment.hflip and spec.data.augment.scale == (0.08, 1.0)
+    assert spec.model.weights == "imagenet" and spec.model.weights_fallback is None
+    assert spec.model.head_lr_multiplier == 10 and spec.model.freeze == "none"
+    t = spec.train
+    assert (t.optimizer, t.momentum, t.batch_size) == ("sgd", 0.0, 128)
+    # the chapter's summed-loss lr 5e-5 and weight decay 1e-3, for a mean loss at batch 128
+    assert t.lr == pytest.approx(5e-5 * 128) and t.weight_decay == pytest.approx(1e-3 / 128, rel=0.01)
+    lr, epochs = spec.search.parameters["lr"], spec.search.parameters["epochs"]
+    assert lr.kind == "loguniform" and lr.args[0] < 5e-5 * 128 < lr.args[1]
+    assert 5 in epochs.args and spec.resources.gpu == 1
