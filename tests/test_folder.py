@@ -356,9 +356,12 @@ def test_folder_sweep_end_to_end_learns_the_classes(tmp_path):
     assert "decode cache hit" in again.stderr and "decoded 101" not in again.stderr
 
 
-def test_dry_run_says_conv1_has_nothing_to_adapt(tmp_path):
-    proc = run_cli("sweeps/hotdog.yaml", "--dry-run", tmp_path=tmp_path, timeout=120)
+def test_dry_run_reads_the_folder_and_says_conv1_has_nothing_to_adapt(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", train_per_class=10, test_per_class=2)
+    proc = run_cli(*FOLDER_QUICK, "--set", f"data.root={root}", "--set",
+                   f"data.cache={tmp_path / 'cache'}", "--dry-run", tmp_path=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "data: 31 train / 4 val / 6 test, 3 classes, from " in proc.stdout
     assert "model.conv1: 3-channel RGB images, nothing to adapt: the pretrained conv1 is kept" in proc.stdout
 
 
