@@ -297,6 +297,8 @@ def test_folder_batches_train_on_crops_and_evaluate_on_the_centre():
 
 
 def test_memory_check_stops_a_sweep_whose_data_cannot_fit():
+    from tuner.data import Dataset
+
     spec = validate({"data": {"dataset": "imagefolder", "resize": 64, "image_size": 56},
                      "resources": {"cpu": 1}, "search": {"num_samples": 4}})
     images = np.zeros((1000, 3, 64, 64), np.uint8)  # 12.3 MB
@@ -313,6 +315,10 @@ def test_memory_check_stops_a_sweep_whose_data_cannot_fit():
     assert "2 trial(s) at a time" in msg and "data.resize" in msg and "\n" not in msg
     assert memory.fits_gpu(need, 16 * 2**30, 0.25) is None
     assert "of 1,074 MB" in memory.fits_gpu(need, 2**30, 1.0)
+    # Fashion-MNIST's 28x28 single-channel images: layer4's features are 1x1
+    fashion = Dataset(*(Split(np.zeros((50, 28, 28), np.uint8), np.arange(50) % 10),) * 3, "test",
+                      tuple("abcdefghij"), 1, Pixels((0.5,), (0.5,)))
+    assert memory.trial_bytes(validate({}), fashion)["activations"] > 0
 
 
 def load_split_free_dataset(images):
