@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuner.data import FILES
+from tuner.fashion_mnist import FILES
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -143,3 +143,63 @@ def stop_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=60)
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+COLOURS = {"blue": (40, 60, 220), "green": (40, 190, 60), "red": (220, 40, 40)}  # sorted names
+
+
+def draw_picture(cls: str, size: tuple[int, int], rng: np.random.Generator):
+    """A PIL image of class `cls`: a noisy background tinted with the class colour and a shape in
+    it (circle, square, triangle by class), at a random place and size."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    colour = np.array(COLOURS[cls])
+    noise = rng.normal(0, 25, (h, w, 3))
+    pixels = np.clip(0.35 * colour + 0.65 * 128 + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    r = int(rng.uniform(0.2, 0.35) * min(w, h))
+    cx, cy = int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))
+    fill = tuple(int(c) for c in colour)
+    if cls == "red":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif cls == "green":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def make_image_folder(root: Path, train_per_class: int = 30, test_per_class: int = 0,
+                      odd_files: bool = True, seed: int = 0) -> Path:
+    """An ImageFolder tree of 3 easy classes (colour and shape): JPEG and PNG of mixed sizes,
+    and, with odd_files, grayscale, RGBA, palette and CMYK images, an upper-case extension and
+    junk files (.DS_Store, notes.txt, Thumbs.db) to be skipped."""
+    rng = np.random.default_rng(seed)
+    sizes = [(64, 48), (80, 80), (50, 70), (120, 90)]
+    splits = {"train": train_per_class, "test": test_per_class}
+    for split, n in splits.items():
+        for cls in (COLOURS if n else ()):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                image = draw_picture(cls, sizes[i % len(sizes)], rng)
+                if i % 2:
+                    image.save(folder / f"{i:03d}.jpg", quality=90)
+                else:
+                    image.save(folder / f"{i:03d}.png")
+    if odd_files:
+        odd = root / "train" / "red"
+        picture = draw_picture("red", (70, 50), rng)
+        picture.convert("L").save(odd / "gray.png")
+        picture.convert("RGBA").save(odd / "rgba.png")
+        picture.convert("P").save(odd / "palette.png")
+        picture.convert("CMYK").save(odd / "cmyk.jpg")
+        picture.save(odd / "UPPER.JPG")
+        for junk in (".DS_Store", "notes.txt", "Thumbs.db"):
+            (odd / junk).write_bytes(b"not an image")
+        (root / "train" / ".DS_Store").write_bytes(b"junk")
+    return root

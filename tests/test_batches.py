@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tuner.batches import DeviceSplit, augment, draw_augment, epoch_order, normalize, train_batches
-from tuner.data import MEAN, STD, Split
+from tuner.data import Pixels, Split
+from tuner.fashion_mnist import MEAN, STD
 from tuner.spec import Augment
 
 CPU = torch.device("cpu")
@@ -14,7 +15,7 @@ CPU = torch.device("cpu")
 def make_split(n: int) -> DeviceSplit:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU)
+    return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU, Pixels((MEAN,), (STD,)))
 
 
 @pytest.mark.parametrize("n, batch", [(1000, 32), (1000, 128), (129, 64), (65, 64), (10, 128)])
@@ -41,7 +42,7 @@ def test_batches_are_normalised_labelled_images():
     images = torch.cat([x for x, _ in got])
     assert images.shape == (200, 1, 28, 28) and images.dtype == torch.float32
     # labels are the example indices here, so each image must be its own example, normalised
-    assert torch.allclose(images, normalize(data.images[labels]))
+    assert torch.allclose(images, normalize(data.images[labels], data))
     assert images.min() >= (0 - MEAN) / STD - 1e-6 and images.max() <= (1 - MEAN) / STD + 1e-6
 
 
@@ -52,7 +53,7 @@ def test_augmentation_off_means_untouched():
     assert torch.equal(x, data.images)
     # and train_batches, with augmentation off, yields the examples as they are
     (x, y), = train_batches(data, 64, seed=0, epoch=0, aug=off)
-    assert torch.equal(x, normalize(data.images[y]))
+    assert torch.equal(x, normalize(data.images[y], data))
 
 
 def test_random_crop_shifts_within_padding():

@@ -74,3 +74,36 @@ def test_compile_payoff_counts_steps_to_break_even():
     assert row["breakeven_steps"] == 9996 and row["verdict"].endswith("not worth it")
     row = compile_payoff(90.0, 12.0, 100.0, 2.0, batch_size=100)  # compiled is slower
     assert row["breakeven_steps"] is None and row["verdict"].startswith("never pays off")
+
+
+def test_bench_folder_mode_compares_pipelines_alone_and_with_the_model(tmp_path):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "imgs", train_per_class=8)
+    out_csv = tmp_path / "folder.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.bench", "--folder", str(root), "--device", "cpu",
+         "--image-size", "32", "--resize", "48", "--batch-size", "8", "--steps", "2", "--warmup", "1",
+         "--repeats", "2", "--csv", str(out_csv)],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(f"folder {root}: 29 train/ images in 3 classes")
+    assert re.fullmatch(r"decode once: [\d.]+ s, [\d.]+ CPU-s \(\d+ images/s, [\d.]+ CPU-ms per image\)",
+                        lines[1]), lines[1]
+    m = re.match(r"pipeline alone, per epoch: chapter .* ([\d.]+) images/s, ([\d.]+) CPU-ms per image; "
+                 r"tuner .* ([\d.]+) images/s, ([\d.]+) CPU-ms per image; ratio ([\d.]+)", lines[2])
+    assert m, lines[2]
+    assert re.fullmatch(r"speedup [\d.]+ \(tuner [\d.]+ images/s, reference [\d.]+ images/s\) with the "
+                        r"model, 2 steps", lines[-1]), lines[-1]
+    row = pd.read_csv(out_csv).iloc[0]
+    assert row["train_images"] == 29 and row["image_size"] == 32 and row["repeats"] == 2
+    assert len(str(row["pipeline_tuner_each"]).split()) == 2 and row["pipeline_ratio"] > 0
+    assert row["model_tuner_images_per_s"] > 0 and row["decode_s"] > 0
+
+
+def test_bench_folder_mode_checks_the_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuner.bench", "--folder", str(tmp_path)], cwd=ROOT,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: --folder") and "no train/ folder" in proc.stderr

@@ -127,7 +127,7 @@ def test_weights_not_a_resnet18_state_dict(tmp_path):
 
 
 def test_data_not_found_names_every_place_tried(tmp_path, monkeypatch):
-    from tuner import data
+    from tuner import fashion_mnist as data
 
     root, mirror, debian = (tmp_path / d for d in ("root", "mirror", "debian"))
     for d in (root, mirror, debian):
@@ -149,7 +149,7 @@ def test_data_not_found_names_every_place_tried(tmp_path, monkeypatch):
 
 
 def _data_available() -> bool:
-    from tuner.data import DEBIAN_DIR
+    from tuner.fashion_mnist import DEBIAN_DIR
 
     return DEBIAN_DIR.is_dir() or bool(os.environ.get("FASHION_MNIST_DIR")) or (
         ROOT / "data" / "FashionMNIST" / "raw").is_dir()

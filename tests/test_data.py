@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import write_fake_split_files
 
-from tuner import data
-from tuner.data import find_fashion_mnist, load_dataset, read_idx, stratified_split
+from tuner import fashion_mnist as data
+from tuner.data import load_dataset, stratified_split
+from tuner.fashion_mnist import find_fashion_mnist, read_idx
 from tuner.errors import InputError
 from tuner.spec import Data
 
@@ -18,10 +19,10 @@ def test_real_fashion_mnist_from_the_debian_mirror(tmp_path, monkeypatch):
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
     raw, source = find_fashion_mnist(tmp_path, download=False)
     assert source == str(data.DEBIAN_DIR)
-    assert raw["train"].images.shape == (60000, 28, 28) and raw["train"].images.dtype == np.uint8
-    assert raw["test"].images.shape == (10000, 28, 28)
-    assert np.bincount(raw["train"].labels).tolist() == [6000] * 10
-    assert raw["train"].labels.dtype == np.int64
+    assert raw["train"][0].shape == (60000, 28, 28) and raw["train"][0].dtype == np.uint8
+    assert raw["test"][0].shape == (10000, 28, 28)
+    assert np.bincount(raw["train"][1]).tolist() == [6000] * 10
+    assert raw["train"][1].dtype == np.int64
 
 
 @needs_debian
@@ -38,7 +39,7 @@ def test_env_mirror_comes_before_debian(tiny_mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))
     raw, source = find_fashion_mnist(tmp_path / "root", download=False)
     assert source == str(tiny_mirror)
-    assert len(raw["train"]) == 200 and (raw["train"].images == 7).all()
+    assert len(raw["train"][1]) == 200 and (raw["train"][0] == 7).all()
 
 
 def test_torchvision_layout_under_root_comes_first(tiny_mirror, tmp_path, monkeypatch):
@@ -46,7 +47,7 @@ def test_torchvision_layout_under_root_comes_first(tiny_mirror, tmp_path, monkey
     write_fake_split_files(tmp_path / "root" / "FashionMNIST" / "raw", 100, 20, fill=9, gz=False)
     raw, source = find_fashion_mnist(tmp_path / "root", download=False)
     assert source.endswith("FashionMNIST/raw")
-    assert len(raw["train"]) == 100 and (raw["train"].images == 9).all()
+    assert len(raw["train"][1]) == 100 and (raw["train"][0] == 9).all()
 
 
 def test_not_found_names_every_place_tried(tmp_path, monkeypatch):

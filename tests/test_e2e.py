@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import QUICK, run_cli
 
-from tuner import data
+from tuner import fashion_mnist
 
 pytestmark = pytest.mark.skipif(
-    not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
+    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
     reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
 )
 

@@ -13,7 +13,8 @@ from tuner.batches import (
     steps_per_epoch,
     train_batches,
 )
-from tuner.data import Split
+from tuner.data import Pixels, Split
+from tuner.fashion_mnist import MEAN, STD
 from tuner.spec import Augment
 
 CPU = torch.device("cpu")
@@ -66,7 +67,7 @@ def test_draws_are_seeded():
 def split(n: int, size=(28, 28)) -> DeviceSplit:
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, size=(n, *size), dtype=np.uint8)
-    return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU)
+    return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU, Pixels((MEAN,), (STD,)))
 
 
 def test_train_batches_erase_after_normalising_and_leave_other_draws_alone():
@@ -87,7 +88,7 @@ def test_train_batches_erase_after_normalising_and_leave_other_draws_alone():
 def test_erasing_off_is_the_old_stream():
     data = split(100)
     off = list(train_batches(data, 32, 0, 0, Augment()))
-    assert all(torch.equal(x, normalize(data.images[y])) for x, y in off)
+    assert all(torch.equal(x, normalize(data.images[y], data)) for x, y in off)
 
 
 @pytest.mark.parametrize("n, batch", [(1000, 32), (129, 64), (65, 64), (10, 128), (64, 64), (2, 2)])

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import reports, start_cli, stop_group, wait_for
 
-from tuner import data
+from tuner import fashion_mnist as data
 from tuner.batches import steps_per_epoch
 
 pytestmark = pytest.mark.skipif(

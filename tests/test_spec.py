@@ -40,7 +40,8 @@ def load_error(path: Path, overrides: list[str] = ()) -> str:
 
 
 def test_sweeps_are_shipped():
-    assert {p.name for p in SWEEPS} >= {"fashion.yaml", "fashion-quick.yaml"}
+    assert {p.name for p in SWEEPS} >= {"fashion.yaml", "fashion-quick.yaml", "hotdog.yaml",
+                                        "folder-quick.yaml"}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])

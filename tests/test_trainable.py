@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tuner.batches import DeviceSplit, train_batches
-from tuner.data import Split
+from tuner.data import Pixels, Split
 from tuner.spec import Augment
 from tuner.trainable import compiled, divergence, evaluate, train_epoch
 
@@ -25,7 +25,7 @@ def small_net() -> nn.Module:
 def split(n: int = 70) -> DeviceSplit:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    return DeviceSplit.put(Split(images, np.arange(n) % 10), torch.device("cpu"))
+    return DeviceSplit.put(Split(images, np.arange(n) % 10), torch.device("cpu"), Pixels((0.5,), (0.25,)))
 
 
 def one_epoch(model: nn.Module, step_model: nn.Module, data: DeviceSplit):

@@ -1,43 +1,47 @@
-"""Fashion-MNIST as uint8 arrays: found, split (seeded, stratified) and subset once per process.
+"""The dataset a sweep trains on, as uint8 arrays: read by its source module, then split (seeded,
+stratified) and subset once per process.
 
-Lookup order: the torchvision layout under data.root; a local mirror of the four original .gz files
-($FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist);
-then torchvision's download into data.root (under a file lock: trials and drivers may start at once).
+Sources: `tuner.fashion_mnist` (data.dataset: fashion_mnist) and `tuner.folder` (imagefolder). A
+`Dataset` also says how its pixels become model input (`Pixels`: normalisation and crop size), so
+the batching and training code needs no dataset of its own.
 """
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-from filelock import FileLock
 
+from tuner import fashion_mnist, folder
 from tuner.errors import InputError
 from tuner.spec import Data
 
 log = logging.getLogger(__name__)
 
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = {  # split -> (images, labels), names as published
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics, in [0, 1] units
-
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, H, W]
+    images: np.ndarray  # uint8 [N, H, W] (one channel) or [N, C, H, W]
     labels: np.ndarray  # int64 [N]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, idx: np.ndarray) -> Split:
+        return Split(self.images[idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How a dataset's stored uint8 images become model input."""
+
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+    # None: images are used whole (Fashion-MNIST's 28x28). Else pixels: the training crop
+    # (RandomResizedCrop) and the evaluation centre crop cut from the stored image.
+    crop: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,34 +50,71 @@ class Dataset:
     val: Split
     test: Split
     source: str  # where the files came from, for the record
-    classes: tuple[str, ...] = CLASSES
-    in_channels: int = 1
+    classes: tuple[str, ...]
+    in_channels: int
+    pixels: Pixels
+    record: dict = field(default_factory=dict)  # provenance for spec.yaml (classes, skipped files)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def without_test(self) -> Dataset:
+        """The same dataset with an empty test split: what trials get (they never see the test set)."""
+        return dataclasses.replace(self, test=self.test[np.arange(0)])
+
 
 def load_dataset(spec: Data) -> Dataset:
-    """Find the data, then carve out the seeded subsets and the stratified validation split."""
-    raw, source = find_fashion_mnist(spec.root, spec.download)
-    train, test = raw["train"], raw["test"]
+    """Read the spec's dataset, then carve out the seeded subsets and the stratified splits."""
+    if spec.dataset == "imagefolder":
+        return _from_folder(spec)
+    return _from_fashion_mnist(spec)
+
+
+def _from_fashion_mnist(spec: Data) -> Dataset:
+    raw, source = fashion_mnist.find_fashion_mnist(spec.root, spec.download)
+    train, val, test = _split(spec, Split(*raw["train"]), None, Split(*raw["test"]))
+    return Dataset(train, val, test, source=source, classes=fashion_mnist.CLASSES, in_channels=1,
+                   pixels=Pixels((fashion_mnist.MEAN,), (fashion_mnist.STD,)),
+                   record={"classes": list(fashion_mnist.CLASSES)})
+
+
+def _from_folder(spec: Data) -> Dataset:
+    found = folder.read_folder(spec)
+    train = Split(*found.splits["train"])
+    val = Split(*found.splits["val"]) if "val" in found.splits else None
+    if "test" in found.splits:
+        test = Split(*found.splits["test"])
+    else:
+        keep, held = _carve(train, spec.test_fraction, spec.seed, "data.test_fraction")
+        train, test = train[keep], train[held]
+        log.info("no test/ folder: %d of the train/ images held out as the test split "
+                 "(data.test_fraction %g)", len(test), spec.test_fraction)
+    train, val, test = _split(spec, train, val, test)
+    return Dataset(train, val, test, source=found.source, classes=found.classes, in_channels=3,
+                   pixels=Pixels(folder.IMAGENET_MEAN, folder.IMAGENET_STD, crop=spec.image_size),
+                   record={"classes": list(found.classes), **found.record})
+
+
+def _split(spec: Data, train: Split, val: Split | None, test: Split) -> tuple[Split, Split, Split]:
+    """Seeded subsets of train and test, then the validation split carved from train (unless the
+    source has its own)."""
     if spec.train_subset and spec.train_subset < len(train):
         train = subset(train, spec.train_subset, spec.seed)
     if spec.test_subset and spec.test_subset < len(test):
         test = subset(test, spec.test_subset, spec.seed)
-    keep, held = stratified_split(train.labels, spec.val_fraction, spec.seed)
+    if val is None:
+        keep, held = _carve(train, spec.val_fraction, spec.seed, "data.val_fraction")
+        train, val = train[keep], train[held]
+    return train, val, test
+
+
+def _carve(split: Split, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    keep, held = stratified_split(split.labels, fraction, seed)
     if len(keep) == 0 or len(held) == 0:
-        raise InputError(
-            f"data.val_fraction: {spec.val_fraction} of {len(train)} images leaves an empty split; "
-            "use more images or another fraction"
-        )
-    return Dataset(
-        train=Split(train.images[keep], train.labels[keep]),
-        val=Split(train.images[held], train.labels[held]),
-        test=test,
-        source=source,
-    )
+        raise InputError(f"{name}: {fraction} of {len(split)} images leaves an empty split; use "
+                         "more images or another fraction")
+    return keep, held
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,104 +132,4 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def subset(split: Split, n: int, seed: int) -> Split:
     """A seeded, stratified subset of about n images."""
     _, idx = stratified_split(split.labels, n / len(split), seed)
-    return Split(split.images[idx], split.labels[idx])
-
-
-# --- finding the files --------------------------------------------------------------------------
-
-
-def find_fashion_mnist(root: Path, download: bool = True) -> tuple[dict[str, Split], str]:
-    """The train and test splits and a description of where they were found. Raises InputError."""
-    tv_raw = Path(root) / "FashionMNIST" / "raw"
-    mirrors = _mirrors()
-    for where in (tv_raw, *mirrors):
-        found = _read_dir(where)
-        if found:
-            return found, str(where)
-    tried = f"{tv_raw} (torchvision layout under data.root), " + ", ".join(
-        f"{m} (.gz mirror)" for m in mirrors)
-    if not download:
-        raise InputError(
-            f"data: Fashion-MNIST not found in {tried}; set data.download: true, set "
-            "FASHION_MNIST_DIR, or apt-get install dataset-fashion-mnist"
-        )
-    try:
-        _download(Path(root))
-    except Exception as e:
-        raise InputError(
-            f"data: Fashion-MNIST not found in {tried}, and torchvision's download into {root} "
-            f"failed ({type(e).__name__}); set FASHION_MNIST_DIR to a folder with the four .gz "
-            "files, or apt-get install dataset-fashion-mnist"
-        ) from None
-    found = _read_dir(tv_raw)
-    if not found:
-        raise InputError(f"data: download into {root} finished but {tv_raw} is incomplete")
-    return found, f"{tv_raw} (downloaded)"
-
-
-def _mirrors() -> list[Path]:
-    """Local folders of the four .gz files, in the order they are tried."""
-    return [Path(p) for p in (os.environ.get("FASHION_MNIST_DIR"), DEBIAN_DIR) if p]
-
-
-def _read_dir(where: Path) -> dict[str, Split] | None:
-    """Both splits from a folder of idx files (plain or .gz), or None if any file is missing."""
-    out = {}
-    for split, names in FILES.items():
-        paths = []
-        for name in names:
-            for candidate in (where / name, where / f"{name}.gz"):
-                if candidate.is_file():
-                    paths.append(candidate)
-                    break
-            else:
-                return None
-        images, labels = (read_idx(p) for p in paths)
-        out[split] = Split(images, labels.astype(np.int64))
-    return out
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (the MNIST container format), gzip'd or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:  # 0x08: unsigned byte payload
-        raise InputError(f"data: {path} is not an IDX file of unsigned bytes")
-    ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if payload.size != int(np.prod(dims)):
-        raise InputError(f"data: {path} is truncated ({payload.size} of {np.prod(dims)} bytes)")
-    return payload.reshape(dims).copy()
-
-
-def torchvision_layout(root: Path) -> Path:
-    """Make sure torchvision's own FashionMNIST class can read `root` (it wants the uncompressed
-    files in <root>/FashionMNIST/raw), unpacking a local .gz mirror there if need be. For the
-    tutorial-style reference loop in tuner.bench."""
-    raw = Path(root) / "FashionMNIST" / "raw"
-    names = [n for pair in FILES.values() for n in pair]
-    if all((raw / n).is_file() for n in names):
-        return Path(root)
-    for mirror in _mirrors():
-        if all((mirror / f"{n}.gz").is_file() for n in names):
-            raw.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(raw / ".unpack.lock")):
-                for n in names:
-                    with gzip.open(mirror / f"{n}.gz", "rb") as src:
-                        tmp = raw / f".{n}.tmp"
-                        tmp.write_bytes(src.read())
-                        tmp.replace(raw / n)
-            return Path(root)
-    _download(Path(root))
-    return Path(root)
-
-
-def _download(root: Path) -> None:
-    import torchvision  # only needed for the download
-
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".fashion-mnist.lock")):  # parallel trials must not download twice
-        for train in (True, False):
-            torchvision.datasets.FashionMNIST(root, train=train, download=True)
+    return split[idx]

@@ -165,6 +165,10 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
     print(f"\nweights: {weights_label(weights)}")
     print(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
           f"{data.num_classes} classes, from {data.source}")
+    if data.in_channels == 3:  # RGB: the pretrained conv1's filters fit as they are
+        print("model.conv1: 3-channel RGB images, nothing to adapt: "
+              + ("the pretrained conv1 is kept" if spec.model.conv1 == "sum"
+                 else "reinit starts it afresh anyway"))
     print(f"trials at once: {at_once} ({where} fits {slots} at {spec.resources.cpu:g} CPU and "
           f"{spec.resources.gpu:g} GPU each; limit {limit or 'none'}: {why})")
     return 0
@@ -214,7 +218,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     import ray
 
-    from tuner import cluster, live, results, sweep
+    from tuner import cluster, live, memory, results, sweep
     from tuner.model import weights_label
 
     # Everything that can be bad input is checked before anything is written.
@@ -225,13 +229,14 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             stack.callback(ray.shutdown)  # the embedded Ray we started: no process left behind
         handle_sigterm()  # ray.init installed its own, which exits without writing anything
         cluster.check_resources(spec.resources)
+        memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
             stack.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             results.write_text(run_dir / "spec.yaml",
-                               spec_record(spec, label, data.source, args))
+                               spec_record(spec, label, data, args))
         elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
@@ -304,6 +309,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "epochs_completed": int(best["epochs_completed"]),
         **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
+        "classes": list(data.classes),
         "checkpoint": record.checkpoint.path,
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
@@ -375,11 +381,12 @@ def gpu_names() -> str:
     return ", ".join(out.splitlines()) if out else "no GPU"
 
 
-def spec_record(spec: Spec, weights: str, data_source: str, args: argparse.Namespace) -> str:
+def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace) -> str:
     """spec.yaml: the resolved spec, then a provenance block (ignored when the file is re-run)."""
     provenance = {
         "weights": weights,
-        "data": data_source,
+        "data": data.source,
+        **data.record,  # the classes, and any images skipped
         "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),
         "address": args.address or "embedded",
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu_names()}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import types
+from functools import reduce
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,10 +42,18 @@ class _Section(BaseModel):
 
 
 class Augment(_Section):
-    """Training-time augmentation, done on whole batches on the trial's device."""
+    """Training-time augmentation, done on whole batches on the trial's device.
 
-    crop_padding: int = Field(0, ge=0)  # pixels of zero padding before a random crop back to size
-    hflip: bool = False  # random horizontal flip, probability 0.5
+    Which fields apply, and their defaults, depend on data.dataset (Data fills them in).
+    """
+
+    # fashion_mnist: pixels of zero padding before a random crop back to size (default 0)
+    crop_padding: int | None = Field(None, ge=0)
+    hflip: bool | None = None  # random horizontal flip, p 0.5 (default: false fashion_mnist, true imagefolder)
+    # imagefolder: RandomResizedCrop's area range, as fractions of the image (default [0.08, 1])
+    scale: tuple[PositiveFloat, PositiveFloat] | None = None
+    # imagefolder: RandomResizedCrop's aspect-ratio range, width/height (default [3/4, 4/3])
+    ratio: tuple[PositiveFloat, PositiveFloat] | None = None
     # Random erasing (Zhong et al. 2017, as torchvision's RandomErasing): with probability erase_p
     # a rectangle of erase_scale x the image's area, aspect ratio (h/w) in erase_ratio, is set to
     # 0 after normalisation (the mean), in every channel.
@@ -62,22 +71,93 @@ class Augment(_Section):
                              f"{self.erase_ratio[1]:g})")
         return self
 
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None, info) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"low must not be above high (got {v[0]:g} > {v[1]:g})")
+        if v is not None and info.field_name == "scale" and v[1] > 1:
+            raise ValueError(f"a fraction of the image, at most 1 (got {v[1]:g})")
+        return v
+
+
+# Fields that belong to one dataset: given with the other, they are bad input. Data fills in the
+# defaults of its own dataset's fields, so a resolved spec (spec.yaml) shows every value used.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fashion_mnist": {"download": True, "augment.crop_padding": 0, "augment.hflip": False},
+    "imagefolder": {"resize": 256, "image_size": 224, "test_fraction": 0.2,
+                    "cache": Path("~/.cache/tuner"), "skip_bad_images": False,
+                    "augment.hflip": True, "augment.scale": (0.08, 1.0),
+                    "augment.ratio": (3 / 4, 4 / 3)},
+}
+SHARED_DEFAULTS = ("augment.hflip",)  # in both datasets, with different defaults
+
 
 class Data(_Section):
-    dataset: Literal["fashion_mnist"] = "fashion_mnist"
-    root: Path = Path("data")  # torchvision layout: <root>/FashionMNIST/raw
-    download: bool = True  # last resort after root and the local .gz mirror
-    val_fraction: float = Field(0.1, gt=0, lt=1)  # stratified hold-out from the training set
+    dataset: Literal["fashion_mnist", "imagefolder"] = "fashion_mnist"
+    # fashion_mnist: torchvision layout <root>/FashionMNIST/raw; imagefolder: the folder holding
+    # train/<class>/... (and optionally val/ and test/ with the same classes)
+    root: Path = Path("data")
+    download: bool | None = None  # fashion_mnist: last resort after root and the local .gz mirror
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # stratified hold-out from train (without val/)
     train_subset: PositiveInt | None = None  # images drawn (seeded, stratified) before the split
     test_subset: PositiveInt | None = None
-    seed: int = 0  # fixes the split and the subsets
+    seed: int = 0  # fixes the splits and the subsets
+    resize: PositiveInt | None = None  # imagefolder: pixels; every image decoded once to resize x resize
+    image_size: PositiveInt | None = None  # imagefolder: pixels; training crop and evaluation centre crop
+    test_fraction: float | None = Field(None, gt=0, lt=1)  # imagefolder without test/: stratified hold-out
+    cache: Literal[False] | Path | None = None  # imagefolder: folder of decoded arrays, or false
+    skip_bad_images: bool | None = None  # imagefolder: skip (and record) files that cannot be decoded
     augment: Augment = Augment()
 
-
-    @field_validator("root")
+    @model_validator(mode="before")
     @classmethod
-    def _expand(cls, v: Path) -> Path:
-        return v.expanduser()
+    def _dataset_defaults(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        augment = raw.get("augment", {})
+        if isinstance(augment, BaseModel):
+            augment = augment.model_dump()
+        raw["augment"] = dict(augment) if isinstance(augment, dict) else augment
+        dataset = raw.get("dataset") or "fashion_mnist"
+        if not isinstance(raw["augment"], dict):
+            return raw  # not a mapping: reported by the field's own validation
+        for path, value in DATASET_DEFAULTS.get(dataset, {}).items():
+            section, _, key = path.rpartition(".")
+            target = raw["augment"] if section else raw
+            if target.get(key) is None:
+                target[key] = value
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_dataset(self) -> Data:
+        other = next(d for d in DATASET_DEFAULTS if d != self.dataset)
+        wrong = [p for p in DATASET_DEFAULTS[other]
+                 if p not in SHARED_DEFAULTS and reduce(getattr, p.split("."), self) is not None]
+        problems = []
+        if wrong:
+            problems.append(f"{', '.join(wrong)}: for dataset {other} only (data.dataset is "
+                            f"{self.dataset}); remove {'them' if len(wrong) > 1 else 'it'}")
+        if self.dataset == "imagefolder" and self.image_size > self.resize:
+            problems.append(f"image_size {self.image_size} is larger than resize {self.resize}: the "
+                            "crops are cut from the decoded resize x resize image; lower image_size "
+                            "or raise resize")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_folder(cls, v: Any) -> Any:
+        if v is True or (v is not None and v is not False and not isinstance(v, (str, Path))):
+            raise ValueError(f"give a folder for the decoded arrays, or false for no cache")
+        return v
+
+    @field_validator("root", "cache")
+    @classmethod
+    def _expand(cls, v: Path | bool | None) -> Path | bool | None:
+        return v.expanduser() if isinstance(v, Path) else v
 
 
 class Model(_Section):
@@ -606,6 +686,11 @@ def dump_spec(spec: Spec) -> str:
     raw = spec.model_dump(mode="json")
     if raw["compare"] is None:
         del raw["compare"]  # a plain sweep's spec.yaml looks as it always did
+    for path in (p for d, fields in DATASET_DEFAULTS.items() if d != spec.data.dataset for p in fields):
+        section, _, key = f"data.{path}".rpartition(".")
+        parent = get_path(raw, section)
+        if parent.get(key) is None:  # the other dataset's fields: unset, so not shown
+            parent.pop(key, None)
     params = raw["search"]["parameters"]
     for key, dist in params.items():  # show only the distribution that is set
         params[key] = {k: v for k, v in dist.items() if v is not None}

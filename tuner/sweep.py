@@ -150,8 +150,9 @@ def check_restorable(experiment: str) -> None:
 def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
     # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Fixed inputs travel once per node through Ray's object store.
-    trainable = tune.with_parameters(train_trial, spec=spec, data=data, weights=weights)
+    # Fixed inputs travel once per node through Ray's object store; the test split stays here.
+    trainable = tune.with_parameters(train_trial, spec=spec, data=data.without_test(),
+                                     weights=weights)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 

@@ -113,7 +113,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, W
             scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"]
 
-    train_set, val_set = DeviceSplit.put(data.train, device), DeviceSplit.put(data.val, device)
+    train_set = DeviceSplit.put(data.train, device, data.pixels)
+    val_set = DeviceSplit.put(data.val, device, data.pixels)
     context = ray.get_runtime_context()  # where this attempt runs: retries may move it
     node = {"node_ip": ray.util.get_node_ip_address(), "node_id": context.get_node_id(),
             "pid": os.getpid()}
@@ -173,7 +174,7 @@ def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> d
     setup(device, spec.resources.cpu, spec.train.precision)
     with checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, spec, data, device)
-    test = DeviceSplit.put(data.test, device)
+    test = DeviceSplit.put(data.test, device, data.pixels)
     loss, accuracy = evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
     return {"test_accuracy": accuracy, "test_loss": loss, "test_device": str(device),
             "test_node_ip": ray.util.get_node_ip_address(), "test_pid": os.getpid()}

@@ -1,0 +1,262 @@
+"""An image folder (torchvision's ImageFolder layout) decoded once into uint8 arrays [N, 3, S, S].
+
+    <root>/train/<class>/*.jpg|png|...   one folder per class (the classes are their sorted names)
+    <root>/val/<class>/...               optional: else tuner.data carves it from train
+    <root>/test/<class>/...              optional: else tuner.data carves it from train
+
+Every image becomes 3-channel RGB (grayscale, RGBA, palette and CMYK alike, JPEG EXIF orientation
+applied) and is resized, antialiased, to data.resize x data.resize. Decoding runs on every core of
+the driver; the arrays are cached under data.cache, keyed by every file's path, size and mtime and
+by the resize, so a second sweep on the same folder skips the decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image, ImageOps
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize as resize_image
+from tqdm import tqdm
+
+from tuner.errors import InputError
+from tuner.spec import Data
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pretrained weights' input statistics, [0, 1] units
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+CACHE_FORMAT = 1  # bump when the cached arrays would differ for the same files
+
+Arrays = tuple[np.ndarray, np.ndarray]  # images uint8 [N, 3, S, S], labels int64 [N]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The image files of one split folder, in a fixed order."""
+
+    classes: tuple[str, ...]
+    files: list[Path]  # relative to the data root
+    labels: list[int]  # index into classes
+    skipped: list[str] = field(default_factory=list)  # other files: hidden or not images
+
+
+@dataclass(frozen=True)
+class Found:
+    splits: dict[str, Arrays]  # "train", and "val" / "test" when the folder has them
+    classes: tuple[str, ...]
+    source: str
+    record: dict  # for provenance: skipped bad images
+
+
+def read_folder(spec: Data) -> Found:
+    """List, check, then decode (or load from the cache) the folder at spec.root. Raises InputError.
+    Logs what it found only once all is well, so that bad input stays one line."""
+    root = spec.root
+    listings = list_folder(root)
+    classes = listings["train"].classes
+    files = [f for lst in listings.values() for f in lst.files]
+    images, bad, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
+    if bad and not spec.skip_bad_images:
+        first = next(iter(bad))
+        raise InputError(f"data: {len(bad)} file(s) cannot be decoded as images, first {root / first} "
+                         f"({bad[first]}); remove them or set data.skip_bad_images: true")
+    splits, start = {}, 0
+    for split, lst in listings.items():
+        keep = [i for i, f in enumerate(lst.files) if str(f) not in bad]
+        labels = np.asarray(lst.labels, dtype=np.int64)[keep]
+        splits[split] = (images[start:start + len(lst.files)][keep], labels)
+        start += len(lst.files)
+        missing = set(range(len(classes))) - set(labels.tolist())
+        if missing:
+            names = ", ".join(classes[c] for c in sorted(missing))
+            raise InputError(f"data: {split}/ has no decodable image of class {names} left after "
+                             "skipping the bad ones")
+    skipped = [f for lst in listings.values() for f in lst.skipped]
+    log.info("imagefolder %s: %s in %d classes (%s)%s", root,
+             ", ".join(f"{len(lst.files)} {split}/" for split, lst in listings.items()),
+             len(classes), ", ".join(classes),
+             f"; skipped {len(skipped)} other files (hidden or not images, e.g. "
+             f"{', '.join(sorted({Path(f).name for f in skipped})[:4])})" if skipped else "")
+    log.info("%s", how)
+    if bad:
+        log.warning("skipped %d file(s) that cannot be decoded (data.skip_bad_images): %s",
+                    len(bad), ", ".join(bad))
+    record = {"skipped_bad_images": {"count": len(bad), "files": list(bad)}} if bad else {}
+    return Found(splits, classes, f"{root} (imagefolder: {', '.join(listings)})", record)
+
+
+# --- listing ------------------------------------------------------------------------------------
+
+
+def list_folder(root: Path) -> dict[str, Listing]:
+    """The listings of train/ and of val/ and test/ when present, checked. Raises InputError."""
+    if not root.is_dir():
+        raise InputError(f"data.root: {root}: no such folder; give the folder that holds train/ "
+                         "(one subfolder of images per class), and optionally val/ and test/")
+    if not (root / "train").is_dir():
+        raise InputError(f"data.root: {root} has no train/ folder; expected {root}/train/<class>/"
+                         "<images> (torchvision's ImageFolder layout), optionally val/ and test/")
+    listings = {s: list_split(root, s) for s in SPLITS if (root / s).is_dir()}
+    classes = listings["train"].classes
+    for split, lst in listings.items():
+        if lst.classes != classes:
+            raise InputError(f"data.root: {split}/ has classes [{', '.join(lst.classes)}] but train/ "
+                             f"has [{', '.join(classes)}]; every split needs the same class folders")
+    if len(classes) < 2:
+        raise InputError(f"data.root: {root}/train has one class folder ({classes[0]}); a classifier "
+                         "needs at least 2")
+    return listings
+
+
+def list_split(root: Path, split: str) -> Listing:
+    """Class folders (sorted names, hidden ones left out) and their image files, in sorted order."""
+    top = root / split
+    classes = tuple(sorted(d.name for d in top.iterdir() if d.is_dir() and not _hidden(d.name)))
+    if not classes:
+        raise InputError(f"data.root: {top} has no class folders; put each class's images in "
+                         f"{split}/<class name>/")
+    files, labels, skipped = [], [], [str(p.relative_to(root)) for p in top.iterdir() if p.is_file()]
+    for label, name in enumerate(classes):
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(top / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            for fname in sorted(filenames):
+                path = Path(dirpath, fname).relative_to(root)
+                if _hidden(fname) or not fname.lower().endswith(IMG_EXTENSIONS):
+                    skipped.append(str(path))
+                    continue
+                files.append(path)
+                labels.append(label)
+                found += 1
+        if not found:
+            raise InputError(f"data.root: class folder {top / name} has no images (files ending in "
+                             f"{', '.join(IMG_EXTENSIONS)}, any case)")
+    return Listing(classes, files, labels, skipped)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    """One image file as uint8 [3, size, size] RGB, resized with antialiasing. Raises ValueError
+    (with the reason) for a file that is not a readable image."""
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("empty file")
+    try:  # libjpeg-turbo / libpng / libwebp / giflib through torchvision: JPEG, PNG, WebP, GIF
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                             mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        image = _decode_pil(data)  # formats torchvision.io leaves out: BMP, TIFF, PPM/PGM...
+    image = resize_image(image, [size, size], antialias=True)  # uint8 in, uint8 out
+    return image.numpy()
+
+
+def _decode_pil(data: bytes) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(im.convert("RGB"))  # decodes the whole file: a truncated one raises
+    except Exception as e:  # noqa: BLE001  PIL raises many kinds for files that are not images
+        raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def decode_all(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str]]:
+    """Every file decoded into one uint8 array [N, 3, size, size] (zeros where a file is bad), on
+    as many threads as the machine has cores, and the bad files with their reasons."""
+    images = np.zeros((len(files), 3, size, size), dtype=np.uint8)
+    bad: dict[str, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            images[i] = decode(root / files[i], size)
+        except (ValueError, OSError) as e:
+            bad[str(files[i])] = str(e)
+
+    threads = os.cpu_count() or 1
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the parallelism is across images; decode and resize release the GIL
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            # the bar shows only when decoding takes more than a moment
+            list(tqdm(pool.map(one, range(len(files))), total=len(files), desc="decoding images",
+                      unit="img", delay=2, mininterval=1))
+    finally:
+        torch.set_num_threads(torch_threads)
+    return images, dict(sorted(bad.items()))
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+
+def cache_key(root: Path, files: list[Path], size: int) -> str:
+    """A hash of every file's relative path, size and mtime, the resize, and the decoders."""
+    entries = []
+    for f in files:
+        st = (root / f).stat()
+        entries.append((str(f), st.st_size, st.st_mtime_ns))
+    versions = [version(p) for p in ("torch", "torchvision", "pillow")]
+    blob = json.dumps([CACHE_FORMAT, size, versions, entries]).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None,
+             skip_bad: bool) -> tuple[np.ndarray, dict[str, str], str]:
+    """The decoded images, the bad files, and a line saying how they were had: from the cache
+    when it has them, else decoded (and cached, unless a bad file will stop the run). Two drivers
+    on one folder take turns."""
+    if not cache:
+        return _decode_timed(root, files, size)
+    path = Path(cache) / f"imagefolder-{root.resolve().name}-{size}px-{cache_key(root, files, size)}.npz"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+    except OSError as e:
+        raise InputError(f"data.cache: cannot use {path.parent} ({e.strerror}); give another "
+                         "folder, or data.cache: false") from None
+    with lock:  # a second driver waits here, then finds the file
+        if path.is_file():
+            t0 = time.perf_counter()
+            with np.load(path) as f:
+                images, bad = f["images"], json.loads(str(f["bad"]))
+            return images, bad, (f"decode cache hit: {path} ({len(images)} images, loaded in "
+                                 f"{time.perf_counter() - t0:.1f} s)")
+        images, bad, how = _decode_timed(root, files, size)
+        if bad and not skip_bad:
+            return images, bad, how  # bad input: nothing is written
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, bad=np.array(json.dumps(bad)))
+            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            return images, bad, f"{how}; decode cache NOT written to {path} ({e.strerror})"
+    return images, bad, f"{how}; decode cache written: {path} ({path.stat().st_size / 1e6:.0f} MB)"
+
+
+def _decode_timed(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str], str]:
+    t0 = time.perf_counter()
+    images, bad = decode_all(root, files, size)
+    return images, bad, (f"decoded {len(files)} images to {size}x{size} in "
+                         f"{time.perf_counter() - t0:.1f} s on {os.cpu_count() or 1} threads")
