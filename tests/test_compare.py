@@ -15,7 +15,7 @@ import torch
 import torchvision
 from conftest import ROOT, reports, run_cli, start_cli, stop_group, wait_for
 
-from tuner import data
+from tuner import fashion_mnist
 from tuner.compare import compare_table, repeats_spec, t_interval, verdict
 from tuner.errors import InputError
 from tuner.model import build_model, resolve_all
@@ -24,7 +24,7 @@ from tuner.spec import load_spec, validate
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # searches epochs, batch_size and lr
 ARMS = "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"
 needs_fashion = pytest.mark.skipif(
-    not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
+    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
     and not os.environ.get("FASHION_MNIST_DIR"),
     reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
 )
