@@ -206,7 +206,7 @@ class Train(_Section):
     warmup_epochs: NonNegativeFloat = 0.0
     min_lr_fraction: float = Field(0.0, ge=0, lt=1)  # cosine's (and onecycle's) final lr / lr
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val_loss stays plain CE
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA only
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA, or on a CPU with bf16
     # torch.compile the training steps (a mode name) or not. Off: in short CPU trials it cost more
     # than it saved (README, Speed); unmeasured on GPUs. reduce-overhead adds CUDA graphs.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
