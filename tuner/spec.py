@@ -330,7 +330,7 @@ class Resources(_Section):
     @classmethod
     def _one_device(cls, v: float) -> float:
         if v > 1:
-            raise ValueError(f"at most 1: a trial trains on one device (got {v:g}); use fractions "
+            raise ValueError("at most 1: a trial trains on one device; use fractions "
                              "such as 0.25 to pack several trials onto one GPU")
         return v
 
