@@ -310,7 +310,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
         "classes": list(data.classes),
-        "checkpoint": record.checkpoint.path,
+        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
