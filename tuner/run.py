@@ -148,6 +148,8 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
             ray.shutdown()  # a client's shutdown disconnects; the cluster keeps running
     else:
         cluster.check_fits_here(spec.resources)
+        if spec.run.storage:  # a storage URI's bucket and credentials, as the sweep would
+            cluster.check_storage(None, spec.run.storage)
         where, slots = "this machine", cluster.trial_slots_here(spec.resources)
     limit, why = sweep.concurrency(spec)
     at_once = min(slots, limit or slots)
