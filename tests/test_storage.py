@@ -141,7 +141,7 @@ def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
         results = tmp_path / "results"
         proc = start_cli(*QUICK, "--address", cluster.address, "--results", str(results),
                          "--storage", s3.uri, "--set", "model.weights=none",
-                         "--set", "data.train_subset=300", "--set", "data.test_subset=100",
+                         "--set", "data.test_subset=100",
                          "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
                          "--set", "search.max_concurrent=1", "--set", "run.max_failures=2",
                          "--set", "run.keep_checkpoints=best",
