@@ -299,7 +299,8 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     assert status["trials"]["finished"] == 8 and status["cost"]["trial_epochs"] == 8
     assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]
-    assert " points of test accuracy over 2 seeds, each tuned with 2 trials" in last
+    assert " points of test accuracy (paired t, " in last  # both arms' repeats use seeds 1 and 2
+    assert last.endswith(" over 2 seeds, each tuned with 2 trials")
     assert last.startswith(("planted ", "scratch "))
 
 
