@@ -175,3 +175,21 @@ def test_arms_train_on_their_own_draws_and_evaluate_on_the_same_images(tiny_mirr
         update={"arms": {**spec.compare.arms, "many": {"data.train_per_class": 16}}})})
     with pytest.raises(InputError, match="16 images per class"):
         load_for(bad)
+
+
+def test_train_per_class_can_be_searched_and_each_value_is_checked(tiny_mirror, monkeypatch):
+    from tuner.data import load_for
+    from tuner.spec import validate
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))  # 18 per class after validation
+    raw = {"data": {"root": "nowhere", "download": False},
+           "search": {"parameters": {"data.train_per_class": {"choice": [4, 12]}}}}
+    spec = validate(raw)
+    data = load_for(spec)
+    trial = spec.with_values({"data.train_per_class": 4})
+    assert np.bincount(data.for_training(trial.data).train.labels).tolist() == [4] * 10
+    raw["search"]["parameters"]["data.train_per_class"] = {"choice": [4, 19]}
+    with pytest.raises(InputError, match="19 images per class"):
+        load_for(validate(raw))
+    with pytest.raises(InputError, match="data.train_per_class is also searched"):
+        validate({**raw, "compare": {"arms": {"a": {"data.train_per_class": 4}, "b": {}}}})
