@@ -264,8 +264,9 @@ def difference(a: pd.Series, b: pd.Series) -> dict:
     """The 95% interval (low, high) and two-sided p-value of mean(a) - mean(b), and the test used.
 
     The repeats of every arm use the same seeds (repeats_spec), so when both arms have the same
-    seeds (Series indexed by "train.seed", as `_scores` gives) the scores are paired by seed: a paired t
-    on the differences (scipy's ttest_rel), which removes what a seed does to both arms alike.
+    seeds (Series indexed by "train.seed", as `_scores` gives) the scores are paired by seed: a
+    paired t on the differences (scipy's ttest_rel), which removes what a seed does to both arms
+    alike.
     Otherwise Welch's t (unequal variances). Both figures are returned for a paired test
     (welch_half, welch_p) so that the words can show the other one too.
     """
@@ -298,8 +299,10 @@ def _p(p: float) -> str:
 def _scores(trials: pd.DataFrame, arm: str) -> pd.Series:
     """The arm's test scores, indexed by train.seed when the table has it (a plain index if not)."""
     rows = trials[(trials["arm"] == arm) & (trials["phase"] == "repeats")]
+    if "test_accuracy" not in rows:
+        return pd.Series([], dtype=float)
+    scores = rows["test_accuracy"]
     seed = next((c for c in rows.columns if param_path(str(c)) == "train.seed"), None)
-    scores = rows["test_accuracy"] if "test_accuracy" in rows else pd.Series([], dtype=float)
     if seed is not None:
         scores = scores.set_axis(pd.Index(rows[seed].to_numpy(), name="train.seed"))
     return scores.dropna()

@@ -105,7 +105,8 @@ def _from_fashion_mnist(spec: Data) -> Dataset:
     classes, train, test = fashion_mnist.CLASSES, Split(*raw["train"]), Split(*raw["test"])
     if spec.classes is not None:  # names already (checked with the spec)
         keep = [classes.index(c) for c in spec.classes]
-        classes, train, test = tuple(spec.classes), keep_classes(train, keep), keep_classes(test, keep)
+        classes = tuple(spec.classes)
+        train, test = keep_classes(train, keep), keep_classes(test, keep)
     train, val, test = _split(spec, train, None, test)
     return Dataset(train, val, test, source=source, classes=classes, in_channels=1,
                    pixels=Pixels((fashion_mnist.MEAN,), (fashion_mnist.STD,)),

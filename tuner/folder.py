@@ -136,9 +136,9 @@ def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[
     relabel = {old: new for new, old in enumerate(keep)}
     out = {}
     for split, lst in listings.items():
-        files = [(f, relabel[y]) for f, y in zip(lst.files, lst.labels, strict=True) if y in relabel]
-        out[split] = Listing(tuple(available[i] for i in keep), [f for f, _ in files],
-                             [y for _, y in files], lst.skipped)
+        kept = [(f, relabel[y]) for f, y in zip(lst.files, lst.labels, strict=True) if y in relabel]
+        out[split] = Listing(tuple(available[i] for i in keep), [f for f, _ in kept],
+                             [y for _, y in kept], lst.skipped)
     return out
 
 
