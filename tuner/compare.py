@@ -266,8 +266,7 @@ def difference(a: pd.Series, b: pd.Series) -> dict:
     The repeats of every arm use the same seeds (repeats_spec), so when both arms have the same
     seeds (Series indexed by "train.seed", as `_scores` gives) the scores are paired by seed: a
     paired t on the differences (scipy's ttest_rel), which removes what a seed does to both arms
-    alike.
-    Otherwise Welch's t (unequal variances). Both figures are returned for a paired test
+    alike. Otherwise Welch's t (unequal variances). Both figures are returned for a paired test
     (welch_half, welch_p) so that the words can show the other one too.
     """
     welch = stats.ttest_ind(a, b, equal_var=False)

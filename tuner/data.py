@@ -16,7 +16,7 @@ import numpy as np
 
 from tuner import fashion_mnist, folder
 from tuner.errors import InputError
-from tuner.spec import Data, Spec, pick_classes
+from tuner.spec import Data, Spec
 
 log = logging.getLogger(__name__)
 
