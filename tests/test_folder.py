@@ -136,6 +136,18 @@ def test_without_test_folder_a_seeded_stratified_test_split_is_carved(tmp_path):
     assert np.array_equal(ds.test.images, again.test.images)
 
 
+def test_classes_keep_and_reorder_folders_and_unknown_ones_list_the_folders(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", train_per_class=8, test_per_class=2, odd_files=False)
+    ds = load_dataset(folder_spec(root, tmp_path, classes=["red", 0], train_per_class=5))
+    assert ds.classes == ("red", "blue") and ds.record["classes"] == ["red", "blue"]
+    assert np.bincount(ds.train.labels).tolist() == [5, 5] and len(ds.test) == 4
+    red = load_dataset(folder_spec(root, tmp_path)).test  # label 2 there: folders sort blue, green, red
+    assert np.array_equal(ds.test.images[ds.test.labels == 0], red.images[red.labels == 2])
+    with pytest.raises(InputError, match=r"data.classes: unknown class 'pink'; the classes are "
+                                         r"blue, green, red \(or their indices 0-2\)"):
+        load_dataset(folder_spec(root, tmp_path, classes=["pink", "red"]))
+
+
 def test_val_folder_is_used_as_the_validation_split(tmp_path):
     root = make_image_folder(tmp_path / "imgs", train_per_class=6, test_per_class=2, odd_files=False)
     make_image_folder(tmp_path / "other", train_per_class=3, odd_files=False, seed=1)

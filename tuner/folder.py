@@ -33,7 +33,7 @@ from torchvision.transforms.v2.functional import resize as resize_image
 from tqdm import tqdm
 
 from tuner.errors import InputError
-from tuner.spec import Data
+from tuner.spec import Data, pick_classes
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def read_folder(spec: Data) -> Found:
     Logs what it found only once all is well, so that bad input stays one line."""
     root = spec.root
     listings = list_folder(root)
+    if spec.classes is not None:  # only the kept classes' files are decoded
+        listings = only_classes(listings, spec.classes)
     classes = listings["train"].classes
     files = [f for lst in listings.values() for f in lst.files]
     images, bad, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
@@ -121,6 +123,23 @@ def list_folder(root: Path) -> dict[str, Listing]:
         raise InputError(f"data.root: {root}/train has one class folder ({classes[0]}); a classifier "
                          "needs at least 2")
     return listings
+
+
+def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[str, Listing]:
+    """The listings with only the classes `wanted` (data.classes), labelled in the order given.
+    Raises InputError naming the class folders."""
+    available = listings["train"].classes
+    try:
+        keep = pick_classes(wanted, available)
+    except ValueError as e:
+        raise InputError(f"data.classes: {e}") from None
+    relabel = {old: new for new, old in enumerate(keep)}
+    out = {}
+    for split, lst in listings.items():
+        kept = [(f, relabel[y]) for f, y in zip(lst.files, lst.labels, strict=True) if y in relabel]
+        out[split] = Listing(tuple(available[i] for i in keep), [f for f, _ in kept],
+                             [y for _, y in kept], lst.skipped)
+    return out
 
 
 def list_split(root: Path, split: str) -> Listing:

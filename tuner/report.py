@@ -128,6 +128,8 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
 def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
     p, spec = run.provenance, run.spec
     subset = f"{spec.data.train_subset} train images" if spec.data.train_subset else "all train images"
+    if spec.data.train_per_class:  # drawn from those after validation is carved out
+        subset += f", {spec.data.train_per_class} per class trained on"
     state = s["state"] + (f" (tables as of {run.status['updated']})"
                           if s["state"] == "running" and run.status.get("updated") else "")
     counts = run.status.get("trials")
