@@ -97,15 +97,15 @@ def _worst_setting(spec: Spec, data: Dataset) -> tuple[dict[str, int], str]:
     """trial_bytes over every memory-changing value one (arm's) spec can take. Bytes grow with each
     batch size and optimizer state apart, so their largest values are taken; the stem and the
     precision change the activations' sizes, so each combination is measured."""
+    can = {path: values(spec, path) for path in MEMORY_FIELDS}
     states, optimizer = max((optimizer_states(o, m), o) for o, m in product(
-        values(spec, "train.optimizer"), values(spec, "train.momentum")))
-    batch = int(max(values(spec, "train.batch_size")))
+        can["train.optimizer"], can["train.momentum"]))
+    batch = int(max(can["train.batch_size"]))
     # evaluate() runs the validation split in batches of eval_batch_size: never more than the split
-    eval_batch = min(int(max(values(spec, "train.eval_batch_size"))), len(data.val))
+    eval_batch = min(int(max(can["train.eval_batch_size"])), len(data.val))
     shape = data.train.images.shape[-2:] if data.pixels.crop is None else (data.pixels.crop,) * 2
     best = None
-    for stem, precision in product(values(spec, "model.small_input_stem"),
-                                   values(spec, "train.precision")):
+    for stem, precision in product(can["model.small_input_stem"], can["train.precision"]):
         section = spec.model.model_copy(update={"small_input_stem": stem, "weights": "none"})
         params, train, evaluation = _measured(section.model_dump_json(), data.in_channels,
                                               data.num_classes, tuple(shape), precision)
