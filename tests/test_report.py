@@ -144,7 +144,7 @@ def make_comparison(folder: Path, finished=True) -> Path:
         ("wide", "search"): [("w-s1", 1e-3, 0.81), ("w-s2", 5e-3, 0.70)],
         ("narrow", "search"): [("n-s1", 2e-4, 0.78), ("n-s2", 8e-4, 0.74)],
         ("wide", "repeats"): [("w-r1", 1e-3, 0.95), ("w-r2", 1e-3, 0.80)],
-        ("narrow", "repeats"): [("n-r1", 2e-4, 0.77), ("n-r2", 2e-4, 0.76)],
+        ("narrow", "repeats"): [("n-r1", 2e-4, 0.77), ("n-r2", 2e-4, 0.76), ("n-rx", 2e-4, None)],
     }
     if not finished:
         del steps[("narrow", "repeats")], steps[("wide", "repeats")]
@@ -152,7 +152,9 @@ def make_comparison(folder: Path, finished=True) -> Path:
     for i, ((arm, phase), runs) in enumerate(steps.items()):
         arm_spec = spec.arm(arm)
         records = [TrialRecord(tid, {"lr": lr}, [rep(e, acc - 0.1 * (5 - e), T0 + 100 * i)
-                                                 for e in range(1, 6)]) for tid, lr, acc in runs]
+                                                 for e in range(1, 6)]) if acc else
+                   TrialRecord(tid, {"lr": lr}, [], error="RuntimeError: worker died")
+                   for tid, lr, acc in runs]
         table = results.trials_table(records, arm_spec, "none (random init)")
         trials.append(table.assign(arm=arm, phase=phase)[["arm", "phase", *table.columns]])
         ep = results.epochs_table(records)
@@ -189,6 +191,8 @@ def test_a_comparison_shows_its_best_and_top_trials_per_arm(tmp_path):
            (("wide", wide), ("narrow", narrow))}
     assert ids == {"wide": ["w-r1", "w-s1", "w-r2", "w-s2"], "narrow": ["n-s1", "n-r1", "n-r2", "n-s2"]}
     assert "<th>phase</th>" in wide and "<td>repeats</td>" in wide and "<td>search</td>" in wide
+    failed = page.split("<h3>Failed trials</h3>")[1]  # which step the failed trial was in
+    assert re.search(r"<td>narrow</td>\s*<td>repeats</td>\s*<td>n-rx</td>", failed)
 
     running = make_comparison(tmp_path / "running", finished=False)
     page = write_report([running], tmp_path / "r.html").read_text()

@@ -258,7 +258,8 @@ def run_context(run: Run) -> dict[str, Any]:
     arms = arm_sections(run)
     if run.spec.search.metric in run.trials and arms is None:
         top = top_table(run.trials, run.spec)
-    errors = (run.trials[run.trials["status"] == "error"][["trial_id", "error"]]
+    where = [c for c in ("arm", "phase") if c in run.trials]  # a comparison's: which step failed
+    errors = (run.trials[run.trials["status"] == "error"][[*where, "trial_id", "error"]]
               if "status" in run.trials else pd.DataFrame())
     return {
         "title": f"{run.spec.name} / {run.path.name}",
