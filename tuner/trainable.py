@@ -86,9 +86,12 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
-def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, Weights]) -> None:
+def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, Weights],
+                stop_epochs: frozenset[int] = frozenset()) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
-    `weights` maps each weights setting the sweep can use to its resolved weights."""
+    `weights` maps each weights setting the sweep can use to its resolved weights. Checkpoints
+    every run.checkpoint_every epochs, after the last epoch, and after each of `stop_epochs` (where
+    the scheduler may stop the trial: its test must find the checkpoint of the epoch it reported)."""
     spec = spec.with_values(config)
     initial = weights[spec.model.weights]
     device = trial_device()
@@ -147,7 +150,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, W
             tune.report({**metrics, "val_loss": math.inf, "error": error})
             return
         last = epoch + 1 == spec.train.epochs
-        if not last and (epoch + 1) % spec.run.checkpoint_every:
+        if not last and epoch + 1 not in stop_epochs and (epoch + 1) % spec.run.checkpoint_every:
             tune.report({**metrics, "checkpoint_bytes": 0})
             continue
         with tempfile.TemporaryDirectory() as d:
@@ -169,14 +172,17 @@ def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
 
 def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> dict:
     """Loss and accuracy of a trial's checkpoint on the test split, on this worker's device and at
-    the trial's precision (run as a Ray task with the trial's resources), and where it ran."""
+    the trial's precision (run as a Ray task with the trial's resources), the epoch the checkpoint
+    holds, and where it ran."""
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     with checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, spec, data, device)
+        epoch = torch.load(Path(d) / CHECKPOINT_FILE, mmap=True, weights_only=True)["epoch"]
     test = DeviceSplit.put(data.test, device, data.pixels)
     loss, accuracy = evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
-    return {"test_accuracy": accuracy, "test_loss": loss, "test_device": str(device),
+    return {"test_accuracy": accuracy, "test_loss": loss, "checkpoint_epoch": epoch,
+            "test_device": str(device),
             "test_node_ip": ray.util.get_node_ip_address(), "test_pid": os.getpid()}
 
 
