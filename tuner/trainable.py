@@ -33,6 +33,10 @@ from tuner.schedule import make_scheduler
 from tuner.spec import Spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# The validation loss a diverged trial reports: above any finite loss evaluate() can return (it sums
+# in float32), and finite. HyperOpt takes inf too, but inf is also the loss TPE gives trials with
+# no result yet, and result.json would hold `Infinity`, which is not JSON.
+DIVERGED_LOSS = float(torch.finfo(torch.float32).max)
 
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:
@@ -145,9 +149,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, W
         }
         error = divergence(train_loss, val_loss, epoch + 1)
         if error:
-            # Stop here rather than raise: a retry would diverge the same way. The searcher and
-            # ASHA see the worst loss, never NaN (TPE cannot rank NaN); the error says what it was.
-            tune.report({**metrics, "val_loss": math.inf, "error": error})
+            # Stop here rather than raise: a retry would diverge the same way.
+            tune.report(diverged_report(metrics, error))
             return
         last = epoch + 1 == spec.train.epochs
         if not last and epoch + 1 not in stop_epochs and (epoch + 1) % spec.run.checkpoint_every:
@@ -168,6 +171,13 @@ def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
     if not math.isfinite(val_loss):
         return f"validation loss became {val_loss} in epoch {epoch}"
     return None
+
+
+def diverged_report(metrics: dict, error: str) -> dict:
+    """The last report of a trial that diverged: the worst scores, so that the searcher and ASHA
+    rank it below every trial that trained (NaN logits would score the share of class 0, their
+    argmax, and TPE cannot rank a NaN loss), and `error`, which says what happened."""
+    return {**metrics, "val_accuracy": 0.0, "val_loss": DIVERGED_LOSS, "error": error}
 
 
 def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> dict:
