@@ -149,6 +149,17 @@ def test_repeats_are_the_best_config_over_fresh_seeds():
     assert rep.model.freeze == "head"
 
 
+def test_repeats_never_reuse_a_seed_a_search_trial_trained_with():
+    """train.seed searched: the search trials' seeds (the chosen trial's among them) are skipped,
+    so no repeat reproduces a search trial."""
+    spec = load_spec(QUICK, [ARMS, "train.seed=7", "search.parameters.seed={choice: [7, 8, 10, 11]}"])
+    best = {"epochs": 2, "batch_size": 64, "lr": 5e-4, "seed": 8}
+    rep = repeats_spec(spec.arm("head"), best, 3, used=[8, 10, 7])
+    assert [p["seed"] for p in rep.search.points_to_evaluate] == [9, 11, 12]
+    assert rep.search.parameters["seed"].args == [9, 11, 12]
+    assert all(rep.with_values(p).train.seed == p["seed"] for p in rep.search.points_to_evaluate)
+
+
 def test_t_interval():
     low, high = t_interval(pd.Series([0.80, 0.82, 0.84]))
     assert (low, high) == pytest.approx((0.82 - 4.3027 * 0.02 / 3**0.5, 0.82 + 4.3027 * 0.02 / 3**0.5),
