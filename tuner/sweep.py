@@ -159,12 +159,36 @@ def check_restorable(experiment: str) -> None:
                          "was stopped before its first trial started. Start it again instead")
 
 
+# What this driver put in Ray's object store: (node, job, id(object)) -> (object, its reference).
+# Holding the object keeps its id from being reused while the entry lives.
+_stored: dict[tuple[str, str, int], tuple[object, ray.ObjectRef]] = {}
+
+
+def stored(value, shipped=None) -> ray.ObjectRef:
+    """A reference to `shipped` (default: `value`) in Ray's object store, put once per driver and
+    Ray session for each `value`. Every Tuner of the driver (a comparison makes two per arm, and
+    one more per finished step on resume) passes the same reference: handed the object itself,
+    tune.with_parameters puts a copy per call and keeps it for the driver's lifetime (in a hook
+    Ray never clears)."""
+    context = ray.get_runtime_context()
+    session = (context.get_node_id(), context.get_job_id())  # a new cluster reuses job ids
+    for key in [k for k in _stored if k[:2] != session]:  # an earlier session's: gone with it
+        del _stored[key]
+    key = (*session, id(value))
+    if key not in _stored:
+        _stored[key] = (value, ray.put(value if shipped is None else shipped))
+    return _stored[key][1]
+
+
 def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
     # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Fixed inputs travel once per node through Ray's object store; the test split stays here.
-    trainable = tune.with_parameters(train_trial, spec=spec, data=data.without_test(),
-                                     weights=weights,
+    # Fixed inputs travel once per node through Ray's object store, by reference (with_parameters
+    # passes an ObjectRef through as it is); the test split stays here. A trial fetches only the
+    # weights it starts from.
+    trainable = tune.with_parameters(train_trial, spec=spec,
+                                     data=stored(data, shipped=data.without_test()),
+                                     weights={k: stored(w) for k, w in weights.items()},
                                      stop_epochs=stop_epochs(make_scheduler(spec)))
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

@@ -1,6 +1,6 @@
 """The per-trial function Ray Tune runs: build model, make batches, train an epoch, evaluate, report.
 
-Fixed inputs (the validated spec, the dataset, the initial weights) arrive through
+Fixed inputs (the validated spec, the dataset, references to the initial weights) arrive through
 `tune.with_parameters`, so each node gets them once from Ray's object store; the trial's `config`
 holds only the searched values.
 """
@@ -90,14 +90,15 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
-def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, Weights],
+def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, ray.ObjectRef],
                 stop_epochs: frozenset[int] = frozenset()) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
-    `weights` maps each weights setting the sweep can use to its resolved weights. Checkpoints
+    `weights` maps each weights setting the sweep can use to its resolved Weights in Ray's object
+    store (the trial fetches the one it starts from). Checkpoints
     every run.checkpoint_every epochs, after the last epoch, and after each of `stop_epochs` (where
     the scheduler may stop the trial: its test must find the checkpoint of the epoch it reported)."""
     spec = spec.with_values(config)
-    initial = weights[spec.model.weights]
+    initial: Weights = ray.get(weights[spec.model.weights])
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     torch.manual_seed(spec.train.seed)
