@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, reports, run_cli, start_cli, stop_group, wait_for
+from conftest import ROOT, reports, run_cli, short_tmpdir, start_cli, stop_group, wait_for
 
 from tuner import fashion_mnist
 from scipy import stats
@@ -151,6 +151,17 @@ def test_repeats_are_the_best_config_over_fresh_seeds():
     assert rep.model.freeze == "head"
 
 
+def test_repeats_never_reuse_a_seed_a_search_trial_trained_with():
+    """train.seed searched: the search trials' seeds (the chosen trial's among them) are skipped,
+    so no repeat reproduces a search trial."""
+    spec = load_spec(QUICK, [ARMS, "train.seed=7", "search.parameters.seed={choice: [7, 8, 10, 11]}"])
+    best = {"epochs": 2, "batch_size": 64, "lr": 5e-4, "seed": 8}
+    rep = repeats_spec(spec.arm("head"), best, 3, used=[8, 10, 7])
+    assert [p["seed"] for p in rep.search.points_to_evaluate] == [9, 11, 12]
+    assert rep.search.parameters["seed"].args == [9, 11, 12]
+    assert all(rep.with_values(p).train.seed == p["seed"] for p in rep.search.points_to_evaluate)
+
+
 def test_t_interval():
     low, high = t_interval(pd.Series([0.80, 0.82, 0.84]))
     assert (low, high) == pytest.approx((0.82 - 4.3027 * 0.02 / 3**0.5, 0.82 + 4.3027 * 0.02 / 3**0.5),
@@ -242,6 +253,67 @@ def _step_done(run_dir: list[Path], step: str):
         except (json.JSONDecodeError, FileNotFoundError):
             pass
     return None
+
+
+def object_store_bytes() -> int:
+    """Bytes in use in the object store of the Ray session this process is connected to: its
+    object_store_memory resource less what is available, once two readings a second apart agree
+    (the raylet reports its usage every few hundred ms)."""
+    import time
+
+    import ray
+
+    def used():
+        return int(ray.cluster_resources()["object_store_memory"]
+                   - ray.available_resources().get("object_store_memory", 0))
+
+    last = used()
+    for _ in range(30):
+        time.sleep(1)
+        now, last = last, used()
+        if now == last:
+            break
+    return last
+
+
+@needs_fashion
+def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store(tmp_path):
+    """Three arms, six steps (six Tuners) in one driver: the dataset and the weights are put in
+    Ray's object store once and passed by reference, so what it holds does not grow per step."""
+    import pickle
+
+    import ray
+
+    from tuner import compare, run, sweep
+
+    path, _ = pretrained_file(tmp_path)
+    spec = load_spec(QUICK, [
+        "data.train_subset=300", "data.test_subset=100",
+        "search.num_samples=1", "search.n_initial_points=1", "train.epochs=1", "compare.repeats=1",
+        "search.parameters={lr: {choice: [1.0e-3]}}",
+        f"compare.arms={{planted: {{model.weights: {path}}}, scratch: {{model.weights: none}}, "
+        f"head: {{model.weights: {path}, model.freeze: head}}}}"])
+    weights, data = run.check_inputs(spec)
+    one_copy = sum(len(pickle.dumps(x)) for x in (data.without_test(), *weights.values()))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text("{}")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _temp_dir=str(short_tmpdir()))
+    try:
+        before = object_store_bytes()
+        code = compare.run_comparison(spec, data, weights, run_dir,
+                                      sweep.experiment_path(spec, run_dir), "resume")
+        after = object_store_bytes()
+    finally:
+        ray.shutdown()
+    print(f"object store: {before} bytes before, {after} after 6 steps; one copy of the data "
+          f"and weights pickles to {one_copy} bytes")
+    assert code == 0
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 6 and set(trials["status"]) == {"finished"}
+    assert one_copy > 40e6  # the planted resnet18 weights: copies per step would show
+    assert 0.9 * one_copy < after - before < 1.3 * one_copy
 
 
 @needs_fashion

@@ -59,6 +59,42 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
+def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
+    """run.max_failures: 0 and one trial's worker killed (the OOM killer, a lost node): that trial
+    errors, the others run, and the sweep has finished, not been interrupted: exit 0, the error in
+    trials.csv, the best of the others chosen and tested.
+
+    Under ASHA with run.checkpoint_every above its rung (epoch 1), every trial still checkpoints
+    the rung's epoch, where ASHA may stop it, and the chosen trial is tested on the checkpoint of the
+    epoch it reported."""
+    results = tmp_path / "results"
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), "--set", "run.max_failures=0",
+                     "--set", "search.scheduler=asha", "--set", "search.grace_period=1",
+                     "--set", "run.checkpoint_every=5", tmp_path=tmp_path)
+    try:
+        first = wait_for(lambda: [r for r in reports(results) if r["epoch"] == 1], 300,
+                         "the first epoch's report", proc)[0]
+        os.kill(first["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        stop_group(proc)
+    run = run_dir_of(results)
+    trials = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert len(trials) == 3
+    assert trials.loc[first["trial_id"], "status"] == "error"
+    assert "killed" in trials.loc[first["trial_id"], "error"]  # Ray: "the process was killed by"
+    others = trials.drop(first["trial_id"])
+    assert set(others["status"]) <= {"finished", "stopped_early"}
+    best = json.loads((run / "best.json").read_text())
+    assert best["trial_id"] in others.index and 0 <= best["test_accuracy"] <= 1
+    assert best["checkpoint_epoch"] == best["epochs_completed"]
+    assert (epochs[epochs.epoch == 1]["checkpoint_bytes"] > 0).all()  # ASHA's rung, every trial
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["trials"]["error"] == 1
+    assert "interrupted" not in (tmp_path / "cli.log").read_text()
+
+
 def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
     results = tmp_path / "results"
     proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)

@@ -1,6 +1,7 @@
 """How the spec becomes Ray Tune's searcher, scheduler and storage (no Ray cluster needed)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -14,6 +15,7 @@ from tuner.sweep import (
     experiment_path,
     make_scheduler,
     make_searcher,
+    stop_epochs,
 )
 
 FASHION = Path(__file__).resolve().parents[1] / "sweeps" / "fashion.yaml"
@@ -73,6 +75,28 @@ def test_schedulers():
     asha = make_scheduler(load_spec(FASHION, ["search.scheduler=asha", "search.grace_period=2"]))
     assert isinstance(asha, ASHAScheduler)
     assert asha._time_attr == "epoch" and asha._max_t == 9  # the largest searched epochs
+
+
+def test_trials_checkpoint_at_every_epoch_where_asha_can_stop_them():
+    """ASHA compares a trial with the others at its rungs (grace_period x 4^k, up to max_t) and
+    stops it only there: exactly the epochs stop_epochs gives the trials to checkpoint."""
+    assert stop_epochs(make_scheduler(load_spec(FASHION))) == frozenset()  # FIFO stops none early
+    for grace, rungs in ((1, {1, 4}), (2, {2, 8}), (3, {3})):  # max_t 9
+        asha = make_scheduler(load_spec(FASHION, ["search.scheduler=asha",
+                                                  f"search.grace_period={grace}"]))
+        assert stop_epochs(asha) == rungs
+        # 20 good trials, then for each epoch e a trial as good until e and far worse at e:
+        # where can ASHA stop a trial that reports every epoch?
+        bracket, stopped = asha._brackets[0], set()
+        for i in range(20):
+            for epoch in range(1, 10):
+                bracket.on_result(SimpleNamespace(trial_id=f"good{i}"), epoch, 1.0)
+        for worse in range(1, 10):
+            trial = SimpleNamespace(trial_id=f"worse-at-{worse}")
+            for epoch in range(1, worse + 1):
+                if bracket.on_result(trial, epoch, 1.0 if epoch < worse else 0.0) == "STOP":
+                    stopped.add(epoch)
+        assert stopped == rungs  # (and max_t, a trial's last epoch, which always checkpoints)
 
 
 def test_experiment_paths(tmp_path):

@@ -11,7 +11,14 @@ from torch import nn
 from tuner.batches import DeviceSplit, train_batches
 from tuner.data import Pixels, Split
 from tuner.spec import Augment
-from tuner.trainable import compiled, divergence, evaluate, train_epoch
+from tuner.trainable import (
+    DIVERGED_LOSS,
+    compiled,
+    divergence,
+    diverged_report,
+    evaluate,
+    train_epoch,
+)
 
 
 def small_net() -> nn.Module:
@@ -72,20 +79,35 @@ def test_a_non_finite_training_or_validation_loss_stops_the_trial(train_loss, va
     assert divergence(train_loss, val_loss, 3) == message
 
 
-def test_tpe_ranks_the_worst_loss_a_diverged_trial_reports():
-    """A diverged trial reports val_loss = inf: HyperOpt ranks it last and keeps suggesting (NaN
-    would poison TPE's ordering of losses)."""
+def test_a_diverged_trial_reports_the_worst_scores_in_a_form_hyperopt_takes():
+    """NaN logits: evaluate() scores the share of class 0 (the argmax of NaN) and a NaN loss. The
+    trial's last report says accuracy 0 and a finite loss above any other, which HyperOpt ranks
+    last under either metric and keeps suggesting after (NaN would poison TPE's ordering)."""
     from ray import tune
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    searcher = HyperOptSearch(n_initial_points=2, random_state_seed=0)
-    searcher.set_search_properties("val_loss", "min", {"lr": tune.loguniform(1e-4, 1e-1)})
-    for i, loss in enumerate([math.inf, 0.4, 0.3]):
-        assert searcher.suggest(f"t{i}") is not None
-        searcher.on_trial_complete(f"t{i}", {"val_loss": loss})
-    assert searcher.suggest("t3") is not None
-    done = [loss for loss in searcher._hpopt_trials.losses() if loss is not None]
-    assert sorted(done) == [0.3, 0.4, math.inf]
+    data = split()
+    model = small_net().eval()
+    with torch.no_grad():
+        model[-1].bias.fill_(math.nan)
+    val_loss, val_acc = evaluate(model, data, 1024, "fp32")
+    assert math.isnan(val_loss) and val_acc == pytest.approx(0.1)  # 7 of 70 images are class 0
+    error = divergence(0.5, val_loss, 2)
+    report = diverged_report({"epoch": 2, "val_loss": val_loss, "val_accuracy": val_acc}, error)
+    assert report == {"epoch": 2, "val_loss": DIVERGED_LOSS, "val_accuracy": 0.0, "error": error}
+    assert math.isfinite(DIVERGED_LOSS) and DIVERGED_LOSS >= torch.finfo(torch.float32).max
+
+    for metric, mode, others in (("val_loss", "min", [0.4, 1e30]), ("val_accuracy", "max", [0.1, 0.3])):
+        searcher = HyperOptSearch(n_initial_points=2, random_state_seed=0)
+        searcher.set_search_properties(metric, mode, {"lr": tune.loguniform(1e-4, 1e-1)})
+        for i, value in enumerate([report[metric], *others]):
+            assert searcher.suggest(f"t{i}") is not None
+            searcher.on_trial_complete(f"t{i}", {metric: value})
+        assert searcher.suggest("t3") is not None
+        trials = searcher._hpopt_trials
+        losses = [t["result"].get("loss") for t in trials.trials][:3]  # HyperOpt minimises
+        assert losses[0] == max(losses) and losses.count(losses[0]) == 1, (metric, losses)
+        assert math.isfinite(trials.average_best_error())  # its summary of the results
 
 
 def test_label_smoothing_changes_the_training_loss_not_the_validation_loss():

@@ -12,11 +12,13 @@ compare.csv (one row per arm), compare.png, and prints the answer in words.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +43,16 @@ def steps(spec: Spec) -> list[tuple[str, str]]:
     return [(phase, arm) for phase in PHASES for arm in spec.compare.arms]
 
 
-def repeats_spec(arm_spec: Spec, best: dict, repeats: int) -> Spec:
-    """The arm's best config trained once per fresh seed. The seeds are the searcher's whole plan
-    (random searcher, one point per seed: exactly `repeats` trials), under FIFO so that every run
-    trains all its epochs."""
+def repeats_spec(arm_spec: Spec, best: dict, repeats: int, used: Iterable[int] = ()) -> Spec:
+    """The arm's best config trained once per fresh seed: the first `repeats` seeds after
+    train.seed that no search trial trained with (`used`: their seeds, when train.seed is searched;
+    a repeat must not reproduce the chosen trial). The seeds are the searcher's whole plan (random
+    searcher, one point per seed: exactly `repeats` trials), under FIFO so that every run trains
+    all its epochs."""
     seed_key = next((k for k in best if param_path(k) == "train.seed"), "train.seed")
-    seeds = [arm_spec.train.seed + 1 + i for i in range(repeats)]  # not the seed the search used
+    taken = {arm_spec.train.seed, *used}
+    fresh = (s for s in itertools.count(arm_spec.train.seed + 1) if s not in taken)
+    seeds = list(itertools.islice(fresh, repeats))
     raw = arm_spec.model_dump()
     raw["search"].update(
         searcher="random", num_samples=repeats, n_initial_points=None, scheduler="fifo",
@@ -64,7 +70,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     progress = json.loads(status_path.read_text()).get("compare") or {"done": [], "tests": {}}
     labels = {setting: w.label for setting, w in weights.items()}
     t0 = time.perf_counter()
-    trials, epochs, best = [], [], {}
+    trials, epochs, best, seeds = [], [], {}, {}
     search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
     for phase, arm in steps(spec):
         arm_spec = spec.arm(arm)
@@ -72,7 +78,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             if arm not in best:
                 log.warning("arm %s: no trial of its search finished; nothing to repeat", arm)
                 continue
-            arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats)
+            arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats, seeds[arm])
         step = f"{phase}:{arm}"
         done = step in progress["done"]
         if not done:
@@ -85,6 +91,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
         if phase == "search":
             search_records += records
+            seeds[arm] = {arm_spec.with_values(r.params).train.seed for r in records}
             chosen = results.best_trial(table, arm_spec)
             if chosen is not None:
                 best[arm] = next(r.params for r in records if r.trial_id == chosen["trial_id"])

@@ -43,9 +43,16 @@ def chosen_id(trials: pd.DataFrame, spec: Spec) -> str | None:
     return None if best is None else best["trial_id"]
 
 
+def scored_reports(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The reports with real scores: not a diverged trial's last (the worst scores, for the
+    searcher, which would squash every other curve against the axis)."""
+    return epochs[epochs["error"].isna()] if "error" in epochs else epochs
+
+
 def draw_curves(ax: Axes, epochs: pd.DataFrame, spec: Spec, best_id: str | None) -> None:
     """Every trial's validation metric per epoch, the chosen trial highlighted."""
     metric = spec.search.metric
+    epochs = scored_reports(epochs)
     for trial_id, rows in epochs.groupby("trial_id", sort=False):
         is_best = trial_id == best_id
         ax.plot(rows["epoch"], rows[metric], marker="o", markersize=3,
@@ -135,7 +142,9 @@ def draw_parallel(ax: Axes, trials: pd.DataFrame, spec: Spec, best_id: str | Non
 def draw_best_so_far(ax: Axes, epochs: pd.DataFrame, spec: Spec) -> None:
     """Every report's metric (grey) and the best reported so far (a step line) against sweep time."""
     metric = spec.search.metric
-    ax.scatter(sweep_seconds(epochs), epochs[metric], color="0.7", s=12, label="every report")
+    shown = scored_reports(epochs)  # times from every report: the same clock as best_so_far's
+    ax.scatter(sweep_seconds(epochs)[shown.index], shown[metric], color="0.7", s=12,
+               label="every report")
     best = best_so_far(epochs, spec)
     if len(best):
         t = [*best["sweep_s"], float(sweep_seconds(epochs).max())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -75,6 +76,17 @@ def make_scheduler(spec: Spec):
     epochs = spec.search_for("train.epochs")
     max_t = max(epochs.extremes()) if epochs else spec.train.epochs
     return ASHAScheduler(time_attr="epoch", max_t=int(max_t), grace_period=spec.search.grace_period)
+
+
+def stop_epochs(scheduler) -> frozenset[int]:
+    """The epochs after which `scheduler` may stop a trial early: ASHA's rungs (grace_period x
+    reduction_factor^k, up to max_t), where it compares a trial with the others. A trial
+    checkpoints there, so that one stopped at a rung is tested on the epoch it reported. FIFO
+    stops no trial early (a trial's last epoch always checkpoints)."""
+    if not isinstance(scheduler, ASHAScheduler):
+        return frozenset()
+    # Ray keeps the rungs in its brackets only; a milestone is reached at the first epoch >= it.
+    return frozenset(math.ceil(m) for b in scheduler._brackets for m, _ in b._rungs)
 
 
 def check_buildable(spec: Spec) -> None:
@@ -187,12 +199,37 @@ def check_restorable(experiment: str) -> None:
                          "was stopped before its first trial started. Start it again instead")
 
 
+# What this driver put in Ray's object store: (node, job, id(object)) -> (object, its reference).
+# Holding the object keeps its id from being reused while the entry lives.
+_stored: dict[tuple[str, str, int], tuple[object, ray.ObjectRef]] = {}
+
+
+def stored(value, shipped=None) -> ray.ObjectRef:
+    """A reference to `shipped` (default: `value`) in Ray's object store, put once per driver and
+    Ray session for each `value`. Every Tuner of the driver (a comparison makes two per arm, and
+    one more per finished step on resume) passes the same reference: handed the object itself,
+    tune.with_parameters puts a copy per call and keeps it for the driver's lifetime (in a hook
+    Ray never clears)."""
+    context = ray.get_runtime_context()
+    session = (context.get_node_id(), context.get_job_id())  # a new cluster reuses job ids
+    for key in [k for k in _stored if k[:2] != session]:  # an earlier session's: gone with it
+        del _stored[key]
+    key = (*session, id(value))
+    if key not in _stored:
+        _stored[key] = (value, ray.put(value if shipped is None else shipped))
+    return _stored[key][1]
+
+
 def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
     # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Fixed inputs travel once per node through Ray's object store; the test split stays here.
-    trainable = tune.with_parameters(train_trial, spec=spec, data=data.without_test(),
-                                     weights=weights)
+    # Fixed inputs travel once per node through Ray's object store, by reference (with_parameters
+    # passes an ObjectRef through as it is); the test split stays here. A trial fetches only the
+    # weights it starts from.
+    trainable = tune.with_parameters(train_trial, spec=spec,
+                                     data=stored(data, shipped=data.without_test()),
+                                     weights={k: stored(w) for k, w in weights.items()},
+                                     stop_epochs=stop_epochs(make_scheduler(spec)))
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -200,12 +237,17 @@ def interrupted(grid: tune.ResultGrid, spec: Spec, experiment: str) -> bool:
     """True when the sweep stopped before every trial ended (Ctrl-C, SIGTERM).
 
     Asked of the experiment state Tune saved as fit() ended: the ResultGrid itself cannot tell, since
-    Tune's clean-up marks the trials it stops as TERMINATED, like the ones that finished.
+    Tune's clean-up marks the trials it stops as TERMINATED, like the ones that finished. A trial
+    that failed for good (its retries used up) has ended too, though the saved state can still
+    record it as PENDING (seen with Ray 2.60 when a trial's worker is killed): its Result carries
+    the error, which Tune gives no trial that its clean-up stopped.
     """
     if len(grid) < spec.search.num_samples:
         return True
+    failed = {Path(r.path).name for r in grid if r.error is not None}
     saved = tune.ExperimentAnalysis(experiment).trials
-    return any(t.status not in (Trial.TERMINATED, Trial.ERROR) for t in saved)
+    return any(t.status not in (Trial.TERMINATED, Trial.ERROR) and Path(t.path).name not in failed
+               for t in saved)
 
 
 def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
@@ -231,18 +273,24 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
 
 
 def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> dict:
-    """Test loss and accuracy of a trial's final checkpoint (the one look at the test set), and the
-    device, node and process that computed them.
+    """Test loss and accuracy of a trial's final checkpoint (the one look at the test set), the
+    epoch it holds (a warning if not the epoch the trial last reported), and the device, node and
+    process that computed them.
 
     It runs as a Ray task with the trials' resources, so it is evaluated where and as the trials
     ran (their kind of device and precision), and the driver never holds a GPU the trials need.
     """
     trial_spec = spec.with_values(record.params)
     empty = Split(data.test.images[:0], data.test.labels[:0])
-    test_only = replace(data, train=empty, val=empty)  # ship only what is used
+    test_only = replace(data, train=empty, val=empty, pool=None)  # ship only what is used
     task = ray.remote(test_checkpoint).options(num_cpus=spec.resources.cpu,
                                               num_gpus=spec.resources.gpu)
-    return ray.get(task.remote(record.checkpoint, trial_spec, test_only))
+    test = ray.get(task.remote(record.checkpoint, trial_spec, test_only))
+    reported = record.reports[-1]["epoch"] if record.reports else None
+    if test["checkpoint_epoch"] != reported:  # run.checkpoint_every and a stop between checkpoints
+        log.warning("trial %s: tested on its checkpoint of epoch %s, not of epoch %s whose "
+                    "validation score chose it", record.trial_id, test["checkpoint_epoch"], reported)
+    return test
 
 
 def prune_checkpoints(records: list[TrialRecord], keep: TrialRecord | None) -> int:

@@ -1,6 +1,6 @@
 """The per-trial function Ray Tune runs: build model, make batches, train an epoch, evaluate, report.
 
-Fixed inputs (the validated spec, the dataset, the initial weights) arrive through
+Fixed inputs (the validated spec, the dataset, references to the initial weights) arrive through
 `tune.with_parameters`, so each node gets them once from Ray's object store; the trial's `config`
 holds only the searched values.
 """
@@ -33,6 +33,10 @@ from tuner.schedule import make_scheduler
 from tuner.spec import Spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# The validation loss a diverged trial reports: above any finite loss evaluate() can return (it sums
+# in float32), and finite. HyperOpt takes inf too, but inf is also the loss TPE gives trials with
+# no result yet, and result.json would hold `Infinity`, which is not JSON.
+DIVERGED_LOSS = float(torch.finfo(torch.float32).max)
 
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:
@@ -86,12 +90,16 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
-def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, Weights]) -> None:
+def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, ray.ObjectRef],
+                stop_epochs: frozenset[int] = frozenset()) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
-    `weights` maps each weights setting the sweep can use to its resolved weights."""
+    `weights` maps each weights setting the sweep can use to its resolved Weights in Ray's object
+    store (the trial fetches the one it starts from). Checkpoints
+    every run.checkpoint_every epochs, after the last epoch, and after each of `stop_epochs` (where
+    the scheduler may stop the trial: its test must find the checkpoint of the epoch it reported)."""
     spec = spec.with_values(config)
     data = data.for_training(spec.data)  # an arm's (or a searched) data.train_per_class
-    initial = weights[spec.model.weights]
+    initial: Weights = ray.get(weights[spec.model.weights])
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     torch.manual_seed(spec.train.seed)
@@ -143,12 +151,11 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, W
         }
         error = divergence(train_loss, val_loss, epoch + 1)
         if error:
-            # Stop here rather than raise: a retry would diverge the same way. The searcher and
-            # ASHA see the worst loss, never NaN (TPE cannot rank NaN); the error says what it was.
-            tune.report({**metrics, "val_loss": math.inf, "error": error})
+            # Stop here rather than raise: a retry would diverge the same way.
+            tune.report(diverged_report(metrics, error))
             return
         last = epoch + 1 == spec.train.epochs
-        if not last and (epoch + 1) % spec.run.checkpoint_every:
+        if not last and epoch + 1 not in stop_epochs and (epoch + 1) % spec.run.checkpoint_every:
             tune.report({**metrics, "checkpoint_bytes": 0})
             continue
         with tempfile.TemporaryDirectory() as d:
@@ -168,16 +175,26 @@ def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
     return None
 
 
+def diverged_report(metrics: dict, error: str) -> dict:
+    """The last report of a trial that diverged: the worst scores, so that the searcher and ASHA
+    rank it below every trial that trained (NaN logits would score the share of class 0, their
+    argmax, and TPE cannot rank a NaN loss), and `error`, which says what happened."""
+    return {**metrics, "val_accuracy": 0.0, "val_loss": DIVERGED_LOSS, "error": error}
+
+
 def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> dict:
     """Loss and accuracy of a trial's checkpoint on the test split, on this worker's device and at
-    the trial's precision (run as a Ray task with the trial's resources), and where it ran."""
+    the trial's precision (run as a Ray task with the trial's resources), the epoch the checkpoint
+    holds, and where it ran."""
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     with checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, spec, data, device)
+        epoch = torch.load(Path(d) / CHECKPOINT_FILE, mmap=True, weights_only=True)["epoch"]
     test = DeviceSplit.put(data.test, device, data.pixels)
     loss, accuracy = evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
-    return {"test_accuracy": accuracy, "test_loss": loss, "test_device": str(device),
+    return {"test_accuracy": accuracy, "test_loss": loss, "checkpoint_epoch": epoch,
+            "test_device": str(device),
             "test_node_ip": ray.util.get_node_ip_address(), "test_pid": os.getpid()}
 
 
