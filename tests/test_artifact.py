@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import draw_picture, make_image_folder, run_cli
+from conftest import draw_picture, make_image_folder, run_cli, short_tmpdir
 from test_folder import FOLDER_QUICK
 
 from tuner import artifact, export, predict
@@ -160,7 +160,7 @@ def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
            "--set", "search.parameters={epochs: {choice: [1]}, lr: {loguniform: [1.0e-3, 2.0e-3]}}",
            "--set", "data.cache=false"]
     proc = run_cli(*FOLDER_QUICK, *one, "--set", f"data.root={root}",
-                   "--results", str(tmp_path / "r1"), tmp_path=tmp_path)
+                   "--results", str(tmp_path / "r1"), tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "r1").glob("*/*")
     best = json.loads((run / "best.json").read_text())
@@ -210,7 +210,8 @@ def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
     two = tmp_path / "two"
     shutil.copytree(root, two, ignore=shutil.ignore_patterns("red"))
     proc = run_cli(*FOLDER_QUICK, *one, "--set", f"data.root={two}", "--set", f"model.weights={run}",
-                   "--set", "model.freeze=head", "--results", str(tmp_path / "r2"), tmp_path=tmp_path)
+                   "--set", "model.freeze=head", "--results", str(tmp_path / "r2"), tmp_path=tmp_path,
+                   RAY_TMPDIR=str(short_tmpdir()))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run2,) = (tmp_path / "r2").glob("*/*")
     second = torch.load(run2 / "model" / "model.pt", weights_only=True)
@@ -227,3 +228,32 @@ def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
     second_card = json.loads((run2 / "model" / "model.json").read_text())
     assert second_card["fine_tuned_from"]["sha256"] == card["weights_sha256"]
     assert second_card["classes"] == ["blue", "green"]
+
+    # a run without its model folder (from before sweeps wrote one): export writes it from the
+    # chosen trial's checkpoint, with best.json's test score
+    shutil.move(run / "model", tmp_path / "first-model")
+    assert export.main([str(run)]) == 0
+    again = json.loads((run / "model" / "model.json").read_text())
+    assert again["trial_id"] == best["trial_id"] and again["partial"] is False
+    assert again["test_accuracy"] == best["test_accuracy"]
+    restored = torch.load(run / "model" / "model.pt", weights_only=True)
+    assert all(torch.equal(restored[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_each_export_is_checked_against_the_eager_model_before_it_is_written(tmp_path, fmt,
+                                                                             monkeypatch):
+    if fmt == "onnx":  # the extra tuner[onnx]; CI installs it with tuner[test]
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    model = artifact.build({"architecture": {"in_channels": 3, "small_input_stem": False,
+                                             "num_classes": 4}}).eval()
+    x = torch.randn(5, 3, 32, 32)
+    out = tmp_path / f"m{export.SUFFIX[fmt]}"
+    diff = export.write_checked(model, x, fmt, out)
+    assert out.is_file() and 0 <= diff <= export.TOLERANCE[fmt]
+    if fmt == "torchscript":  # the check is the same for every format: tried on the quickest
+        monkeypatch.setitem(export.TOLERANCE, fmt, -1.0)  # no export can pass: nothing written
+        with pytest.raises(ValueError, match=f"{fmt}: the exported model's logits differ"):
+            export.write_checked(model, x, fmt, tmp_path / f"n{export.SUFFIX[fmt]}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

@@ -1,9 +1,10 @@
 """Export a run's model: `python -m tuner.export RUN_DIR [--format pt|torchscript|pt2|onnx]
 [--out PATH] [--arm ARM]`.
 
-The model is the run's model/ folder (a comparison's model/<arm>/); for a sweep that has not
-finished (interrupted, or still running), the best trial so far on validation is taken from its
-latest checkpoint and written to model/ first, its model.json saying it is partial and untested.
+The model is the run's model/ folder (a comparison's model/<arm>/). A run without one has it
+written first from its checkpoints: for a sweep that has not finished (interrupted, or still
+running) the best trial so far on validation, its model.json saying it is partial and untested;
+for a sweep that finished before sweeps wrote models, its chosen trial with best.json's scores.
 
 Formats: `pt` (model.pt + model.json, a plain state_dict), `torchscript` (torch.jit.trace; loads
 with torch.jit.load, or from C++), `pt2` (torch.export; torch.export.load), `onnx` (torch.onnx's
@@ -78,7 +79,9 @@ def run_spec(run_dir: Path, arm: str | None):
 
 
 def best_so_far(run_dir: Path, spec, data) -> Path:
-    """Write model/ from the best trial so far of a sweep that has not finished; its folder."""
+    """Write model/ from the run's checkpoints when it has none: the best trial so far of a sweep
+    that has not finished (partial, untested), or the chosen trial of one that finished before
+    sweeps wrote their models (with best.json's test score). Returns the folder."""
     import pandas as pd
     from ray.tune import ExperimentAnalysis
 
@@ -88,22 +91,30 @@ def best_so_far(run_dir: Path, spec, data) -> Path:
     trials = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str}) \
         if (run_dir / "trials.csv").is_file() else pd.DataFrame()
     best = results.best_trial(trials, spec) if spec.search.metric in trials else None
+    tested = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else None
+    if tested is not None:
+        best = trials.set_index("trial_id").loc[tested["trial_id"]].copy()
+        best["trial_id"] = tested["trial_id"]
     if best is None:
         raise InputError(f"{run_dir}: no trial has a validation score yet; nothing to export")
     experiment = json.loads((run_dir / "status.json").read_text())["experiment"]
     analysis = ExperimentAnalysis(experiment)
     trial = next((t for t in analysis.trials if t.trial_id == best["trial_id"]), None)
     if trial is None or trial.checkpoint is None:
-        raise InputError(f"{run_dir}: trial {best['trial_id']} (best so far) has no checkpoint in "
-                         f"{experiment}")
+        raise InputError(f"{run_dir}: trial {best['trial_id']} has no checkpoint in {experiment}")
     config = results.trial_params(trial.config, spec)
     scores = {k: float(best[k]) for k in (spec.search.metric, "val_accuracy", "val_loss")}
+    if tested is not None:
+        scores.update({k: tested[k] for k in ("test_accuracy", "test_loss", "test_images") if k in tested})
     card = artifact.make_card(spec, data, trial_id=best["trial_id"], config=config, scores=scores,
-                              started_from=str(best["weights"]), weights=None, partial=True)
+                              started_from=str(best["weights"]), weights=None,
+                              partial=tested is None)
     folder = run_dir / artifact.MODEL_DIR
     artifact.write_model(folder, checkpoint_weights(trial.checkpoint), card)
-    print(f"partial sweep: wrote {folder} from trial {best['trial_id']}, the best so far on "
-          f"validation ({spec.search.metric}={best[spec.search.metric]:.4f}); not tested")
+    print(f"wrote {folder} from trial {best['trial_id']}"
+          + (", the chosen one" if tested else
+             f", the best so far on validation ({spec.search.metric}="
+             f"{best[spec.search.metric]:.4f}) of a sweep that has not finished: not tested"))
     return folder
 
 
