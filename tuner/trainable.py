@@ -24,6 +24,7 @@ from tuner.batches import DeviceSplit, eval_batches, steps_per_epoch, train_batc
 from tuner.data import Dataset
 from tuner.device import autocast, memory_format, setup, trial_device
 from tuner.model import (
+    CHECKPOINT_FILE,  # a trial checkpoint's file: model.weights reads it too
     Weights,
     apply_freeze,
     build_model,
@@ -34,7 +35,6 @@ from tuner.model import (
 from tuner.schedule import make_scheduler
 from tuner.spec import Spec
 
-CHECKPOINT_FILE = "checkpoint.pt"  # model.CHECKPOINT_FILE names it for model.weights
 
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:
