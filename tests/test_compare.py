@@ -364,6 +364,12 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     assert (table["test_ci95_low"] <= table["test_mean"]).all()
     assert (table["test_mean"] <= table["test_ci95_high"]).all()
     assert (run / "compare.png").read_bytes().startswith(b"\x89PNG")
+    for arm, rows in repeats.groupby("arm"):  # each arm's model: its repeat best on validation
+        card = json.loads((run / "model" / arm / "model.json").read_text())
+        chosen = rows.loc[rows["val_accuracy"].idxmax()]
+        assert card["arm"] == arm and card["test_accuracy"] == pytest.approx(chosen["test_accuracy"])
+        assert (run / "model" / arm / "model.pt").stat().st_size > 40e6
+        assert table.loc[arm, "model"] == f"model/{arm}"
     epochs = pd.read_csv(run / "epochs.csv")
     assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == 8
     status = json.loads((run / "status.json").read_text())

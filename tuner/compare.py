@@ -72,6 +72,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     t0 = time.perf_counter()
     trials, epochs, best, seeds = [], [], {}, {}
     search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
+    repeat_records = {}  # arm -> its repeats: the models come from them
     for phase, arm in steps(spec):
         arm_spec = spec.arm(arm)
         if phase == "repeats":
@@ -98,6 +99,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         elif not interrupted:
             table = _tested(table, records, arm_spec, data, progress["tests"].setdefault(arm, {}),
                             status_path, progress)
+            repeat_records[arm] = records
         trials.append(_tagged(table, arm, phase))
         epochs.append(_tagged(results.epochs_table(records), arm, phase))
         _write_tables(run_dir, trials, epochs)
@@ -116,7 +118,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         deleted = sweep.prune_checkpoints(search_records, keep=None)
         log.info("deleted %d search checkpoint(s) (run.keep_checkpoints: best)", deleted)
     return _finish(spec, run_dir, pd.concat(trials, ignore_index=True), best, status_path,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, (data, weights, repeat_records))
 
 
 def _run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str, done: bool):
@@ -166,10 +168,14 @@ def _write_tables(run_dir: Path, trials: list[pd.DataFrame], epochs: list[pd.Dat
 
 
 def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_path: Path,
-            wall: float) -> int:
-    from tuner import plots  # noqa: PLC0415  matplotlib only when there is something to draw
+            wall: float, models: tuple = None) -> int:
+    """`models`: (data, weights, arm -> repeat records), for each arm's model folder."""
+    from tuner import artifact, plots  # noqa: PLC0415  matplotlib only when there is something to draw
 
     table = compare_table(trials, best, spec)
+    if models is not None:
+        folders = artifact.save_arms(run_dir, spec, *models[:2], trials, models[2])
+        table["model"] = table["arm"].map(folders)
     results.write_csv(run_dir / "compare.csv", table)
     try:
         plots.plot_compare(trials, table, spec, run_dir / "compare.png")

@@ -8,6 +8,7 @@ before any trial starts.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -41,13 +42,19 @@ class Weights:
 
     state_dict: dict[str, torch.Tensor] | None  # None: random init
     label: str  # recorded in spec.yaml and in every row of trials.csv
+    sha256: str | None = None  # of the file they came from
+    classes: tuple[str, ...] | None = None  # the file's fc classes, when a model.json names them
 
 
 IMAGENET = ResNet18_Weights.IMAGENET1K_V1  # what `model.weights: imagenet` means
+CHECKPOINT_FILE = "checkpoint.pt"  # a trial checkpoint's file (trainable.CHECKPOINT_FILE)
+MODEL_FILE, CARD_FILE = "model.pt", "model.json"  # a run's model folder (tuner.artifact)
+BACKBONE_SKIP = ("conv1.weight", "fc.weight", "fc.bias")  # adapted or replaced, never loaded as is
 
 
 def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
-    """Load and check the spec's weights (imagenet, none, or a state_dict path). Raises InputError.
+    """Load and check the spec's weights: imagenet, none, a tuner run folder, a model.pt, a trial
+    checkpoint (file or folder), or a torchvision-layout state_dict. Raises InputError.
 
     `imagenet` is the torchvision weights entry behind `model.weights: imagenet` (a parameter so that
     tests can plant a file of their own under torchvision's naming rule).
@@ -76,20 +83,50 @@ def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
             ) from None
         _check_fits(state, "model.weights: imagenet", cache)
         digest = digest or _sha256(cache)
-        return Weights(state, f"imagenet {imagenet} sha256:{digest[:16]}")
-    path = Path(spec.weights).expanduser()
-    if not path.is_file():
-        raise InputError(
-            f"model.weights: {spec.weights}: no such file; give imagenet, none, or a state_dict path"
-        )
+        return Weights(state, f"imagenet {imagenet} sha256:{digest[:16]}", digest,
+                       tuple(imagenet.meta.get("categories") or ()) or None)
+    path, kind = _weights_file(Path(spec.weights).expanduser(), spec.weights)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise InputError(f"model.weights: {path}: not a torch state_dict file ({e})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a tuner checkpoint
+        state, kind = state["model"], "tuner checkpoint"
     _check_fits(state, f"model.weights: {path}", path)
-    return Weights(state, f"file {path.resolve()} sha256:{_sha256(path)[:16]}")
+    classes = None
+    card = path.with_name(CARD_FILE)
+    if path.name == MODEL_FILE and card.is_file():
+        try:
+            classes = tuple(json.loads(card.read_text())["classes"])
+        except (ValueError, KeyError, TypeError):
+            classes = None
+        kind = "tuner model"
+    digest = _sha256(path)
+    return Weights(state, f"file {path.resolve()} sha256:{digest[:16]} ({kind})", digest, classes)
+
+
+def _weights_file(path: Path, given: str) -> tuple[Path, str]:
+    """The file behind model.weights: itself, a run folder's model/model.pt, or a checkpoint
+    folder's checkpoint.pt; and what kind of file it is. Raises InputError."""
+    if path.is_file():
+        return path, "state_dict"
+    if path.is_dir():
+        for inside, kind in ((Path("model") / MODEL_FILE, "tuner model"),
+                             (Path(MODEL_FILE), "tuner model"),
+                             (Path(CHECKPOINT_FILE), "tuner checkpoint")):
+            if (path / inside).is_file():
+                return path / inside, kind
+        arms = sorted(p.parent.name for p in path.glob(f"model/*/{MODEL_FILE}"))
+        if arms:
+            raise InputError(f"model.weights: {given} is a comparison with one model per arm "
+                             f"({', '.join(arms)}); give one, e.g. {path / 'model' / arms[0]}")
+        raise InputError(f"model.weights: {given}: this folder holds no model/{MODEL_FILE}, "
+                         f"{MODEL_FILE} or {CHECKPOINT_FILE} (a run that has not finished? export "
+                         "its best trial so far with python -m tuner.export RUN_DIR)")
+    raise InputError(
+        f"model.weights: {given}: no such file; give imagenet, none, a tuner run folder, a "
+        "model.pt, a trial checkpoint or a state_dict path"
+    )
 
 
 def resolve_all(models: Iterable[Model]) -> dict[str, Weights]:
@@ -110,14 +147,66 @@ def weights_label(weights: dict[str, Weights]) -> str:
 
 
 def _check_fits(state: object, where: str, path: Path) -> None:
-    """A state_dict must load strictly into an unmodified torchvision resnet18."""
+    """A state_dict must hold every tensor of a torchvision resnet18 and nothing else, each of its
+    shape, except conv1's input channels and fc's classes (adapted and replaced by build_model)."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{where}: {path} does not hold a state_dict (a mapping of tensors)")
-    try:
-        torchvision.models.resnet18(weights=None).load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise InputError(f"{where}: {path} does not fit resnet18: {detail}") from None
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    wrong = [f"{k} {tuple(state[k].shape)} (resnet18: {tuple(v.shape)})"
+             for k, v in reference.items()
+             if k in state and k not in BACKBONE_SKIP and state[k].shape != v.shape]
+    conv1, fc_w, fc_b = (state.get(k) for k in BACKBONE_SKIP)
+    if conv1 is not None and (conv1.ndim != 4 or conv1.shape[0] != 64 or conv1.shape[2:] != (7, 7)):
+        wrong.append(f"conv1.weight {tuple(conv1.shape)} (resnet18: (64, C, 7, 7))")
+    if fc_w is not None and (fc_w.ndim != 2 or fc_w.shape[1] != 512):
+        wrong.append(f"fc.weight {tuple(fc_w.shape)} (resnet18: (classes, 512))")
+    elif fc_w is not None and fc_b is not None and fc_b.shape != fc_w.shape[:1]:
+        wrong.append(f"fc.bias {tuple(fc_b.shape)} (fc.weight has {fc_w.shape[0]} classes)")
+    problems = [f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []
+    problems += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
+    problems += [f"misshapen {', '.join(wrong[:3])}"] if wrong else []
+    if problems:
+        raise InputError(f"{where}: {path} does not fit resnet18: {'; '.join(problems)}")
+
+
+def source_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(conv1 input channels, fc classes) of a state_dict that passed _check_fits."""
+    return int(state["conv1.weight"].shape[1]), int(state["fc.weight"].shape[0])
+
+
+def check_surgery(spec: Model, weights: Weights, classes: tuple[str, ...]) -> None:
+    """model.keep_head needs weights whose fc has these very classes. Raises InputError."""
+    if not spec.keep_head:
+        return
+    if weights.state_dict is None:
+        raise InputError(f"model.keep_head: true needs trained weights; {spec.weights} is "
+                         f"{weights.label}")
+    _, n = source_shape(weights.state_dict)
+    if n != len(classes) or (weights.classes is not None and tuple(weights.classes) != tuple(classes)):
+        theirs = ", ".join(weights.classes) if weights.classes else f"{n} unnamed classes"
+        raise InputError(f"model.keep_head: true, but {spec.weights}'s fc has [{theirs}] and the "
+                         f"data has [{', '.join(classes)}]; set model.keep_head: false for a new fc")
+
+
+def surgery(spec: Model, weights: Weights, in_channels: int, num_classes: int) -> str:
+    """In words, what build_model does with the weights: which tensors are loaded as they are,
+    adapted, or initialised afresh (for spec.yaml and every trial row)."""
+    if weights.state_dict is None:
+        return "all tensors randomly initialised"
+    channels, classes = source_shape(weights.state_dict)
+    loaded = len(weights.state_dict) - len(BACKBONE_SKIP)
+    if spec.conv1 == "reinit":
+        conv1 = "conv1 re-initialised (and bn1's running statistics)"
+    elif channels == in_channels:
+        conv1 = f"conv1 loaded ({channels} channels)"
+    else:
+        how = "summed" if in_channels == 1 else "repeated"
+        conv1 = f"conv1 adapted {channels}->{in_channels} channels ({how})"
+    fc = (f"fc kept ({classes} classes, model.keep_head)" if spec.keep_head
+          else f"fc re-initialised ({classes}->{num_classes} classes)")
+    return f"{loaded} backbone tensors loaded, {conv1}, {fc}"
 
 
 def check_hub_file(path: Path) -> str:
@@ -183,12 +272,17 @@ def replace_fc(model: nn.Module, num_classes: int) -> None:
 
 
 def build_model(spec: Model, weights: Weights, in_channels: int, num_classes: int) -> nn.Module:
-    """ResNet-18 with the given initial weights, conv1 adapted and fc replaced."""
+    """ResNet-18 with the given initial weights loaded strictly (conv1 of the file's channels, fc
+    of its classes), conv1 adapted and fc replaced (or kept: model.keep_head)."""
     model = torchvision.models.resnet18(weights=None)
     if weights.state_dict is not None:
+        channels, classes = source_shape(weights.state_dict)
+        model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+        model.fc = nn.Linear(model.fc.in_features, classes)
         model.load_state_dict(weights.state_dict)
     adapt_conv1(model, in_channels, spec.conv1, spec.small_input_stem)
-    replace_fc(model, num_classes)
+    if not (spec.keep_head and weights.state_dict is not None and model.fc.out_features == num_classes):
+        replace_fc(model, num_classes)
     return model
 
 

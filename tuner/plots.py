@@ -233,3 +233,23 @@ def plot_compare(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec, path: Pa
     draw_arms_search(search_ax, trials, arms, spec)
     fig.suptitle(f"{spec.name}: {len(arms)} arms compared", fontsize="medium")
     write_bytes(path, png(fig))
+
+
+def plot_confusion(matrix: pd.DataFrame, path: Path) -> None:
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map with its counts."""
+    n = len(matrix)
+    side = max(3.5, 0.6 * n + 2)
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(n), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(n), matrix.index)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = matrix.to_numpy().max() or 1
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix.iat[i, j])
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > top / 2 else "black")
+    write_bytes(path, png(fig))

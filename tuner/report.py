@@ -273,6 +273,8 @@ def run_context(run: Run) -> dict[str, Any]:
         "figures": figures(run),
         "compare": html_table(run.compare) if run.compare is not None else None,
         "compare_png": data_uri(run.compare_png) if run.compare_png else None,
+        # the model folders (tuner.artifact), relative to the run folder
+        "models": sorted(str(p.parent.relative_to(run.path)) for p in run.path.glob("model/**/model.json")),
     }
 
 

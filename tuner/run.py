@@ -117,14 +117,17 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
     from tuner import sweep  # imports Ray: only when needed
     from tuner.data import load_for
-    from tuner.model import resolve_all, weights_label
+    from tuner.model import check_surgery, resolve_all, weights_label
 
     sweep.check_buildable(spec)
     weights = resolve_all(spec.model_variants())  # every arm's, every searched choice's
     if recorded_weights is not None and recorded_weights != weights_label(weights):
         raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
                          f"but now gets {weights_label(weights)!r}; resuming would mix them")
-    return weights, load_for(spec)
+    data = load_for(spec)
+    for m in spec.model_variants():
+        check_surgery(m, weights[m.weights], data.classes)
+    return weights, data
 
 
 def dry_run(spec: Spec, args: argparse.Namespace) -> int:
@@ -238,7 +241,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             stack.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             results.write_text(run_dir / "spec.yaml",
-                               spec_record(spec, label, data, args))
+                               spec_record(spec, label, data, args, surgeries(spec, weights, data)))
         elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
@@ -269,7 +272,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
 def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
            resume: str) -> int:
     """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
-    from tuner import results, sweep
+    from tuner import artifact, results, sweep
 
     records = sweep.collect(grid, spec)
     partial = sweep.interrupted(grid, spec, experiment)
@@ -300,6 +303,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
     test = sweep.test_best(record, spec, data)
+    model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
     metric = spec.search.metric
     results.write_json(run_dir / "best.json", {
         "trial_id": record.trial_id,
@@ -312,7 +316,9 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
         "classes": list(data.classes),
-        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
+        "model": model_dir,  # model.pt and model.json, relative to the run folder
+        "checkpoint": artifact.location(sweep.checkpoint_location(record.checkpoint, experiment),
+                                        record.checkpoint.filesystem, run_dir),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
@@ -324,6 +330,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test['test_accuracy']:.4f} (test set used once, after selection)")
+    print(f"model: {run_dir / model_dir} (predict with: python -m tuner.predict {run_dir} IMAGES...)")
     return 0
 
 
@@ -383,10 +390,22 @@ def gpu_names() -> str:
     return ", ".join(out.splitlines()) if out else "no GPU"
 
 
-def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace) -> str:
+def surgeries(spec: Spec, weights: dict, data) -> dict[str, str]:
+    """For each weights file a trial can start from: which tensors are loaded, adapted or
+    re-initialised (model.surgery), keyed by its model.weights setting."""
+    from tuner.model import surgery
+
+    return {m.weights: f"{weights[m.weights].label}; "
+                       f"{surgery(m, weights[m.weights], data.in_channels, data.num_classes)}"
+            for m in spec.model_variants() if weights[m.weights].state_dict is not None}
+
+
+def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace,
+                loaded: dict[str, str] | None = None) -> str:
     """spec.yaml: the resolved spec, then a provenance block (ignored when the file is re-run)."""
     provenance = {
         "weights": weights,
+        **({"weights_tensors": loaded} if loaded else {}),
         "data": data.source,
         **data.record,  # the classes, and any images skipped
         "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),

@@ -204,7 +204,8 @@ def pick_classes(wanted: list[str | int], available: tuple[str, ...]) -> list[in
 
 class Model(_Section):
     arch: Literal["resnet18"] = "resnet18"
-    weights: str = "imagenet"  # imagenet | none | path to a state_dict file
+    # imagenet | none | a tuner run folder, its model/model.pt, a trial checkpoint, or a state_dict
+    weights: str = "imagenet"
     weights_fallback: Literal["none"] | None = None  # if ImageNet weights cannot be had
     conv1: Literal["sum", "reinit"] = "sum"
     # For 28x28 input. false: ImageNet's stem (stride-2 conv1 and max-pool, 7x7 maps in layer1);
@@ -213,6 +214,7 @@ class Model(_Section):
     small_input_stem: Literal[False, "stride1", "stride1_pool"] = False
     freeze: str = "none"
     head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
+    keep_head: bool = False  # keep the weights file's fc (same classes) instead of a fresh one
 
     @field_validator("freeze")
     @classmethod

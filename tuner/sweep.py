@@ -22,7 +22,7 @@ from tuner.model import Weights
 from tuner.results import TrialRecord, trial_params
 from tuner.space import param_space
 from tuner.spec import Spec
-from tuner.trainable import test_checkpoint, train_trial
+from tuner.trainable import checkpoint_weights, test_checkpoint, train_trial
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,13 @@ def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> dict:
         log.warning("trial %s: tested on its checkpoint of epoch %s, not of epoch %s whose "
                     "validation score chose it", record.trial_id, test["checkpoint_epoch"], reported)
     return test
+
+
+def fetch_weights(record: TrialRecord, spec: Spec) -> bytes:
+    """The model weights in a trial's final checkpoint (trainable.checkpoint_weights), read by a
+    Ray task where the trials' storage is, so this works with checkpoints in object storage too."""
+    task = ray.remote(checkpoint_weights).options(num_cpus=min(1, spec.resources.cpu))
+    return ray.get(task.remote(record.checkpoint))
 
 
 def prune_checkpoints(records: list[TrialRecord], keep: TrialRecord | None) -> int:

@@ -7,6 +7,7 @@ holds only the searched values.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -23,16 +24,17 @@ from tuner.batches import DeviceSplit, eval_batches, steps_per_epoch, train_batc
 from tuner.data import Dataset
 from tuner.device import autocast, memory_format, setup, trial_device
 from tuner.model import (
+    CHECKPOINT_FILE,  # a trial checkpoint's file: model.weights reads it too
     Weights,
     apply_freeze,
     build_model,
     make_optimizer,
     set_train_mode,
+    surgery,
 )
 from tuner.schedule import make_scheduler
 from tuner.spec import Spec
 
-CHECKPOINT_FILE = "checkpoint.pt"
 # The validation loss a diverged trial reports: above any finite loss evaluate() can return (it sums
 # in float32), and finite. HyperOpt takes inf too, but inf is also the loss TPE gives trials with
 # no result yet, and result.json would hold `Infinity`, which is not JSON.
@@ -106,6 +108,9 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     fmt = memory_format(device, spec.train.precision)
     model = build_model(spec.model, initial, data.in_channels, data.num_classes)
     model = model.to(device, memory_format=fmt)
+    started_from = initial.label
+    if initial.state_dict is not None:  # which tensors were loaded, adapted, re-initialised
+        started_from += "; " + surgery(spec.model, initial, data.in_channels, data.num_classes)
     optimizer = make_optimizer(model, spec.model, spec.train)
     scheduler = make_scheduler(optimizer, spec.train, steps_per_epoch(len(data.train),
                                                                       spec.train.batch_size))
@@ -146,7 +151,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             "train_images": seen,  # images trained on this epoch
             "images_per_s": seen / train_s,  # training images per second
             "device": str(device),
-            "weights": initial.label,  # what this trial really started from
+            "weights": started_from,  # what this trial really started from, and how
             **node,
         }
         error = divergence(train_loss, val_loss, epoch + 1)
@@ -206,3 +211,15 @@ def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
     state = torch.load(Path(path) / CHECKPOINT_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device, memory_format=memory_format(device, spec.train.precision))
+
+
+def checkpoint_weights(checkpoint: tune.Checkpoint) -> bytes:
+    """The model's weights in a trial's checkpoint as a plain fp32 CPU state_dict, torch.save'd
+    (about 45 MB; no optimizer or scheduler state). Run as a Ray task, so that it reads the
+    checkpoint where the trials' storage is reachable (a shared folder or object storage)."""
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
+    plain = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    buffer = io.BytesIO()
+    torch.save(plain, buffer)
+    return buffer.getvalue()
