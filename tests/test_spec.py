@@ -316,9 +316,10 @@ def test_parse_yaml_non_numbers_stay_strings(text):
 
 
 def test_override_plain_value():
-    spec = load_spec(FASHION, ["train.lr=0.002", "train.epochs=3", "model.weights=none"])
+    unsearched = "search.parameters={}"  # fashion.yaml searches epochs, batch_size and lr
+    spec = load_spec(FASHION, ["train.lr=0.002", "train.epochs=3", "model.weights=none", unsearched])
     assert spec.train.lr == 0.002 and spec.train.epochs == 3 and spec.model.weights == "none"
-    assert load_spec(FASHION, ["train.lr=1e-4"]).train.lr == 1e-4
+    assert load_spec(FASHION, ["train.lr=1e-4", unsearched]).train.lr == 1e-4
 
 
 def test_override_yaml_flow_value():
@@ -329,7 +330,7 @@ def test_override_yaml_flow_value():
 
 
 def test_override_is_validated():
-    msg = load_error(FASHION, ["train.lr=-1"])
+    msg = load_error(FASHION, ["train.lr=-1", "search.parameters={}"])
     assert "train.lr" in msg and "greater than 0" in msg
 
 
