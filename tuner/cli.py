@@ -84,6 +84,7 @@ def _bad_input(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv_from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):  # no command: --help, --version, or a mistake
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.name != f"tuner.{command.module}":
             raise  # a dependency is missing: its own traceback says which
         _bad_input(f"tuner {name}: this installation has no tuner.{command.module} module yet")
+    if argv_from_console:  # the module then sees its own arguments (spec.yaml records them)
+        sys.argv[1:] = rest
     help_asked = name not in ("run", "resume") and any(a in ("-h", "--help") for a in rest)
     try:
         code = module.main(rest)

@@ -76,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         spec, status = run.load_run(args.run_dir, finished_ok=True)
         check_continuable(spec, status, args)
         with run.driver_lock(args.run_dir):
-            if status["state"] != "finished" and not sessions:
-                # The first sweep was interrupted: it finishes first, then the new trials come.
-                code = run.run(spec, argparse.Namespace(address=args.address, resume=args.run_dir),
-                               run_dir=args.run_dir, experiment=status["experiment"],
-                               recorded_weights=status["provenance"]["weights"])
-                if code != 0:
+            if status["state"] != "finished":
+                # An interrupted sweep (the first, or a session of added trials) finishes first;
+                # then the new trials come.
+                code = (go_on(spec, status, args) if sessions else
+                        run.run(spec, argparse.Namespace(address=args.address, resume=args.run_dir),
+                                run_dir=args.run_dir, experiment=status["experiment"],
+                                recorded_weights=status["provenance"]["weights"]))
+                if code != 0 or args.more is None:
                     return code
                 spec, status = run.load_run(args.run_dir, finished_ok=True)
             return go_on(spec, status, args)
@@ -142,6 +144,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         experiment, trials = sessions[-1]["experiment"], sessions[-1]["trials"]
     else:
         experiment, trials = f"{status['experiment']}-more{len(sessions) + 1}", args.more
+        sessions.append({"experiment": experiment, "trials": trials})
     this = session_spec(spec, run_dir, trials)
     weights, data = run.check_inputs(this, status["provenance"]["weights"], run_dir)
     with ExitStack() as stack:
@@ -151,10 +154,10 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         cluster.check_resources(spec.resources)
         memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         cluster.check_storage(args.address, spec.run.storage)
-        if resuming:
-            sweep.check_restorable(experiment)
-        else:
-            sessions.append({"experiment": experiment, "trials": trials})
+        from ray import tune
+
+        # Stopped before Ray saved the session's first state: it starts again, as it would have.
+        restore = resuming and tune.Tuner.can_restore(experiment)
         resume = f"tuner resume {shlex.quote(str(run_dir))}"
         run.write_status(run_dir, "running", status["experiment"], resume, {SESSIONS: sessions})
         earlier = [status["experiment"], *(s["experiment"] for s in sessions[:-1])]
@@ -164,7 +167,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
               f"{len(warmstart.load_points(this))} earlier trial(s)")
         t0 = time.perf_counter()
         # No live tables here: they would show this session's trials alone until it ends.
-        tuner = (sweep.restore_tuner(this, data, weights, experiment) if resuming
+        tuner = (sweep.restore_tuner(this, data, weights, experiment) if restore
                  else sweep.make_tuner(this, data, weights, experiment))
         grid = tuner.fit()
         wall = time.perf_counter() - t0
