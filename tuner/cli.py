@@ -32,7 +32,7 @@ class Command:
 COMMANDS = {
     "run": Command("run", "run a sweep from a YAML spec", (
         "tuner run sweeps/fashion-quick.yaml",
-        "tuner run sweeps/fashion.yaml --set train.lr=0.001 --dry-run > plan.txt",
+        "tuner run sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt",
         "tuner run sweeps/fashion.yaml --address head-node:6379 --storage s3://bucket/sweeps",
     )),
     "resume": Command("more", "continue an interrupted sweep, or add trials to a finished one", (

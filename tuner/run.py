@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 EPILOG = """examples:
   python -m tuner.run sweeps/fashion-quick.yaml
-  python -m tuner.run sweeps/fashion.yaml --set train.lr=0.001 --dry-run > plan.txt
+  python -m tuner.run sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt
   python -m tuner.run --resume results/fashion-quick/RUN_ID
 
 exit codes:
