@@ -8,6 +8,7 @@ import socket
 from contextlib import contextmanager
 
 import ray
+from pyarrow import fs as pafs
 from ray._private import ray_constants
 
 from tuner.errors import InputError
@@ -136,14 +137,39 @@ def _no_fit_message(resources: Resources, has: str, best_cpu: float, best_gpu: f
 
 
 def check_storage(address: str | None, storage: str | None) -> None:
-    """On a cluster of several machines, trial checkpoints need storage that every node sees."""
+    """On a cluster of several machines, trial checkpoints need storage that every node sees; a
+    storage URI must reach its bucket from here, so that a typo, a missing bucket or credential
+    is bad input now rather than every trial's error later."""
+    if storage:
+        if "://" in storage:
+            check_storage_uri(storage)
+        return
     nodes = _alive_nodes()
-    if storage or len(nodes) < 2 or len({n["NodeManagerAddress"] for n in nodes}) < 2:
+    if len(nodes) < 2 or len({n["NodeManagerAddress"] for n in nodes}) < 2:
         return  # one machine: its local disk is shared by all its nodes
     raise InputError(
         f"--address {address}: the cluster has {len(nodes)} nodes on several machines, and trial "
         "checkpoints must be stored where every node sees them; pass --storage with a shared "
         "folder or a URI such as s3://bucket/sweeps (run.storage in the spec)")
+
+
+BUCKET_STORES = ("s3", "gcs")  # pyarrow filesystems whose paths start with a bucket
+
+
+def check_storage_uri(storage: str) -> None:
+    """The URI names a filesystem pyarrow has, with options it knows, and (S3, GCS) a bucket that
+    exists and answers this machine's credentials. Raises InputError. The nodes reach it the same
+    way, so each needs the same credentials (AWS_* environment variables, an instance role...)."""
+    try:
+        fs, path = pafs.FileSystem.from_uri(storage)
+        bucket = path.split("/", 1)[0]
+        found = fs.get_file_info(bucket if fs.type_name in BUCKET_STORES else path)
+    except (ValueError, OSError) as e:  # ArrowInvalid is a ValueError; network, auth: OSError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--storage {storage}: {first}") from None
+    if fs.type_name in BUCKET_STORES and found.type == pafs.FileType.NotFound:
+        raise InputError(f"--storage {storage}: there is no bucket {bucket!r}; create it first "
+                         "(tuner and Ray do not create buckets)")
 
 
 def _alive_nodes() -> list[dict]:

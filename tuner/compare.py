@@ -78,7 +78,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         if not done:
             _status(status_path, state="running", phase=phase, arm=arm)
             print(f"\n== {phase} {arm} ==", flush=True)
-        path = f"{experiment}/{arm}/{phase}"
+        path = sweep.storage_join(experiment, arm, phase)
         grid = _run_step(arm_spec, data, weights, path, done)
         records = sweep.collect(grid, arm_spec)
         interrupted = not done and sweep.interrupted(grid, arm_spec, path)

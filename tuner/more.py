@@ -143,7 +143,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
     if resuming:
         experiment, trials = sessions[-1]["experiment"], sessions[-1]["trials"]
     else:
-        experiment, trials = f"{status['experiment']}-more{len(sessions) + 1}", args.more
+        experiment, trials = session_experiment(status["experiment"], len(sessions) + 1), args.more
         sessions.append({"experiment": experiment, "trials": trials})
     this = session_spec(spec, run_dir, trials)
     weights, data = run.check_inputs(this, status["provenance"]["weights"], run_dir)
@@ -173,6 +173,13 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         return finish(spec, this, data, weights, run_dir, earlier, experiment, grid, wall,
                       sessions, resume)
+
+
+def session_experiment(first: str, k: int) -> str:
+    """Where session k's trials live: next to the first experiment, named after it (a storage
+    URI's query, such as an S3 endpoint, stays at the end)."""
+    base, sep, query = first.partition("?")
+    return f"{base.rstrip('/')}-more{k}{sep}{query}"
 
 
 def planned(spec: Spec, sessions: list[dict]) -> int:
@@ -232,7 +239,8 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
             metric: best[metric], "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"], "epochs_completed": int(best["epochs_completed"]),
             **test, "test_images": len(data.test), "classes": list(data.classes),
-            "checkpoint": record.checkpoint.path, "weights": best["weights"],
+            "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
+            "weights": best["weights"],
             "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
         }
     results.write_json(run_dir / "best.json", chosen)

@@ -169,6 +169,8 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
                     ray.shutdown()  # a client's shutdown disconnects; the cluster keeps running
             else:
                 cluster.check_fits_here(spec.resources)
+                if spec.run.storage:  # a storage URI's bucket and credentials, as the sweep would
+                    cluster.check_storage(None, spec.run.storage)
                 where, slots = "this machine", cluster.trial_slots_here(spec.resources)
     except InputError:
         print(plan, end="", flush=True)
@@ -365,7 +367,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
         "test_images": len(data.test),
         "classes": list(data.classes),
-        "checkpoint": record.checkpoint.path,
+        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 import ray
 from ray import tune
@@ -102,21 +103,60 @@ def experiment_path(spec: Spec, run_dir: Path) -> str:
     """Where Ray Tune keeps this run's trials and checkpoints.
 
     By default inside the run directory; with run.storage (a folder every node sees, or a URI such
-    as s3://bucket/sweeps) in a folder named after the sweep and run id there.
+    as s3://bucket/sweeps) in a folder named after the sweep and run id there. A URI's query (such
+    as ?endpoint_override=host:port&scheme=http for an S3-compatible server) stays at its end.
     """
     if not spec.run.storage:
         return str((run_dir / TRIALS_DIR).resolve())
     storage = spec.run.storage
-    if "://" not in storage:
+    if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
-    return f"{storage.rstrip('/')}/{spec.name}-{run_dir.name}"
+    return storage_join(storage, f"{spec.name}-{run_dir.name}")
+
+
+def is_uri(location: str) -> bool:
+    """s3://..., gs://...: storage that pyarrow reaches by URI, not a local folder."""
+    return "://" in location
+
+
+def storage_join(location: str, *parts: str) -> str:
+    """A folder or URI with path parts appended, keeping a URI's query at its end, where pyarrow
+    (and so Ray) reads the filesystem's options."""
+    if not is_uri(location):
+        return "/".join([location.rstrip("/"), *parts])
+    u = urlsplit(location)
+    return urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
+
+
+def storage_split(location: str) -> tuple[str, str]:
+    """(parent, name) of a folder or URI; the parent keeps the URI's query."""
+    if not is_uri(location):
+        parent, name = location.rstrip("/").rsplit("/", 1)
+        return parent, name
+    u = urlsplit(location)
+    parent, name = u.path.rstrip("/").rsplit("/", 1)
+    return urlunsplit(u._replace(path=parent)), name
+
+
+def checkpoint_location(checkpoint: tune.Checkpoint, experiment: str) -> str:
+    """Where a trial's checkpoint is, as a user would name it: a local path, or a URI in the
+    experiment's storage (Ray's Checkpoint.path has the URI's scheme and query stripped off)."""
+    if not is_uri(experiment):
+        return checkpoint.path
+    u = urlsplit(experiment)
+    root = PurePosixPath(u.netloc + u.path)
+    try:
+        relative = PurePosixPath(checkpoint.path).relative_to(root)
+    except ValueError:  # not under the experiment (never seen): name it on its own filesystem
+        return f"{u.scheme}://{checkpoint.path}"
+    return storage_join(experiment, *relative.parts)
 
 
 def make_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights], experiment: str,
                callbacks: list[tune.Callback] = ()) -> tune.Tuner:
     """The sweep's Tuner. `callbacks` run on the driver (live tables); Tuner.restore brings them
     back with the rest of the RunConfig."""
-    storage_path, name = experiment.rsplit("/", 1)
+    storage_path, name = storage_split(experiment)
     return tune.Tuner(
         _trainable(spec, data, weights),
         param_space=param_space(spec.search),
