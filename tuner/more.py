@@ -243,9 +243,10 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
             "weights": best["weights"],
             "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
         }
+        model_dir = write_model(run_dir, spec, data, weights, record, best, test)
+        if model_dir is not None:
+            chosen["model"] = model_dir
     results.write_json(run_dir / "best.json", chosen)
-    if not previous or previous.get("trial_id") != record.trial_id:
-        write_model(run_dir, spec, data, record)
     # Only this session's checkpoints, and the one chosen before: the others are gone already.
     gone_best = [r for r in old_records if previous and r.trial_id == previous.get("trial_id")]
     run.keep_checkpoints(spec, [*new_records, *gone_best], record)
@@ -267,11 +268,19 @@ def test_set_uses(best: dict | None) -> dict:
     return best.get("test_set_uses") or {"count": 1, "trials": [best["trial_id"]]}
 
 
-def write_model(run_dir: Path, spec: Spec, data, record) -> None:
-    """Where the chosen trial's model folder (next to best.json) is written when the choice
-    changes. The first sweep writes it in tuner.run's finish; until that writer is importable here,
-    best.json's checkpoint is the record of the chosen model."""
-    log.info("chosen trial %s: checkpoint %s", record.trial_id, record.checkpoint.path)
+def write_model(run_dir: Path, spec: Spec, data, weights, record, best, test: dict) -> str | None:
+    """The newly chosen trial's model folder next to best.json, as tuner.run's finish writes it
+    for the first sweep (tuner.artifact.save_best); the folder relative to the run, for
+    best.json. None where this installation has no tuner.artifact: best.json's checkpoint is then
+    the record of the chosen model."""
+    try:
+        from tuner import artifact
+    except ModuleNotFoundError as e:
+        if e.name != "tuner.artifact":
+            raise
+        log.info("chosen trial %s: checkpoint %s", record.trial_id, record.checkpoint.path)
+        return None
+    return artifact.save_best(run_dir, spec, data, weights, record, best, test)
 
 
 def _read_json(path: Path) -> dict | None:
