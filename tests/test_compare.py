@@ -16,7 +16,9 @@ import torchvision
 from conftest import ROOT, reports, run_cli, start_cli, stop_group, wait_for
 
 from tuner import fashion_mnist
-from tuner.compare import compare_table, repeats_spec, t_interval, verdict
+from scipy import stats
+
+from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
 from tuner.errors import InputError
 from tuner.model import build_model, resolve_all
 from tuner.spec import load_spec, validate
@@ -182,7 +184,51 @@ def test_compare_table_and_the_answer_in_words():
     lines = verdict(trials, table, spec)
     assert lines[0].startswith("tuned and other are within noise: tuned leads by 0.0 +- ")
     assert lines[1].startswith("tuned beats scratch by 10.0 +- ")
-    assert lines[1].endswith(" points of test accuracy over 3 seeds, each tuned with 2 trials")
+    assert lines[1].endswith(" points of test accuracy (Welch t, p < 0.001) over 3 seeds, each "
+                             "tuned with 2 trials")
+
+
+def _seeded(scores: dict[str, list[float]], seeds=(1, 2, 3, 1, 2, 3)) -> pd.DataFrame:
+    """The repeats' rows carry train.seed, the arms' in turn from `seeds`."""
+    trials = _trials(scores)
+    trials.loc[trials["phase"] == "repeats", "train.seed"] = list(seeds)
+    return trials
+
+
+@pytest.mark.parametrize("order", [["A", "B"], ["B", "A"]])
+def test_a_two_point_lead_of_three_seeds_is_a_win_whichever_arm_has_it(order):
+    """A = [.900 .905 .910], B = [.880 .885 .890]: Welch's p is 0.008, so A beats B; the rule of
+    the arms' own intervals not overlapping would have called it noise."""
+    spec = load_spec(QUICK, [f"compare.arms={{{order[0]}: {{}}, {order[1]}: {{}}}}"])
+    scores = {"A": [0.900, 0.905, 0.910], "B": [0.880, 0.885, 0.890]}
+    if order[0] == "B":  # B is the arm that leads
+        scores = {"A": scores["B"], "B": scores["A"]}
+    win, lose = ("A", "B") if order[0] == "A" else ("B", "A")
+    trials = _trials(scores)  # no seeds recorded: Welch
+    lines = verdict(trials, compare_table(trials, {}, spec), spec)
+    assert lines == [f"{win} beats {lose} by 2.0 +- 1.1 points of test accuracy (Welch t, p = 0.008) "
+                     "over 3 seeds, each tuned with 4 trials"]
+    # the same seeds in both arms, each seed 2 points apart: paired, and both figures shown
+    trials = _seeded(scores)
+    lines = verdict(trials, compare_table(trials, {}, spec), spec)
+    assert lines == [f"{win} beats {lose} by 2.0 +- 0.0 points of test accuracy (paired t, p < 0.001; "
+                     "Welch: +- 1.1, p = 0.008) over 3 seeds, each tuned with 4 trials"]
+
+
+def test_within_noise_only_when_the_interval_holds_zero():
+    spec = load_spec(QUICK, ["compare.arms={A: {}, B: {}}"])
+    trials = _seeded({"A": [0.900, 0.880, 0.912], "B": [0.890, 0.889, 0.895]})
+    d = difference(_scores(trials, "A"), _scores(trials, "B"))
+    assert d["test"] == "paired t" and d["low"] < 0 < d["high"]
+    assert d["p"] == pytest.approx(stats.ttest_rel([0.900, 0.880, 0.912], [0.890, 0.889, 0.895]).pvalue)
+    [line] = verdict(trials, compare_table(trials, {}, spec), spec)
+    assert line.startswith("A and B are within noise: A leads by 0.6 +- ")
+    assert line.endswith("+- 3.3 points of test accuracy (paired t, p = 0.52; Welch: +- 3.8, "
+                         "p = 0.59) over 3 seeds, each tuned with 4 trials")
+    # seeds that differ between the arms: not paired, Welch
+    other = _seeded({"A": [0.900, 0.880, 0.912], "B": [0.890, 0.889, 0.895]},
+                    seeds=(1, 2, 3, 4, 5, 6))
+    assert difference(_scores(other, "A"), _scores(other, "B"))["test"] == "Welch t"
 
 
 # --- one real comparison, interrupted and resumed ---------------------------------------------
@@ -253,7 +299,8 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     assert status["trials"]["finished"] == 8 and status["cost"]["trial_epochs"] == 8
     assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]
-    assert " points of test accuracy over 2 seeds, each tuned with 2 trials" in last
+    assert " points of test accuracy (paired t, " in last  # both arms' repeats use seeds 1 and 2
+    assert last.endswith(" over 2 seeds, each tuned with 2 trials")
     assert last.startswith(("planted ", "scratch "))
 
 

@@ -97,3 +97,99 @@ def test_read_idx_rejects_other_files(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(InputError, match="not an IDX file"):
         read_idx(bad)
+
+
+# --- data.classes and data.train_per_class --------------------------------------------------------
+
+
+@needs_debian
+def test_classes_and_train_per_class_on_the_real_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    spec = Data(root=tmp_path, download=False, classes=[9, "Sandal", "Bag"], train_per_class=20)
+    assert spec.classes == ["Ankle boot", "Sandal", "Bag"]  # by name, in the order given
+    ds = load_dataset(spec)
+    assert ds.classes == ("Ankle boot", "Sandal", "Bag") and ds.num_classes == 3
+    assert ds.record == {"classes": ["Ankle boot", "Sandal", "Bag"]}
+    assert np.bincount(ds.train.labels).tolist() == [20] * 3
+    assert np.bincount(ds.val.labels).tolist() == [600] * 3 and len(ds.test) == 3000
+    # re-indexed: label 0 is the raw file's class 9 (Ankle boot), 1 is 5 (Sandal), 2 is 8 (Bag)
+    raw, _ = find_fashion_mnist(tmp_path, download=False)
+    test_images, test_labels = raw["test"]
+    boots = test_images[test_labels == 9]
+    assert np.array_equal(ds.test.images[ds.test.labels == 0], boots)
+    # validation and test do not change with the training size; a smaller draw is part of a larger
+    bigger = load_dataset(spec.model_copy(update={"train_per_class": 100}))
+    whole = load_dataset(spec.model_copy(update={"train_per_class": None}))
+    for other in (bigger, whole):
+        assert np.array_equal(other.val.images, ds.val.images)
+        assert np.array_equal(other.test.images, ds.test.images)
+    assert len(whole.train) == 3 * 5400 and np.bincount(bigger.train.labels).tolist() == [100] * 3
+    rows = lambda s: {a.tobytes() for a in s.images}  # noqa: E731
+    assert rows(ds.train) <= rows(bigger.train) <= rows(whole.train)
+    # the same draw whichever size the dataset was loaded with first
+    assert np.array_equal(bigger.for_training(spec).train.images, ds.train.images)
+    with pytest.raises(InputError, match=r"train_per_class: 6000 images per class.*Ankle boot "
+                                         r"\(5400\).*at most 5400"):
+        load_dataset(spec.model_copy(update={"train_per_class": 6000}))
+
+
+def test_unknown_classes_are_named_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown class 'Boot', 10; the classes are T-shirt/top, "
+                                         r".*Ankle boot \(or their indices 0-9\)"):
+        Data(classes=[0, "Boot", 10])
+    with pytest.raises(ValueError, match="Trouser given more than once"):
+        Data(classes=["Trouser", 1])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        Data(classes=["Trouser"])
+
+
+def test_arms_train_on_their_own_draws_and_evaluate_on_the_same_images(tiny_mirror, monkeypatch):
+    """What a trial of each arm gets (train_trial's Dataset.for_training): its own training draw
+    from the one loaded dataset, the very same validation and test images."""
+    from tuner.data import load_for
+    from tuner.spec import validate
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))  # 20 per class in train
+    spec = validate({"data": {"root": "nowhere", "download": False, "val_fraction": 0.25},
+                     "search": {"parameters": {"lr": {"loguniform": [1e-4, 1e-2]}}},
+                     "compare": {"arms": {"few": {"data.train_per_class": 3},
+                                          "more": {"data.train_per_class": 10,
+                                                   "model.freeze": "head"},
+                                          "all": {}}}})
+    data = load_for(spec).without_test()
+    seen = {}
+    for arm in spec.compare.arms:
+        trial = spec.arm(arm).with_values({"lr": 1e-3})
+        seen[arm] = data.for_training(trial.data)
+    assert np.bincount(seen["few"].train.labels).tolist() == [3] * 10
+    assert np.bincount(seen["more"].train.labels).tolist() == [10] * 10
+    assert len(seen["all"].train) == 150
+    for arm, got in seen.items():
+        assert np.array_equal(got.val.images, data.val.images), arm
+        assert np.array_equal(got.val.labels, data.val.labels), arm
+    full = load_for(spec)
+    assert all(np.array_equal(full.for_training(spec.arm(a).data).test.images, full.test.images)
+               for a in spec.compare.arms)
+    # too many for one arm is bad input before anything runs
+    bad = spec.model_copy(update={"compare": spec.compare.model_copy(
+        update={"arms": {**spec.compare.arms, "many": {"data.train_per_class": 16}}})})
+    with pytest.raises(InputError, match="16 images per class"):
+        load_for(bad)
+
+
+def test_train_per_class_can_be_searched_and_each_value_is_checked(tiny_mirror, monkeypatch):
+    from tuner.data import load_for
+    from tuner.spec import validate
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))  # 18 per class after validation
+    raw = {"data": {"root": "nowhere", "download": False},
+           "search": {"parameters": {"data.train_per_class": {"choice": [4, 12]}}}}
+    spec = validate(raw)
+    data = load_for(spec)
+    trial = spec.with_values({"data.train_per_class": 4})
+    assert np.bincount(data.for_training(trial.data).train.labels).tolist() == [4] * 10
+    raw["search"]["parameters"]["data.train_per_class"] = {"choice": [4, 19]}
+    with pytest.raises(InputError, match="19 images per class"):
+        load_for(validate(raw))
+    with pytest.raises(InputError, match="data.train_per_class is also searched"):
+        validate({**raw, "compare": {"arms": {"a": {"data.train_per_class": 4}, "b": {}}}})

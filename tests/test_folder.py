@@ -99,6 +99,112 @@ def test_undecodable_files_raise_with_the_reason(tmp_path, pictures, content):
         folder.decode(path, 16)
 
 
+# --- more than 8 bits per channel: scaled, never wrapped or clipped ----------------------------------
+
+RAMP = np.linspace(0, 65535, 64).round().astype(np.uint16)  # one row: every column a level, 0..65535
+RAMP8 = np.round(RAMP.astype(np.float64) * 255 / 65535).astype(np.uint8)  # what it must become
+
+
+def write_png16_rgb(path, rgb: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (PIL has no such mode to save from), by the PNG spec: IHDR
+    bit depth 16, colour type 2, rows of big-endian samples each after a filter byte 0."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w, _ = rgb.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in rgb)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def deep_files(where) -> dict[str, str]:
+    """A 64x64 horizontal ramp in every kind of file that holds more than 8 bits, -> its rule."""
+    gray = np.tile(RAMP, (64, 1))
+    write_png16_rgb(where / "rgb16.png", np.stack([gray, gray, gray], axis=-1))
+    Image.fromarray(gray).save(where / "gray16.png")  # mode I;16: a 16-bit grayscale PNG
+    Image.fromarray(gray).save(where / "i16.tif")
+    Image.frombytes("I;16B", (64, 64), gray.astype(">u2").tobytes()).save(where / "i16b.tif")
+    Image.fromarray(gray).save(where / "gray16.pgm")  # maxval 65535; PIL reads it back as mode I
+    Image.fromarray(gray.astype(np.int32)).save(where / "i32.tif")
+    Image.fromarray((gray / 65535).astype(np.float32)).save(where / "f01.tif")
+    Image.fromarray((gray / 65535 * 1000 - 300).astype(np.float32)).save(where / "frange.tif")
+    Image.fromarray((gray.astype(np.int32) * 4 - 70000)).save(where / "irange.tif")
+    return {"rgb16.png": "16-bit", "gray16.png": "16-bit", "i16.tif": "16-bit", "i16b.tif": "16-bit",
+            "gray16.pgm": "16-bit", "i32.tif": "16-bit", "f01.tif": "float 0..1",
+            "frange.tif": "float min..max", "irange.tif": "int min..max"}
+
+
+def test_every_deep_format_becomes_a_monotone_8_bit_ramp(tmp_path):
+    files = deep_files(tmp_path)
+    modes = {name: Image.open(tmp_path / name).mode for name in files if not name.startswith("rgb16")}
+    assert modes == {"gray16.png": "I;16", "i16.tif": "I;16", "i16b.tif": "I;16B", "gray16.pgm": "I",
+                     "i32.tif": "I", "f01.tif": "F", "frange.tif": "F", "irange.tif": "I"}
+    for name, rule in files.items():
+        out, kind = folder.decode_depth(tmp_path / name, 64)  # its own size: no resampling
+        assert kind == rule, name
+        assert out.dtype == np.uint8 and out.shape == (3, 64, 64)
+        assert (out == out[:1]).all() and (out == out[:, :1]).all(), name  # gray; rows alike
+        row = out[0, 0].astype(int)
+        assert row[0] == 0 and row[-1] == 255 and (np.diff(row) >= 0).all(), (name, row)
+        if rule == "16-bit" or rule == "float 0..1":  # the nearest 8-bit level, exactly
+            assert np.abs(row - RAMP8).max() <= (0 if rule == "16-bit" else 1), (name, row)
+        else:  # stretched by the image's own range: a linear ramp still
+            assert np.abs(row - np.linspace(0, 255, 64)).max() <= 1, (name, row)
+        small = folder.decode(tmp_path / name, 16)  # resized in float, rounded once
+        assert small.dtype == np.uint8 and 0 <= small.min() <= 10 and small.max() >= 245
+        assert (np.diff(small[0, 0].astype(int)) >= 0).all(), name
+    # 8-bit widened to 16 as v * 257 (what converters write) comes back exactly
+    levels = np.tile(np.arange(256, dtype=np.uint16)[::4], (64, 1))
+    Image.fromarray(levels * 257).save(tmp_path / "widened.png")
+    assert (folder.decode(tmp_path / "widened.png", 64)[0, 0] == np.arange(256)[::4]).all()
+    # an 8-bit file is not scaled, and says so
+    Image.fromarray(np.tile(RAMP8, (64, 1))).save(tmp_path / "eight.png")
+    out, kind = folder.decode_depth(tmp_path / "eight.png", 64)
+    assert kind is None and (out[0, 0] == RAMP8).all()
+
+
+def test_a_deep_folder_is_scaled_logged_once_recorded_and_not_read_from_an_old_cache(
+        tmp_path, caplog, monkeypatch):
+    root = tmp_path / "deep"
+    for cls in ("a", "b"):
+        (root / "train" / cls).mkdir(parents=True)
+    deep_files(root / "train" / "a")
+    make = draw_picture("red", (64, 64), np.random.default_rng(0))
+    for i in range(4):
+        make.save(root / "train" / "b" / f"{i}.png")
+    spec = Data(dataset="imagefolder", root=root, resize=64, image_size=64, cache=tmp_path / "cache")
+    # the cache an older decoder (version 1) wrote for these very files: the wrapped values
+    monkeypatch.setattr(folder, "CACHE_FORMAT", 1)
+    files = [f for lst in folder.list_folder(root).values() for f in lst.files]
+    old = tmp_path / "cache" / f"imagefolder-deep-64px-{folder.cache_key(root, files, 64)}.npz"
+    monkeypatch.undo()
+    old.parent.mkdir()
+    np.savez(old, images=np.full((len(files), 3, 64, 64), 7, np.uint8), bad=np.array("{}"))
+
+    def read():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tuner.folder"):
+            found = folder.read_folder(spec)
+        return found, caplog.text
+
+    for attempt in ("decoded", "decode cache hit"):
+        found, text = read()
+        assert attempt in text and text.count("scaled to 8 bits") == 1, text
+        assert "9 image(s) have more than 8 bits" in text
+        images, labels = found.splits["train"]
+        ramps = images[labels == 0]
+        assert len(ramps) == 9 and (ramps[:, :, 0, 0] == 0).all() and (ramps[:, :, 0, -1] == 255).all()
+        assert (np.diff(ramps[:, 0, 0].astype(int), axis=1) >= 0).all()
+        assert found.record["scaled_to_8_bits"]["count"] == 9
+        assert found.record["scaled_to_8_bits"]["kinds"] == {
+            "16-bit": 6, "float 0..1": 1, "float min..max": 1, "int min..max": 1}
+        assert set(found.record["scaled_to_8_bits"]["rules"]) == set(folder.SCALING_RULES)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # the old one stays, unread
+
+
 # --- listing and loading ----------------------------------------------------------------------------
 
 
@@ -134,6 +240,18 @@ def test_without_test_folder_a_seeded_stratified_test_split_is_carved(tmp_path):
     assert len(ds.train) + len(ds.val) + len(ds.test) == 30
     again = load_dataset(folder_spec(root, tmp_path, test_fraction=0.3))
     assert np.array_equal(ds.test.images, again.test.images)
+
+
+def test_classes_keep_and_reorder_folders_and_unknown_ones_list_the_folders(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", train_per_class=8, test_per_class=2, odd_files=False)
+    ds = load_dataset(folder_spec(root, tmp_path, classes=["red", 0], train_per_class=5))
+    assert ds.classes == ("red", "blue") and ds.record["classes"] == ["red", "blue"]
+    assert np.bincount(ds.train.labels).tolist() == [5, 5] and len(ds.test) == 4
+    red = load_dataset(folder_spec(root, tmp_path)).test  # label 2 there: folders sort blue, green, red
+    assert np.array_equal(ds.test.images[ds.test.labels == 0], red.images[red.labels == 2])
+    with pytest.raises(InputError, match=r"data.classes: unknown class 'pink'; the classes are "
+                                         r"blue, green, red \(or their indices 0-2\)"):
+        load_dataset(folder_spec(root, tmp_path, classes=["pink", "red"]))
 
 
 def test_val_folder_is_used_as_the_validation_split(tmp_path):

@@ -132,6 +132,78 @@ def test_comparison_arms_are_shown_when_the_run_has_them(tmp_path):
     assert len(images(page)) == 4 and images(page)[0].size == (300, 200)  # compare.png first
 
 
+def make_comparison(folder: Path, finished=True) -> Path:
+    """A comparison's run folder as compare.py writes it: trials.csv and epochs.csv with arm and
+    phase columns. Arm "wide"'s best trial overall is one of its repeats (0.95); arm "narrow"
+    searches worse than wide's search but better than wide's worst. Unfinished: narrow's search is
+    still running (its best so far), and it has no repeats yet."""
+    spec = Spec.model_validate({"name": "handcompare", "search": {
+        "num_samples": 2, "parameters": {"lr": {"loguniform": [1e-4, 1e-2]}}},
+        "compare": {"arms": {"wide": {"batch_size": 64}, "narrow": {"batch_size": 32}}, "repeats": 2}})
+    steps = {
+        ("wide", "search"): [("w-s1", 1e-3, 0.81), ("w-s2", 5e-3, 0.70)],
+        ("narrow", "search"): [("n-s1", 2e-4, 0.78), ("n-s2", 8e-4, 0.74)],
+        ("wide", "repeats"): [("w-r1", 1e-3, 0.95), ("w-r2", 1e-3, 0.80)],
+        ("narrow", "repeats"): [("n-r1", 2e-4, 0.77), ("n-r2", 2e-4, 0.76), ("n-rx", 2e-4, None)],
+    }
+    if not finished:
+        del steps[("narrow", "repeats")], steps[("wide", "repeats")]
+    trials, epochs = [], []
+    for i, ((arm, phase), runs) in enumerate(steps.items()):
+        arm_spec = spec.arm(arm)
+        records = [TrialRecord(tid, {"lr": lr}, [rep(e, acc - 0.1 * (5 - e), T0 + 100 * i)
+                                                 for e in range(1, 6)]) if acc else
+                   TrialRecord(tid, {"lr": lr}, [], error="RuntimeError: worker died")
+                   for tid, lr, acc in runs]
+        table = results.trials_table(records, arm_spec, "none (random init)")
+        trials.append(table.assign(arm=arm, phase=phase)[["arm", "phase", *table.columns]])
+        ep = results.epochs_table(records)
+        epochs.append(ep.assign(arm=arm, phase=phase)[["arm", "phase", *ep.columns]])
+    folder.mkdir(parents=True)
+    results.write_text(folder / "spec.yaml", dump_spec(spec) + yaml.safe_dump({"provenance": {}}))
+    results.write_csv(folder / "trials.csv", pd.concat(trials, ignore_index=True))
+    results.write_csv(folder / "epochs.csv", pd.concat(epochs, ignore_index=True))
+    done = [f"{phase}:{arm}" for phase, arm in
+            (("search", "wide"), ("search", "narrow"), ("repeats", "wide"), ("repeats", "narrow"))]
+    results.write_json(folder / "status.json", {
+        "state": "finished" if finished else "running",
+        "compare": {"done": done if finished else done[:1], "tests": {}}})
+    return folder
+
+
+def arm_block(page: str, arm: str) -> str:
+    """The page from the arm's heading to the next heading."""
+    return page.split(f"<h3>Arm {arm}</h3>")[1].split("<h")[0]
+
+
+def test_a_comparison_shows_its_best_and_top_trials_per_arm(tmp_path):
+    run = make_comparison(tmp_path / "cmp")
+    page = write_report([run], run / "report.html").read_text()
+    assert page.index("<h3>Arm wide</h3>") < page.index("<h3>Arm narrow</h3>")  # the spec's order
+    assert "<h3>Top trials</h3>" not in page and "Best trial so far <b>" not in page  # nothing pooled
+    wide, narrow = arm_block(page, "wide"), arm_block(page, "narrow")
+    # each arm's choice is the best of its own search, never a repeat's luck nor another arm's trial
+    assert "Chosen trial of its search <b>w-s1</b>" in wide and "val_accuracy 0.8100" in wide
+    assert "Chosen trial of its search <b>n-s1</b>" in narrow and "val_accuracy 0.7800" in narrow
+    assert "<code>lr=0.001</code>" in wide and "<code>lr=0.0002</code>" in narrow
+    # each arm's top trials: its own, of both phases, with the phase, best first
+    ids = {arm: re.findall(r"<td>([nw]-[sr]\d)</td>", block) for arm, block in
+           (("wide", wide), ("narrow", narrow))}
+    assert ids == {"wide": ["w-r1", "w-s1", "w-r2", "w-s2"], "narrow": ["n-s1", "n-r1", "n-r2", "n-s2"]}
+    assert "<th>phase</th>" in wide and "<td>repeats</td>" in wide and "<td>search</td>" in wide
+    failed = page.split("<h3>Failed trials</h3>")[1]  # which step the failed trial was in
+    assert re.search(r"<td>narrow</td>\s*<td>repeats</td>\s*<td>n-rx</td>", failed)
+
+    running = make_comparison(tmp_path / "running", finished=False)
+    page = write_report([running], tmp_path / "r.html").read_text()
+    assert "Chosen trial of its search <b>w-s1</b>" in arm_block(page, "wide")
+    narrow = arm_block(page, "narrow")
+    assert "Best trial so far of its search <b>n-s1</b>" in narrow and "has not finished" in narrow
+    # a plain sweep is shown as before: one best, one table
+    plain = write_report([make_run(tmp_path / "plain")], tmp_path / "p.html").read_text()
+    assert "<h3>Arm" not in plain and "<h3>Top trials</h3>" in plain
+
+
 def test_several_runs_side_by_side(tmp_path):
     fifo = make_run(tmp_path / "fifo", scheduler="fifo")
     asha = make_run(tmp_path / "asha")
@@ -233,7 +305,8 @@ def check_in_browser(page: Path, tmp_path: Path) -> Path:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_the_page_renders_its_figures_in_chromium(tmp_path):
     fifo, asha = make_run(tmp_path / "fifo", scheduler="fifo"), make_run(tmp_path / "asha")
-    write_report([fifo, asha], tmp_path / "both.html")
+    comparison = make_comparison(tmp_path / "cmp")
+    write_report([fifo, asha, comparison], tmp_path / "both.html")
     check_in_browser(tmp_path / "both.html", tmp_path)
 
 

@@ -226,8 +226,8 @@ def compare_table(trials: pd.DataFrame, best: dict, spec: Spec) -> pd.DataFrame:
 
 def verdict(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec) -> list[str]:
     """The answer in words: the arm with the best mean test accuracy against each other arm, with
-    the 95% interval of the difference (Welch's t); "within noise" when that interval holds 0 or
-    the two arms' own intervals overlap."""
+    the 95% interval of the difference and its p-value (`difference`). It "beats" the other arm when
+    that interval excludes 0, and is "within noise" of it when the interval holds 0."""
     ranked = table.dropna(subset=["test_mean"]).sort_values("test_mean", ascending=False)
     if ranked.empty:
         return ["no arm has a test score: no repeat of any arm's best config finished; see "
@@ -245,18 +245,63 @@ def verdict(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec) -> list[str]:
             lines.append(f"{top['arm']} leads {other['arm']} by {diff:.1f} points of test accuracy "
                          f"over {seeds}, {budget} (one seed: no spread to judge the difference by)")
             continue
-        ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
-        half = 100 * (ci.high - ci.low) / 2
-        overlap = top["test_ci95_low"] <= other["test_ci95_high"]
-        if not np.isfinite(half) or ci.low <= 0 or overlap:
-            lines.append(f"{top['arm']} and {other['arm']} are within noise: {top['arm']} leads by "
-                         f"{diff:.1f} +- {half:.1f} points of test accuracy over {seeds}, {budget}")
-        else:
+        d = difference(a, b)
+        half = 100 * (d["high"] - d["low"]) / 2
+        how = f"{d['test']}, {_p(d['p'])}"
+        if d["test"] == "paired t":
+            how += f"; Welch: +- {100 * d['welch_half']:.1f}, {_p(d['welch_p'])}"
+        if d["low"] > 0:
             lines.append(f"{top['arm']} beats {other['arm']} by {diff:.1f} +- {half:.1f} points of "
-                         f"test accuracy over {seeds}, {budget}")
+                         f"test accuracy ({how}) over {seeds}, {budget}")
+        else:
+            lines.append(f"{top['arm']} and {other['arm']} are within noise: {top['arm']} leads by "
+                         f"{diff:.1f} +- {half:.1f} points of test accuracy ({how}) over {seeds}, "
+                         f"{budget}")
     return lines
 
 
+def difference(a: pd.Series, b: pd.Series) -> dict:
+    """The 95% interval (low, high) and two-sided p-value of mean(a) - mean(b), and the test used.
+
+    The repeats of every arm use the same seeds (repeats_spec), so when both arms have the same
+    seeds (Series indexed by "train.seed", as `_scores` gives) the scores are paired by seed: a
+    paired t on the differences (scipy's ttest_rel), which removes what a seed does to both arms
+    alike. Otherwise Welch's t (unequal variances). Both figures are returned for a paired test
+    (welch_half, welch_p) so that the words can show the other one too.
+    """
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    welch_ci = welch.confidence_interval(CONFIDENCE)
+    out = {"test": "Welch t", "low": float(welch_ci.low), "high": float(welch_ci.high),
+           "p": float(welch.pvalue), "welch_half": float(welch_ci.high - welch_ci.low) / 2,
+           "welch_p": float(welch.pvalue)}
+    paired = (a.index.name == b.index.name == "train.seed" and a.index.is_unique
+              and b.index.is_unique and set(a.index) == set(b.index))
+    if paired:
+        b = b.loc[a.index]
+        diffs = a.to_numpy() - b.to_numpy()
+        if np.ptp(diffs) <= 1e-12 * max(1.0, float(np.abs(diffs).max())):  # no spread at all
+            value = float(diffs.mean())
+            return {**out, "test": "paired t", "low": value, "high": value,
+                    "p": 1.0 if value == 0 else 0.0}
+        rel = stats.ttest_rel(a.to_numpy(), b.to_numpy())
+        ci = rel.confidence_interval(CONFIDENCE)
+        out.update(test="paired t", low=float(ci.low), high=float(ci.high), p=float(rel.pvalue))
+    if not np.isfinite(out["low"]):  # no spread in either arm (Welch): nothing to judge by
+        out.update(low=-math.inf, high=math.inf, p=1.0)
+    return out
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
 def _scores(trials: pd.DataFrame, arm: str) -> pd.Series:
+    """The arm's test scores, indexed by train.seed when the table has it (a plain index if not)."""
     rows = trials[(trials["arm"] == arm) & (trials["phase"] == "repeats")]
-    return rows["test_accuracy"].dropna()
+    if "test_accuracy" not in rows:
+        return pd.Series([], dtype=float)
+    scores = rows["test_accuracy"]
+    seed = next((c for c in rows.columns if param_path(str(c)) == "train.seed"), None)
+    if seed is not None:
+        scores = scores.set_axis(pd.Index(rows[seed].to_numpy(), name="train.seed"))
+    return scores.dropna()

@@ -16,7 +16,7 @@ import numpy as np
 
 from tuner import fashion_mnist, folder
 from tuner.errors import InputError
-from tuner.spec import Data
+from tuner.spec import Data, Spec
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class Dataset:
     in_channels: int
     pixels: Pixels
     record: dict = field(default_factory=dict)  # provenance for spec.yaml (classes, skipped files)
+    # With data.train_per_class: the training images train was drawn from (validation carved out
+    # already), so that an arm or a trial with another train_per_class draws its own. None: train
+    # is all of them.
+    pool: Split | None = None
+    train_per_class: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -63,20 +68,71 @@ class Dataset:
         """The same dataset with an empty test split: what trials get (they never see the test set)."""
         return dataclasses.replace(self, test=self.test[np.arange(0)])
 
+    def for_training(self, spec: Data) -> Dataset:
+        """The dataset a trial of `spec` (an arm's, or with a searched train_per_class) trains on:
+        its own training draw, the same validation and test splits. Raises InputError."""
+        n = spec.train_per_class
+        if n == self.train_per_class:
+            return self
+        pool = self.train if self.pool is None else self.pool
+        train = pool if n is None else per_class(pool, n, spec.seed, self.classes)
+        return dataclasses.replace(self, train=train, pool=pool, train_per_class=n)
+
 
 def load_dataset(spec: Data) -> Dataset:
     """Read the spec's dataset, then carve out the seeded subsets and the stratified splits."""
     if spec.dataset == "imagefolder":
-        return _from_folder(spec)
-    return _from_fashion_mnist(spec)
+        data = _from_folder(spec)
+    else:
+        data = _from_fashion_mnist(spec)
+    return data.for_training(spec)
+
+
+def load_for(spec: Spec) -> Dataset:
+    """The sweep's dataset, checked against every training size a trial can ask for (each arm's
+    data.train_per_class, each searched value), so that too few images is bad input now, not a
+    failed trial. Raises InputError."""
+    data = load_dataset(spec.data)
+    for s in [spec.arm(name) for name in spec.compare.arms] if spec.compare else [spec]:
+        searched = s.search_for("data.train_per_class")
+        for n in searched.extremes() if searched else [s.data.train_per_class]:
+            data.for_training(s.data.model_copy(update={"train_per_class": n}))
+    return data
 
 
 def _from_fashion_mnist(spec: Data) -> Dataset:
     raw, source = fashion_mnist.find_fashion_mnist(spec.root, spec.download)
-    train, val, test = _split(spec, Split(*raw["train"]), None, Split(*raw["test"]))
-    return Dataset(train, val, test, source=source, classes=fashion_mnist.CLASSES, in_channels=1,
+    classes, train, test = fashion_mnist.CLASSES, Split(*raw["train"]), Split(*raw["test"])
+    if spec.classes is not None:  # names already (checked with the spec)
+        keep = [classes.index(c) for c in spec.classes]
+        classes = tuple(spec.classes)
+        train, test = keep_classes(train, keep), keep_classes(test, keep)
+    train, val, test = _split(spec, train, None, test)
+    return Dataset(train, val, test, source=source, classes=classes, in_channels=1,
                    pixels=Pixels((fashion_mnist.MEAN,), (fashion_mnist.STD,)),
-                   record={"classes": list(fashion_mnist.CLASSES)})
+                   record={"classes": list(classes)})
+
+
+def keep_classes(split: Split, keep: list[int]) -> Split:
+    """The images of the classes `keep` (indices), labelled by their position in `keep`."""
+    relabel = np.full(max(keep) + 1, -1, dtype=np.int64)
+    relabel[keep] = np.arange(len(keep))
+    idx = np.flatnonzero(np.isin(split.labels, keep))
+    return Split(split.images[idx], relabel[split.labels[idx]])
+
+
+def per_class(split: Split, n: int, seed: int, classes: tuple[str, ...]) -> Split:
+    """n images of every class, seeded: each class's images in one seeded order, the first n taken
+    (so a smaller n draws a part of a larger one). Raises InputError when a class has fewer."""
+    counts = np.bincount(split.labels, minlength=len(classes))
+    short = [f"{classes[c]} ({counts[c]})" for c in range(len(classes)) if counts[c] < n]
+    if short:
+        raise InputError(f"data.train_per_class: {n} images per class, but the training split "
+                         f"(after validation is carved out) has fewer of {', '.join(short)}; "
+                         f"lower it to at most {counts.min()}")
+    rng = np.random.default_rng(seed)
+    idx = [rng.permutation(np.flatnonzero(split.labels == c))[:n] for c in range(len(classes))]
+    return split[np.sort(np.concatenate(idx))]
 
 
 def _from_folder(spec: Data) -> Dataset:

@@ -5,8 +5,9 @@
     <root>/test/<class>/...              optional: else tuner.data carves it from train
 
 Every image becomes 3-channel RGB (grayscale, RGBA, palette and CMYK alike, JPEG EXIF orientation
-applied) and is resized, antialiased, to data.resize x data.resize. Decoding runs on every core of
-the driver; the arrays are cached under data.cache, keyed by every file's path, size and mtime and
+applied) and is resized, antialiased, to data.resize x data.resize. Images with more than 8 bits
+per channel are scaled to 8 bits (see `to_8bit`), logged once and counted in the provenance.
+Decoding runs on every core of the driver; the arrays are cached under data.cache, keyed by every file's path, size and mtime and
 by the resize, so a second sweep on the same folder skips the decoding.
 """
 
@@ -33,14 +34,17 @@ from torchvision.transforms.v2.functional import resize as resize_image
 from tqdm import tqdm
 
 from tuner.errors import InputError
-from tuner.spec import Data
+from tuner.spec import Data, pick_classes
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pretrained weights' input statistics, [0, 1] units
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
-CACHE_FORMAT = 1  # bump when the cached arrays would differ for the same files
+# The decoder's version, part of the cache key: bump it when the cached arrays would differ for the
+# same files, so that no cache from an older decoder is reused. 2: images with more than 8 bits are
+# scaled to 8 (version 1 kept 16-bit PNG values mod 256 and clipped 16-bit TIFFs at 255).
+CACHE_FORMAT = 2
 
 Arrays = tuple[np.ndarray, np.ndarray]  # images uint8 [N, 3, S, S], labels int64 [N]
 
@@ -60,7 +64,7 @@ class Found:
     splits: dict[str, Arrays]  # "train", and "val" / "test" when the folder has them
     classes: tuple[str, ...]
     source: str
-    record: dict  # for provenance: skipped bad images
+    record: dict  # for provenance: skipped bad images, images scaled to 8 bits
 
 
 def read_folder(spec: Data) -> Found:
@@ -68,9 +72,11 @@ def read_folder(spec: Data) -> Found:
     Logs what it found only once all is well, so that bad input stays one line."""
     root = spec.root
     listings = list_folder(root)
+    if spec.classes is not None:  # only the kept classes' files are decoded
+        listings = only_classes(listings, spec.classes)
     classes = listings["train"].classes
     files = [f for lst in listings.values() for f in lst.files]
-    images, bad, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
+    images, bad, scaled, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
     if bad and not spec.skip_bad_images:
         first = next(iter(bad))
         raise InputError(f"data: {len(bad)} file(s) cannot be decoded as images, first {root / first} "
@@ -97,6 +103,14 @@ def read_folder(spec: Data) -> Found:
         log.warning("skipped %d file(s) that cannot be decoded (data.skip_bad_images): %s",
                     len(bad), ", ".join(bad))
     record = {"skipped_bad_images": {"count": len(bad), "files": list(bad)}} if bad else {}
+    scaled = {f: kind for f, kind in scaled.items() if f not in bad}
+    if scaled:
+        kinds = {k: sum(v == k for v in scaled.values()) for k in sorted(set(scaled.values()))}
+        log.warning("%d image(s) have more than 8 bits per channel and were scaled to 8 bits (%s), "
+                    "e.g. %s", len(scaled), ", ".join(f"{n} {k}" for k, n in kinds.items()),
+                    next(iter(scaled)))
+        record["scaled_to_8_bits"] = {"count": len(scaled), "kinds": kinds, "rules": SCALING_RULES,
+                                      "first": next(iter(scaled))}
     return Found(splits, classes, f"{root} (imagefolder: {', '.join(listings)})", record)
 
 
@@ -121,6 +135,23 @@ def list_folder(root: Path) -> dict[str, Listing]:
         raise InputError(f"data.root: {root}/train has one class folder ({classes[0]}); a classifier "
                          "needs at least 2")
     return listings
+
+
+def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[str, Listing]:
+    """The listings with only the classes `wanted` (data.classes), labelled in the order given.
+    Raises InputError naming the class folders."""
+    available = listings["train"].classes
+    try:
+        keep = pick_classes(wanted, available)
+    except ValueError as e:
+        raise InputError(f"data.classes: {e}") from None
+    relabel = {old: new for new, old in enumerate(keep)}
+    out = {}
+    for split, lst in listings.items():
+        kept = [(f, relabel[y]) for f, y in zip(lst.files, lst.labels, strict=True) if y in relabel]
+        out[split] = Listing(tuple(available[i] for i in keep), [f for f, _ in kept],
+                             [y for _, y in kept], lst.skipped)
+    return out
 
 
 def list_split(root: Path, split: str) -> Listing:
@@ -157,8 +188,15 @@ def _hidden(name: str) -> bool:
 
 
 def decode(path: Path, size: int) -> np.ndarray:
-    """One image file as uint8 [3, size, size] RGB, resized with antialiasing. Raises ValueError
-    (with the reason) for a file that is not a readable image."""
+    """One image file as uint8 [3, size, size] RGB, resized with antialiasing; more than 8 bits per
+    channel are scaled to 8 (`to_8bit`). Raises ValueError (with the reason) for a file that is not
+    a readable image."""
+    return decode_depth(path, size)[0]
+
+
+def decode_depth(path: Path, size: int) -> tuple[np.ndarray, str | None]:
+    """decode(), and how the file's pixels were scaled to 8 bits (a key of SCALING_RULES), or None
+    for a file of 8 bits per channel or fewer."""
     data = path.read_bytes()
     if not data:
         raise ValueError("empty file")
@@ -166,32 +204,86 @@ def decode(path: Path, size: int) -> np.ndarray:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
-        image = _decode_pil(data)  # formats torchvision.io leaves out: BMP, TIFF, PPM/PGM...
-    image = resize_image(image, [size, size], antialias=True)  # uint8 in, uint8 out
-    return image.numpy()
+        image, kind = _decode_pil(data)  # formats torchvision.io leaves out: BMP, TIFF, PPM/PGM...
+    else:
+        kind = None
+        if image.dtype == torch.uint16:  # 16-bit PNG: libpng hands over the full 16 bits
+            kind = "16-bit"
+            image = image.float() / 257  # 65535 / 255: the 0..255 scale, see to_8bit
+    if image.dtype == torch.uint8:
+        return resize_image(image, [size, size], antialias=True).numpy(), None  # uint8 in and out
+    # more than 8 bits: resized in float32, then rounded once, to the nearest 8-bit level
+    image = resize_image(image, [size, size], antialias=True)
+    return image.round_().clamp_(0, 255).to(torch.uint8).numpy(), kind
 
 
-def _decode_pil(data: bytes) -> torch.Tensor:
+# How tuner.folder brings pixels of more than 8 bits to 8 (also written to the provenance).
+SCALING_RULES = {
+    "16-bit": "unsigned 16-bit (PNG, TIFF I;16/I;16B, PGM, 32-bit integer within 0..65535): "
+              "round(v * 255 / 65535), the nearest 8-bit level",
+    "float 0..1": "float (TIFF F) with every value in 0..1: round(v * 255)",
+    "float min..max": "float (TIFF F) with values outside 0..1: the image's own min..max to 0..255",
+    "int min..max": "32-bit integer (TIFF I) with values outside 0..65535: the image's own min..max "
+                    "to 0..255",
+}
+
+
+def to_8bit(pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """Pixels of more than 8 bits as float32 on the 0..255 scale (to be resized, then rounded), and
+    the rule used (a key of SCALING_RULES).
+
+    Integers are scaled by their container's range, the same for every image of a folder, so that
+    brightness still compares across images (12-bit camera data in 16-bit files comes out dark: it
+    uses a sixteenth of the range). round(v * 255 / 65535) rather than v >> 8: each value goes to
+    the nearest 8-bit level (at most half a level off, where >> 8 truncates by up to one), as
+    libpng's png_set_scale_16 does; both give v back for 8-bit data widened as v * 257. Floats have
+    no container range: 0..1 is the usual convention, else the image's own range is all there is.
+    Non-finite values count as 0."""
+    a = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (a.min(), a.max()) if a.size else (0.0, 0.0)
+    if np.issubdtype(pixels.dtype, np.unsignedinteger) and pixels.dtype.itemsize == 2:
+        kind, scaled = "16-bit", a / 257
+    elif np.issubdtype(pixels.dtype, np.integer) and 0 <= low and high <= 65535:
+        kind, scaled = "16-bit", a / 257  # PIL opens 16-bit PGM (and some PNG) files as mode I
+    elif pixels.dtype.kind == "f" and 0 <= low and high <= 1:
+        kind, scaled = "float 0..1", a * 255
+    else:  # a constant image has no range to stretch: it becomes black
+        kind = "float min..max" if pixels.dtype.kind == "f" else "int min..max"
+        scaled = (a - low) * (255 / (high - low)) if high > low else np.zeros_like(a)
+    return scaled.astype(np.float32), kind
+
+
+def _decode_pil(data: bytes) -> tuple[torch.Tensor, str | None]:
+    """[3, H, W]: uint8, or float32 on the 0..255 scale for modes of more than 8 bits (I;16*, I, F)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith(("I", "F")):  # one channel of 16 or 32 bits: convert("RGB") clips
+                gray, kind = to_8bit(np.asarray(im))  # decodes the whole file, as below
+                return torch.from_numpy(gray).expand(3, *gray.shape).contiguous(), kind
             rgb = np.asarray(im.convert("RGB"))  # decodes the whole file: a truncated one raises
     except Exception as e:  # noqa: BLE001  PIL raises many kinds for files that are not images
         raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1), None
 
 
-def decode_all(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str]]:
+def decode_all(root: Path, files: list[Path], size: int
+               ) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
     """Every file decoded into one uint8 array [N, 3, size, size] (zeros where a file is bad), on
-    as many threads as the machine has cores, and the bad files with their reasons."""
+    as many threads as the machine has cores; the bad files with their reasons; and the files of
+    more than 8 bits per channel with how they were scaled (decode_depth)."""
     images = np.zeros((len(files), 3, size, size), dtype=np.uint8)
     bad: dict[str, str] = {}
+    scaled: dict[str, str] = {}
 
     def one(i: int) -> None:
         try:
-            images[i] = decode(root / files[i], size)
+            images[i], kind = decode_depth(root / files[i], size)
         except (ValueError, OSError) as e:
             bad[str(files[i])] = str(e)
+            return
+        if kind:
+            scaled[str(files[i])] = kind
 
     threads = os.cpu_count() or 1
     torch_threads = torch.get_num_threads()
@@ -203,7 +295,7 @@ def decode_all(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, di
                       unit="img", delay=2, mininterval=1))
     finally:
         torch.set_num_threads(torch_threads)
-    return images, dict(sorted(bad.items()))
+    return images, dict(sorted(bad.items())), dict(sorted(scaled.items()))
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -220,11 +312,11 @@ def cache_key(root: Path, files: list[Path], size: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None,
-             skip_bad: bool) -> tuple[np.ndarray, dict[str, str], str]:
-    """The decoded images, the bad files, and a line saying how they were had: from the cache
-    when it has them, else decoded (and cached, unless a bad file will stop the run). Two drivers
-    on one folder take turns."""
+def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None, skip_bad: bool
+             ) -> tuple[np.ndarray, dict[str, str], dict[str, str], str]:
+    """The decoded images, the bad files, the files scaled to 8 bits, and a line saying how they
+    were had: from the cache when it has them, else decoded (and cached, unless a bad file will stop
+    the run). Two drivers on one folder take turns."""
     if not cache:
         return _decode_timed(root, files, size)
     path = Path(cache) / f"imagefolder-{root.resolve().name}-{size}px-{cache_key(root, files, size)}.npz"
@@ -238,25 +330,28 @@ def _decoded(root: Path, files: list[Path], size: int, cache: Path | bool | None
         if path.is_file():
             t0 = time.perf_counter()
             with np.load(path) as f:
-                images, bad = f["images"], json.loads(str(f["bad"]))
-            return images, bad, (f"decode cache hit: {path} ({len(images)} images, loaded in "
-                                 f"{time.perf_counter() - t0:.1f} s)")
-        images, bad, how = _decode_timed(root, files, size)
+                images, bad, scaled = f["images"], json.loads(str(f["bad"])), json.loads(str(f["scaled"]))
+            return images, bad, scaled, (f"decode cache hit: {path} ({len(images)} images, loaded "
+                                         f"in {time.perf_counter() - t0:.1f} s)")
+        images, bad, scaled, how = _decode_timed(root, files, size)
         if bad and not skip_bad:
-            return images, bad, how  # bad input: nothing is written
+            return images, bad, scaled, how  # bad input: nothing is written
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, images=images, bad=np.array(json.dumps(bad)))
+                np.savez(f, images=images, bad=np.array(json.dumps(bad)),
+                         scaled=np.array(json.dumps(scaled)))
             os.replace(tmp, path)  # atomic: a reader sees the whole file or none
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            return images, bad, f"{how}; decode cache NOT written to {path} ({e.strerror})"
-    return images, bad, f"{how}; decode cache written: {path} ({path.stat().st_size / 1e6:.0f} MB)"
+            return images, bad, scaled, f"{how}; decode cache NOT written to {path} ({e.strerror})"
+    return images, bad, scaled, (f"{how}; decode cache written: {path} "
+                                 f"({path.stat().st_size / 1e6:.0f} MB)")
 
 
-def _decode_timed(root: Path, files: list[Path], size: int) -> tuple[np.ndarray, dict[str, str], str]:
+def _decode_timed(root: Path, files: list[Path], size: int
+                  ) -> tuple[np.ndarray, dict[str, str], dict[str, str], str]:
     t0 = time.perf_counter()
-    images, bad = decode_all(root, files, size)
-    return images, bad, (f"decoded {len(files)} images to {size}x{size} in "
-                         f"{time.perf_counter() - t0:.1f} s on {os.cpu_count() or 1} threads")
+    images, bad, scaled = decode_all(root, files, size)
+    return images, bad, scaled, (f"decoded {len(files)} images to {size}x{size} in "
+                                 f"{time.perf_counter() - t0:.1f} s on {os.cpu_count() or 1} threads")

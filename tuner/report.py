@@ -128,6 +128,8 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
 def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
     p, spec = run.provenance, run.spec
     subset = f"{spec.data.train_subset} train images" if spec.data.train_subset else "all train images"
+    if spec.data.train_per_class:  # drawn from those after validation is carved out
+        subset += f", {spec.data.train_per_class} per class trained on"
     state = s["state"] + (f" (tables as of {run.status['updated']})"
                           if s["state"] == "running" and run.status.get("updated") else "")
     counts = run.status.get("trials")
@@ -215,19 +217,57 @@ def figures(run: Run) -> list[dict[str, str]]:
     return out
 
 
+def top_table(trials: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """The 10 best trials with their cost (and their phase, in a comparison)."""
+    top = results.top_trials(trials, spec, n=10)
+    extra = [c for c in ("trial_epochs", "device_s") if c in trials]
+    top = top.join(trials[extra])
+    if "phase" in trials:
+        top.insert(1, "phase", trials.loc[top.index, "phase"])
+    return top
+
+
+def arm_sections(run: Run) -> list[dict[str, Any]] | None:
+    """A comparison's arms (trials.csv has an `arm` column), in the spec's order: each arm's best
+    trial of its search (chosen, once that search finished; the repeats re-run its config) and its
+    top trials of both phases. None for a plain sweep."""
+    trials, spec = run.trials, run.spec
+    metric = spec.search.metric
+    if "arm" not in trials or metric not in trials:
+        return None
+    done = set((run.status.get("compare") or {}).get("done") or [])
+    present = list(dict.fromkeys(trials["arm"].astype(str)))
+    order = [a for a in (spec.compare.arms if spec.compare else []) if a in present]
+    out = []
+    for arm in order + [a for a in present if a not in order]:
+        own = trials[trials["arm"].astype(str) == arm]
+        search = own[own["phase"] == "search"] if "phase" in own else own
+        best = results.best_trial(search, spec)
+        out.append({
+            "arm": arm,
+            "best": None if best is None else {
+                "trial_id": best["trial_id"], "config": {k: best[k] for k in spec.search.parameters
+                                                          if k in best},
+                "metric": metric, "val": float(best[metric]), "chosen": f"search:{arm}" in done},
+            "top": html_table(top_table(own, spec)) if results.scored_trials(own, spec).size else None,
+        })
+    return out
+
+
 def run_context(run: Run) -> dict[str, Any]:
     s = summary(run)
     top = pd.DataFrame()
-    if run.spec.search.metric in run.trials:
-        top = results.top_trials(run.trials, run.spec, n=10)
-        extra = [c for c in ("trial_epochs", "device_s") if c in run.trials]
-        top = top.join(run.trials[extra])
-    errors = (run.trials[run.trials["status"] == "error"][["trial_id", "error"]]
+    arms = arm_sections(run)
+    if run.spec.search.metric in run.trials and arms is None:
+        top = top_table(run.trials, run.spec)
+    where = [c for c in ("arm", "phase") if c in run.trials]  # a comparison's: which step failed
+    errors = (run.trials[run.trials["status"] == "error"][[*where, "trial_id", "error"]]
               if "status" in run.trials else pd.DataFrame())
     return {
         "title": f"{run.spec.name} / {run.path.name}",
         "header": header(run, s),
-        "best": best_section(run, s),
+        "best": best_section(run, s) if arms is None else None,
+        "arms": arms,
         "top": html_table(top) if not top.empty else None,
         "errors": html_table(errors) if not errors.empty else None,
         "figures": figures(run),

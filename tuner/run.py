@@ -131,7 +131,7 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     """Everything about the spec that can be bad input, checked before anything is written or Ray
     starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
     from tuner import sweep  # imports Ray: only when needed
-    from tuner.data import load_dataset
+    from tuner.data import load_for
     from tuner.model import resolve_all, weights_label
 
     sweep.check_buildable(spec)
@@ -139,7 +139,7 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     if recorded_weights is not None and recorded_weights != weights_label(weights):
         raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
                          f"but now gets {weights_label(weights)!r}; resuming would mix them")
-    return weights, load_dataset(spec.data)
+    return weights, load_for(spec)
 
 
 def dry_run(spec: Spec, args: argparse.Namespace) -> int:

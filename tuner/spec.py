@@ -25,10 +25,13 @@ from pydantic import (
 )
 
 from tuner.errors import InputError
+from tuner.fashion_mnist import CLASSES as FASHION_CLASSES
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # ResNet stages, input to output
 # What a trial can vary: the rest (data, weights, resources, search) is set up once per sweep.
-SEARCHABLE = ("train.", "model.", "data.augment.")
+# data.train_per_class too: each trial draws its own training images from the loaded split
+# (validation and test stay shared).
+SEARCHABLE = ("train.", "model.", "data.augment.", "data.train_per_class")
 FIXED = ("model.arch",)
 # Weights are resolved and checked in the driver before anything runs, so only a list of them can
 # be searched (each one resolved up front), never a range.
@@ -101,6 +104,13 @@ class Data(_Section):
     download: bool | None = None  # fashion_mnist: last resort after root and the local .gz mirror
     val_fraction: float = Field(0.1, gt=0, lt=1)  # stratified hold-out from train (without val/)
     train_subset: PositiveInt | None = None  # images drawn (seeded, stratified) before the split
+    # The classes to keep, in every split, by name or index (fashion_mnist: its names, T-shirt/top
+    # ... Ankle boot, or 0-9; imagefolder: class folder names, or indices into their sorted list);
+    # labels are re-indexed in this order. None: all classes.
+    classes: list[str | int] | None = None
+    # Training images per class, drawn (seeded by data.seed) after validation is carved out, so
+    # that validation and test do not change with it; a smaller draw is part of a larger one.
+    train_per_class: PositiveInt | None = None
     test_subset: PositiveInt | None = None
     seed: int = 0  # fixes the splits and the subsets
     resize: PositiveInt | None = None  # imagefolder: pixels; every image decoded once to resize x resize
@@ -147,6 +157,17 @@ class Data(_Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, v: list[str | int] | None, info) -> list[str | int] | None:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("a classifier needs at least 2 classes")
+        if info.data.get("dataset", "fashion_mnist") == "fashion_mnist":  # a folder's: when read
+            return [FASHION_CLASSES[i] for i in pick_classes(v, FASHION_CLASSES)]  # by name
+        return v
+
     @field_validator("cache", mode="before")
     @classmethod
     def _cache_folder(cls, v: Any) -> Any:
@@ -158,6 +179,27 @@ class Data(_Section):
     @classmethod
     def _expand(cls, v: Path | bool | None) -> Path | bool | None:
         return v.expanduser() if isinstance(v, Path) else v
+
+
+def pick_classes(wanted: list[str | int], available: tuple[str, ...]) -> list[int]:
+    """The indices into `available` of the classes `wanted`, in the order given: a name, or an
+    index (an integer naming a class, as a folder called 3, is that name). Raises ValueError
+    naming the valid classes."""
+    picked, unknown = [], []
+    for w in wanted:
+        if str(w) in available:
+            picked.append(available.index(str(w)))
+        elif isinstance(w, int) and not isinstance(w, bool) and 0 <= w < len(available):
+            picked.append(w)
+        else:
+            unknown.append(repr(w))
+    if unknown:
+        raise ValueError(f"unknown class {', '.join(unknown)}; the classes are "
+                         f"{', '.join(available)} (or their indices 0-{len(available) - 1})")
+    twice = sorted({available[i] for i in picked if picked.count(i) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given more than once")
+    return picked
 
 
 class Model(_Section):
@@ -431,7 +473,8 @@ class Spec(_Section):
             if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
                 problems.append(f"search.parameters.{key}: {path} is fixed for the whole sweep "
                                 "(data, architecture and resources are set up once); search "
-                                "train.*, model.* or data.augment.* fields")
+                                "train.*, model.*, data.augment.* fields or "
+                                "data.train_per_class")
                 continue
             if path in CHOICE_ONLY and param.kind != "choice":
                 problems.append(f"search.parameters.{key}: {path} can only be searched with "
@@ -489,8 +532,9 @@ class Spec(_Section):
                 clash = [s for s in searched if s == path or s.startswith(path + ".")]
                 if not f"{path}.".startswith(SEARCHABLE) or path.startswith(FIXED):
                     problems.append(f"{where}.{key}: an arm can set train.*, model.* and "
-                                    "data.augment.* fields; data, search, resources and run are "
-                                    "shared so that the arms are compared on equal terms")
+                                    "data.augment.* fields and data.train_per_class; the rest of "
+                                    "data, search, resources and run are shared so that the arms "
+                                    "are compared on equal terms")
                 elif clash:
                     problems.append(f"{where}.{key}: {clash[0]} is also searched "
                                     "(search.parameters); an arm may fix only fields the search "

@@ -90,6 +90,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, W
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
     `weights` maps each weights setting the sweep can use to its resolved weights."""
     spec = spec.with_values(config)
+    data = data.for_training(spec.data)  # an arm's (or a searched) data.train_per_class
     initial = weights[spec.model.weights]
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)

@@ -1,0 +1,65 @@
+"""The transfer study's sweeps: they validate as shipped, the arms inherit the source weights, and a
+real comparison whose arms train on different numbers of images per class (real Ray, HyperOpt,
+training, Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, run_cli, short_tmpdir
+
+from tuner import fashion_mnist
+from tuner.spec import load_spec
+
+SOURCE = ROOT / "sweeps" / "transfer-source.yaml"
+TARGET = ROOT / "sweeps" / "transfer-target.yaml"
+needs_fashion = pytest.mark.skipif(
+    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
+    and not os.environ.get("FASHION_MNIST_DIR"),
+    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
+)
+
+
+def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_to_three_arms():
+    source, target = load_spec(SOURCE), load_spec(TARGET, ["model.weights=results/src/run"])
+    assert source.data.classes == list(fashion_mnist.CLASSES[:5]) and source.model.weights == "none"
+    assert target.data.classes == list(fashion_mnist.CLASSES[5:])
+    assert not set(source.data.classes) & set(target.data.classes)
+    arms = {name: target.arm(name).model for name in target.compare.arms}
+    assert {n: (m.weights, m.freeze) for n, m in arms.items()} == {
+        "scratch": ("none", "none"), "feature-extraction": ("results/src/run", "head"),
+        "fine-tune": ("results/src/run", "none"), "gradual": ("results/src/run", "gradual")}
+    assert target.compare.repeats >= 3
+    for spec in (source, target):  # lr over at least two decades, epochs and batch size searched
+        lr = spec.search.parameters["lr"].loguniform
+        assert lr[1] / lr[0] >= 100 and {"epochs", "batch_size"} <= set(spec.search.parameters)
+    assert "model.head_lr_multiplier" in target.search.parameters
+
+
+@needs_fashion
+def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli(str(TARGET), "--results", str(results),
+                   "--set", "model.weights=none", "--set", "data.train_subset=600",
+                   "--set", "data.test_subset=200", "--set", "search.scheduler=fifo",
+                   "--set", "search.num_samples=1", "--set", "search.n_initial_points=1",
+                   "--set", "search.parameters={lr: {loguniform: [1.0e-3, 1.0e-2]}}",
+                   "--set", "train.epochs=1", "--set", "compare.repeats=2",
+                   "--set", "compare.arms={few: {data.train_per_class: 10}, "
+                            "more: {data.train_per_class: 40, model.freeze: head}}",
+                   tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = results.glob("*/*")
+    epochs = pd.read_csv(run / "epochs.csv")
+    assert epochs.groupby("arm")["train_images"].unique().map(list).to_dict() == {
+        "few": [50], "more": [200]}  # 5 classes x the arm's train_per_class, every trial
+    provenance = yaml.safe_load((run / "spec.yaml").read_text())["provenance"]
+    assert provenance["classes"] == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    trials = pd.read_csv(run / "trials.csv")
+    repeats = trials[trials["phase"] == "repeats"]
+    assert repeats["test_accuracy"].between(0, 1).all() and len(repeats) == 4
+    # the arms' repeats share their seeds, so the verdict pairs them
+    assert "(paired t, " in proc.stdout.strip().splitlines()[-1]
