@@ -75,6 +75,9 @@ SPEC_CASES = [
      ["--set", "learning_rate", "valid keys", "epochs, batch_size, lr"]),
     ("set_subkey_of_scalar", FASHION, ["--set", "train.lr.x=1"], ["train.lr", "no sub-keys"]),
     ("unknown_flag", FASHION, ["--epochs", "3"], ["--epochs"]),
+    ("set_of_a_searched_field", "sweeps/fashion-quick.yaml", ["--set", "train.epochs=3"],
+     ["--set train.epochs", "searched", "search.parameters.epochs", "{choice: [1, 2]}"]),
+    ("bare_set_key", FASHION, ["--set", "lr=0.1"], ["unknown key 'lr'", "did you mean train.lr?"]),
 ]
 
 
@@ -85,14 +88,14 @@ def test_bad_spec(tmp_path, text, extra, pieces):
     elif text == "/":
         spec = tmp_path / "a-directory"
         spec.mkdir()
-    elif text == FASHION:
-        spec = Path(FASHION)
+    elif text.startswith("sweeps/"):
+        spec = Path(text)
     else:
         spec = tmp_path / "bad.yaml"
         spec.write_text(text)
     results = tmp_path / "res"
     line = check_bad_input(cli(str(spec), *extra, results=results), results, *pieces)
-    if text != FASHION:
+    if not str(text).startswith("sweeps/"):
         assert str(spec) in line  # the file is named
 
 
@@ -227,8 +230,10 @@ def test_dry_run_checks_what_can_be_checked_without_training(tmp_path, overrides
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"this is not an IDX file")
     sets = [a for o in overrides for a in ("--set", o.format(tmp=tmp_path))]
-    check_bad_input(cli("--dry-run", FASHION, *sets, results=tmp_path / "res"),
-                    tmp_path / "res", *pieces)
+    proc = cli("--dry-run", FASHION, *sets, results=tmp_path / "res")
+    check_bad_input(proc, tmp_path / "res", *pieces)
+    if "resources:" in pieces:  # what would have run comes first, on stdout
+        assert proc.stdout.startswith("name: fashion\n") and "search space (" in proc.stdout
 
 
 def test_dry_run_says_how_many_trials_run_at_once_and_why(tmp_path):
@@ -262,7 +267,8 @@ def test_dry_run_prints_the_search_space(tmp_path):
     assert any(line.split() == ["epochs", "choice", "of", "4,", "5,", "6,", "7,", "8,", "9"] for line in space)
     assert any(line.split() == ["batch_size", "choice", "of", "32,", "64,", "128"] for line in space)
     assert any(line.split() == ["lr", "uniform", "in", "[0.0001,", "0.001]"] for line in space)
-    assert "name: fashion" in lines  # the resolved spec comes first
+    assert proc.stdout.startswith("name: fashion\n")  # the plan alone: the resolved spec first
+    assert "INFO" not in proc.stdout and "Downloading" not in proc.stdout
     assert not results.exists()
 
 
@@ -273,3 +279,58 @@ def test_help():
     assert proc.stdout.startswith("usage: ")
     for flag in ("--set", "--address", "--results", "--dry-run"):
         assert flag in proc.stdout
+
+
+# --- the tuner command ------------------------------------------------------------------------
+
+
+def tuner(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_tuner_help_is_fast_and_imports_neither_torch_nor_ray():
+    import time
+
+    t0 = time.perf_counter()
+    proc = tuner("-X", "importtime", "-m", "tuner", "--help")
+    took = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert took < 1.5, f"tuner --help took {took:.2f} s"
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tuner" in imported and not imported & {"torch", "ray", "torchvision", "pandas"}, imported
+    for command in ("run", "resume", "report", "predict", "export", "bench", "cost"):
+        assert f"  {command} " in proc.stdout
+    assert "examples:\n  tuner run " in proc.stdout and "exit codes:" in proc.stdout
+    assert tuner("-m", "tuner", "--version").stdout == f"tuner {__import__('tuner').__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["run", "resume", "report"])
+def test_each_command_help_shows_examples_and_exit_codes(command):
+    proc = tuner("-m", "tuner", command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ")
+    examples = proc.stdout.split("examples:\n", 1)[1]
+    assert examples.count(f"tuner {command} ") + examples.count("python -m tuner") >= 2
+    assert "exit codes:" in proc.stdout and "  2    bad input" in proc.stdout
+
+
+def test_tuner_run_is_tuner_dot_run():
+    """Bad input reaches tuner.run's own checks, with its one-line error and exit 2."""
+    proc = tuner("-m", "tuner", "run", "sweeps/fashion-quick.yaml", "--set", "lr=0.1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --set lr: ")
+    proc = tuner("-m", "tuner", "launch")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown command" in proc.stderr
+
+
+def test_a_command_whose_module_is_missing_is_a_clear_error():
+    import importlib.util
+
+    missing = [c for c in ("predict", "export") if importlib.util.find_spec(f"tuner.{c}") is None]
+    if not missing:
+        pytest.skip("tuner.predict and tuner.export are both here")
+    proc = tuner("-m", "tuner", missing[0], "x")
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: tuner {missing[0]}: this installation has no tuner.{missing[0]} module yet\n")

@@ -486,7 +486,9 @@ def test_dry_run_reads_the_folder_and_says_conv1_has_nothing_to_adapt(tmp_path):
                    f"data.cache={tmp_path / 'cache'}", "--dry-run", tmp_path=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "data: 31 train / 4 val / 6 test, 3 classes, from " in proc.stdout
-    assert "model.conv1: 3-channel RGB images, nothing to adapt: the pretrained conv1 is kept" in proc.stdout
+    # model.weights=none: nothing pretrained to keep
+    assert "model.conv1: 3-channel RGB images, nothing to adapt: random init (model.weights: none)" in proc.stdout
+    assert f"decode cache: {tmp_path / 'cache'} (this dry run decoded" in proc.stdout
 
 
 def _bad_folder(tmp_path, case: str):

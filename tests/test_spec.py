@@ -316,9 +316,10 @@ def test_parse_yaml_non_numbers_stay_strings(text):
 
 
 def test_override_plain_value():
-    spec = load_spec(FASHION, ["train.lr=0.002", "train.epochs=3", "model.weights=none"])
+    unsearched = "search.parameters={}"  # fashion.yaml searches epochs, batch_size and lr
+    spec = load_spec(FASHION, ["train.lr=0.002", "train.epochs=3", "model.weights=none", unsearched])
     assert spec.train.lr == 0.002 and spec.train.epochs == 3 and spec.model.weights == "none"
-    assert load_spec(FASHION, ["train.lr=1e-4"]).train.lr == 1e-4
+    assert load_spec(FASHION, ["train.lr=1e-4", unsearched]).train.lr == 1e-4
 
 
 def test_override_yaml_flow_value():
@@ -329,7 +330,7 @@ def test_override_yaml_flow_value():
 
 
 def test_override_is_validated():
-    msg = load_error(FASHION, ["train.lr=-1"])
+    msg = load_error(FASHION, ["train.lr=-1", "search.parameters={}"])
     assert "train.lr" in msg and "greater than 0" in msg
 
 
@@ -500,3 +501,72 @@ def test_binary_file(tmp_path):
     path.write_bytes(b"\xff\xfe\x00\x01binary")
     msg = load_error(path)
     assert str(path) in msg
+
+
+# --- --set of a searched field, grid search, the plan of a comparison ---------------------------
+
+
+@pytest.mark.parametrize("override, entry", [
+    ("train.epochs=3", "search.parameters.epochs"),
+    ("train.lr=0.01", "search.parameters.lr"),
+    ("train={epochs: 3}", "search.parameters.epochs"),  # a whole section holding a searched field
+])
+def test_set_of_a_searched_field_names_the_search_entry(override, entry):
+    msg = load_error(FASHION, [override])
+    assert msg.startswith(f"--set {override.split('=')[0]}: ") and entry in msg, msg
+    assert f"--set '{entry}={{choice: [VALUE]}}'" in msg
+
+
+def test_set_of_a_field_once_the_search_drops_it_is_fine():
+    spec = load_spec(FASHION, ["train.epochs=3", "search.parameters={lr: {uniform: [1.0e-4, 1.0e-3]}}"])
+    assert spec.train.epochs == 3 and set(spec.search.parameters) == {"lr"}
+
+
+def test_bare_set_key_suggests_its_section():
+    assert "did you mean train.lr?" in load_error(FASHION, ["lr=0.1"])
+    assert "did you mean model.freeze?" in load_error(FASHION, ["freeze=head"])
+
+
+GRID = ("search:\n  searcher: grid\n  parameters:\n    lr: {choice: [1.0e-3, 3.0e-3]}\n"
+        "    model.freeze: {choice: [none, head, gradual]}\n")
+
+
+def test_grid_runs_every_combination_once(tmp_path):
+    from ray import tune
+
+    from tuner.space import param_space
+
+    spec = load_spec(write(tmp_path, GRID))
+    assert spec.search.num_samples == 1 and spec.search.planned_trials() == 6
+    assert param_space(spec.search) == {"lr": tune.grid_search([1e-3, 3e-3]),
+                                        "model.freeze": tune.grid_search(["none", "head", "gradual"])}
+
+
+@pytest.mark.parametrize("extra, pieces", [
+    (["search.parameters.lr={uniform: [1.0e-4, 1.0e-3]}"], ["parameters.lr", "choice lists only", "uniform"]),
+    (["search.num_samples=3"], ["num_samples", "must be 1", "seed: {choice"]),
+    (["search.warm_start=[results/x/y]"], ["warm_start", "grid"]),
+])
+def test_grid_errors(tmp_path, extra, pieces):
+    msg = load_error(write(tmp_path, GRID), extra)
+    for piece in pieces:
+        assert piece in msg, msg
+
+
+def test_a_comparisons_plan_gives_its_total_trials_and_random_init(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tuner.model import Weights
+    from tuner.run import plan_text
+
+    spec = load_spec(write(tmp_path, "model: {weights: none}\nsearch:\n  num_samples: 4\n"
+                                     "  n_initial_points: 2\n  parameters: {lr: {uniform: [1.0e-4, 1.0e-3]}}\n"
+                                     "compare:\n  repeats: 3\n  arms: {a: {model.freeze: head}, "
+                                     "b: {model.freeze: none}}\n"))
+    data = SimpleNamespace(train=np.zeros(30), val=np.zeros(5), test=np.zeros(8), num_classes=3,
+                           source="photos", in_channels=3)
+    plan = plan_text(spec, {"none": Weights(None, "none (random init)")}, data)
+    assert "2 x (4 + 3) = 14 trials" in plan
+    assert "random init (model.weights: none)" in plan and "pretrained conv1" not in plan

@@ -1,5 +1,6 @@
 """Command line: `python -m tuner.run SPEC [--set k=v ...] [--address ADDR] [--storage URI]
-[--results DIR] [--dry-run]`, or `python -m tuner.run --resume RUN_DIR`.
+[--results DIR] [--dry-run]`, or `python -m tuner.run --resume RUN_DIR [--more N]` (the same as
+`tuner run ...` and `tuner resume ...`); `python -m tuner.more RUN_DIR --more N` adds trials.
 
 Exit 0: the sweep ran and at least one trial finished. Exit 1: it ran but no trial finished.
 Exit 2: bad input, reported as one `error: ...` line on stderr, with nothing written.
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from importlib.metadata import version
 from pathlib import Path
 
@@ -43,8 +44,22 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
+EPILOG = """examples:
+  python -m tuner.run sweeps/fashion-quick.yaml
+  python -m tuner.run sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt
+  python -m tuner.run --resume results/fashion-quick/RUN_ID
+
+exit codes:
+  0    the sweep ran and at least one trial finished
+  1    it ran but no trial finished
+  2    bad input: one `error: ...` line on stderr, nothing written
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): the tables so far are written, marked
+       partial, and the resume command is printed"""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.")
+    p = _Parser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", help="the sweep YAML file, e.g. sweeps/fashion.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.001 (repeatable)")
@@ -132,51 +147,87 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
 
 def dry_run(spec: Spec, args: argparse.Namespace) -> int:
     """Check everything that can be checked without training, print the resolved spec, the search
-    space and how the trials would run; start no trial (and no Ray, unless --address is given)."""
+    space and how the trials would run; start no trial (and no Ray, unless --address is given).
+
+    Standard output is the plan alone (`--dry-run > plan.txt`): what the checks print (a download's
+    progress, Ray's messages) goes to stderr with the logging. When the resources do not fit, the
+    plan is printed before the error."""
     rayenv.prepare(args.address)
     from tuner import cluster, sweep
-    from tuner.model import weights_label
-    from tuner.space import describe
 
-    weights, data = check_inputs(spec)
-    if args.address:  # join, check the request against the nodes, and leave the cluster as it was
-        cluster.connect(args.address, spec.resources)
-        try:
-            cluster.check_resources(spec.resources)
-            cluster.check_storage(args.address, spec.run.storage)
-            where, slots = cluster.describe_cluster(), cluster.trial_slots(spec.resources)
-        finally:
-            import ray
+    with redirect_stdout(sys.stderr):
+        weights, data = check_inputs(spec)
+    plan = plan_text(spec, weights, data)
+    try:
+        with redirect_stdout(sys.stderr):
+            if args.address:  # join, check the request against the nodes, leave the cluster as it was
+                cluster.connect(args.address, spec.resources)
+                try:
+                    cluster.check_resources(spec.resources)
+                    cluster.check_storage(args.address, spec.run.storage)
+                    where, slots = cluster.describe_cluster(), cluster.trial_slots(spec.resources)
+                finally:
+                    import ray
 
-            ray.shutdown()  # a client's shutdown disconnects; the cluster keeps running
-    else:
-        cluster.check_fits_here(spec.resources)
-        if spec.run.storage:  # a storage URI's bucket and credentials, as the sweep would
-            cluster.check_storage(None, spec.run.storage)
-        where, slots = "this machine", cluster.trial_slots_here(spec.resources)
+                    ray.shutdown()  # a client's shutdown disconnects; the cluster keeps running
+            else:
+                cluster.check_fits_here(spec.resources)
+                if spec.run.storage:  # a storage URI's bucket and credentials, as the sweep would
+                    cluster.check_storage(None, spec.run.storage)
+                where, slots = "this machine", cluster.trial_slots_here(spec.resources)
+    except InputError:
+        print(plan, end="", flush=True)
+        raise
     limit, why = sweep.concurrency(spec)
     at_once = min(slots, limit or slots)
-
-    print(dump_spec(spec), end="")
-    print(f"\nsearch space ({spec.search.searcher}, {spec.search.num_samples} trials, "
-          f"{spec.search.mode}imise {spec.search.metric}):")
-    for key, text in describe(spec.search):
-        print(f"  {key:<16} {text}")
-    if spec.compare is not None:
-        print(f"\narms (each searched as above, then its best config re-run with "
-              f"{spec.compare.repeats} seeds and tested once per seed):")
-        for name, overrides in spec.compare.arms.items():
-            print(f"  {name:<16} " + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "the spec as is"))
-    print(f"\nweights: {weights_label(weights)}")
-    print(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-          f"{data.num_classes} classes, from {data.source}")
-    if data.in_channels == 3:  # RGB: the pretrained conv1's filters fit as they are
-        print("model.conv1: 3-channel RGB images, nothing to adapt: "
-              + ("the pretrained conv1 is kept" if spec.model.conv1 == "sum"
-                 else "reinit starts it afresh anyway"))
+    print(plan, end="")
     print(f"trials at once: {at_once} ({where} fits {slots} at {spec.resources.cpu:g} CPU and "
           f"{spec.resources.gpu:g} GPU each; limit {limit or 'none'}: {why})")
     return 0
+
+
+def plan_text(spec: Spec, weights: dict, data) -> str:
+    """The dry run's plan: the resolved spec, the search and what it starts from, the arms, the
+    weights and the data."""
+    from tuner import warmstart
+    from tuner.model import weights_label
+    from tuner.space import describe
+
+    s = spec.search
+    out = [dump_spec(spec).rstrip("\n"), "",
+           f"search space ({s.searcher}, {s.planned_trials()} trials, {s.mode}imise {s.metric}):"]
+    out += [f"  {key:<16} {text}" for key, text in describe(s)]
+    if s.points_to_evaluate:
+        out.append(f"  the first {len(s.points_to_evaluate)} trial(s) try these points "
+                   "(points_to_evaluate):")
+        out += ["    " + ", ".join(f"{k}={v}" for k, v in p.items()) for p in s.points_to_evaluate]
+    for run_dir in s.warm_start:
+        n = len(warmstart.run_points(run_dir, spec))
+        use = ("TPE starts from them as if this sweep had run them" if s.searcher == "hyperopt"
+               else f"{s.searcher} search does not learn from them")
+        out.append(f"  warm start: {n} finished trial(s) of {run_dir}; {use}")
+    if spec.compare is not None:
+        arms, per_arm = len(spec.compare.arms), s.planned_trials() + spec.compare.repeats
+        out += ["", f"arms (each searched as above, then its best config re-run with "
+                    f"{spec.compare.repeats} seeds and tested once per seed): {arms} x "
+                    f"({s.planned_trials()} + {spec.compare.repeats}) = {arms * per_arm} trials"]
+        for name, overrides in spec.compare.arms.items():
+            out.append(f"  {name:<16} " + (", ".join(f"{k}={v}" for k, v in overrides.items())
+                                           or "the spec as is"))
+    out += ["", f"weights: {weights_label(weights)}",
+            f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
+            f"{data.num_classes} classes, from {data.source}"]
+    if data.in_channels == 3:  # RGB: the pretrained conv1's filters fit as they are
+        random_init = all(w.state_dict is None for w in weights.values())
+        out.append("model.conv1: 3-channel RGB images, nothing to adapt: "
+                   + ("random init (model.weights: none)" if random_init
+                      else "the pretrained conv1 is kept" if spec.model.conv1 == "sum"
+                      else "reinit starts it afresh anyway"))
+    if spec.data.dataset == "imagefolder":
+        out.append(f"decode cache: {spec.data.cache} (this dry run decoded the images once and "
+                   "left the arrays there; the run starts from them)" if spec.data.cache else
+                   "decode cache: off (data.cache: false): every run decodes the images again")
+    return "\n".join(out) + "\n"
 
 
 @contextmanager
@@ -201,17 +252,21 @@ def driver_lock(run_dir: Path):
         lock.release()
 
 
-def load_run(run_dir: Path) -> tuple[Spec, dict]:
-    """The spec and status (with the run's provenance) of a run directory that can be resumed.
-    Raises InputError."""
+def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
+    """The spec and status (with the run's provenance) of a run directory that can be resumed
+    (or, with finished_ok, given more trials: tuner.more). Raises InputError."""
     status_file = run_dir / STATUS_FILE
     if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
         raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
                          f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
     status = json.loads(status_file.read_text())
-    if status["state"] == "finished":
+    if status.get("more") and not finished_ok:  # tuner.more's sessions: it resumes them itself
+        raise InputError(f"--resume {run_dir}: trials were added to this sweep; continue it with "
+                         f"tuner resume {shlex.quote(str(run_dir))}")
+    if status["state"] == "finished" and not finished_ok:
         raise InputError(f"--resume {run_dir}: this sweep finished already; its results are in "
-                         f"{run_dir}. Start a new run instead")
+                         f"{run_dir}. Add trials with tuner resume {shlex.quote(str(run_dir))} "
+                         "--more N, or start a new run")
     status["provenance"] = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]
     return load_spec(run_dir / "spec.yaml"), status
 

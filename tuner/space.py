@@ -27,12 +27,17 @@ def to_tune(param: Param) -> Any:
 
 
 def param_space(search: Search) -> dict[str, Any]:
-    """The Tuner's param_space: parameter key (as in the spec) -> sampler."""
+    """The Tuner's param_space: parameter key (as in the spec) -> sampler, or for a grid search
+    (choices only) -> tune.grid_search, so every combination runs once."""
+    if search.searcher == "grid":
+        return {key: tune.grid_search(list(p.choice)) for key, p in search.parameters.items()}
     return {key: to_tune(p) for key, p in search.parameters.items()}
 
 
 def describe(search: Search) -> list[tuple[str, str]]:
     """(key, human-readable distribution) rows, for --dry-run."""
+    if search.searcher == "grid":
+        return [(key, "grid of " + ", ".join(map(str, p.choice))) for key, p in search.parameters.items()]
     return [(key, _text(p)) for key, p in search.parameters.items()]
 
 

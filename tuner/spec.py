@@ -340,7 +340,10 @@ def _multiple(value: float, step: float) -> bool:
 
 
 class Search(_Section):
-    searcher: Literal["hyperopt", "random"] = "hyperopt"
+    # grid: every combination of the choice parameters, once (Ray's grid_search); num_samples
+    # must then be 1 (its default): trials are deterministic, so a repeat of the grid would repeat
+    # its results. To repeat each point with other seeds, add train.seed as a choice.
+    searcher: Literal["hyperopt", "random", "grid"] = "hyperopt"
     num_samples: PositiveInt = 10
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     mode: Literal["max", "min"] = "max"
@@ -352,18 +355,57 @@ class Search(_Section):
     points_to_evaluate: list[dict[str, Any]] = []
     # Keys are spec paths; a bare name means a train field ("lr" is "train.lr").
     parameters: dict[str, Param] = {}
+    # Run directories whose finished trials (searched values and final metric) TPE starts from, as
+    # if this sweep had run them; their searched parameters must be this sweep's, inside its ranges.
+    warm_start: list[Path] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid_once(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("searcher") == "grid" and "num_samples" not in raw:
+            raw = {**raw, "num_samples": 1}  # the grid, once
+        return raw
+
+    @field_validator("warm_start")
+    @classmethod
+    def _expand_runs(cls, v: list[Path]) -> list[Path]:
+        return [p.expanduser() for p in v]
 
     @model_validator(mode="after")
     def _initial_points(self) -> Search:
         wanted = {"val_accuracy": "max", "val_loss": "min"}[self.metric]
         if self.mode != wanted:
             raise ValueError(f"mode must be {wanted} for {self.metric} (got {self.mode})")
-        if self.n_initial_points is not None and self.n_initial_points >= self.num_samples > 1:
+        if self.searcher == "grid":
+            problems = [f"parameters.{k}: a grid takes choice lists only (got {p.kind})"
+                        for k, p in self.parameters.items() if p.kind != "choice"]
+            if self.num_samples != 1:
+                problems.append(f"num_samples: a grid runs every combination once, so it must be 1 "
+                                f"(got {self.num_samples}); to repeat each point with other seeds, "
+                                "add seed: {choice: [0, 1, 2]} to the grid")
+            if self.warm_start:
+                problems.append("warm_start: a grid tries every combination whatever came before; "
+                                "use searcher: hyperopt")
+            if problems:
+                raise ValueError("; ".join(problems))
+        # Earlier trials (warm_start, or those of a sweep given more trials) count among TPE's
+        # start-up points, so then fewer, or none, of this sweep's own trials are random.
+        if (self.n_initial_points is not None and self.n_initial_points >= self.num_samples > 1
+                and not self.warm_start):
             raise ValueError(
                 f"n_initial_points ({self.n_initial_points}) must be below num_samples "
                 f"({self.num_samples}), or TPE never runs"
             )
         return self
+
+    def planned_trials(self) -> int:
+        """How many trials this search runs: num_samples, or for a grid its size x num_samples."""
+        if self.searcher != "grid":
+            return self.num_samples
+        size = 1
+        for p in self.parameters.values():
+            size *= len(p.choice)
+        return size * self.num_samples
 
 
 class Resources(_Section):
@@ -633,7 +675,27 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
+    check_overrides_not_searched(raw, overrides)
     return validate(raw, source=str(path))
+
+
+def check_overrides_not_searched(raw: dict, overrides: list[str]) -> None:
+    """A `--set` of a field the search also searches would be silently replaced by each trial's
+    searched value: bad input, naming the search entry to change instead."""
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    params = search.get("parameters") if isinstance(search.get("parameters"), dict) else {}
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key.split(".")[0] == "search":
+            continue
+        for name, dist in params.items():
+            path = param_path(name)
+            if path == key or path.startswith(key + "."):
+                shown = yaml.safe_dump(dist, default_flow_style=True).strip() if dist else ""
+                raise InputError(
+                    f"--set {key}: {path} is searched (search.parameters.{name}: {shown}), so a "
+                    f"fixed value would be ignored; change the search entry instead, e.g. --set "
+                    f"'search.parameters.{name}={{choice: [VALUE]}}'")
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -664,8 +726,14 @@ def apply_override(raw: dict, item: str) -> None:
         fields = model.model_fields
         if part not in fields:
             where = ".".join(parts[:i]) or "top level"
+            near = [f"{name}.{part}" for name, f in fields.items()
+                    if isinstance(_unoptional(f.annotation), type)
+                    and issubclass(_unoptional(f.annotation), BaseModel)
+                    and part in _unoptional(f.annotation).model_fields]
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
             raise InputError(
                 f"--set {key}: unknown key {part!r} in {where}; valid keys: {', '.join(fields)}"
+                + hint
             )
         ann = _unoptional(fields[part].annotation)
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None

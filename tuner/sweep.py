@@ -16,6 +16,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
+from tuner import warmstart
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
@@ -42,9 +43,9 @@ def concurrency(spec: Spec) -> tuple[int | None, str]:
     result only if c <= n_initial_points. Hence that is the default.
     """
     s, n_initial = spec.search, initial_points(spec)
-    if s.searcher == "random":
+    if s.searcher in ("random", "grid"):
         return s.max_concurrent, ("search.max_concurrent" if s.max_concurrent else
-                                  "random search learns nothing from results, so no limit")
+                                  f"{s.searcher} search learns nothing from results, so no limit")
     if s.max_concurrent is None:
         return n_initial, (f"search.max_concurrent defaults to n_initial_points ({n_initial}) so "
                            "that TPE's suggestions after them see finished results; raise it to "
@@ -57,15 +58,23 @@ def concurrency(spec: Spec) -> tuple[int | None, str]:
 
 
 def make_searcher(spec: Spec):
-    """HyperOpt TPE (or random search), seeded, with its concurrency limit."""
+    """HyperOpt TPE (or random or grid search), seeded, with its concurrency limit.
+
+    With search.warm_start, TPE starts from the finished trials of those runs as evidence (as if
+    this sweep had run them). Its seed is then search.seed plus their number, so that a sweep
+    given more trials (whose own run is among them) does not draw its earlier random points again.
+    """
     s = spec.search
     points = [dict(p) for p in s.points_to_evaluate] or None
     limit, _ = concurrency(spec)
-    if s.searcher == "random":
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=s.seed,
+    evidence = warmstart.load_points(spec) if s.warm_start else []
+    seed = s.seed + len(evidence)
+    if s.searcher in ("random", "grid"):  # learns nothing from evidence
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
                                      max_concurrent=limit or 0)
-    searcher = HyperOptSearch(points_to_evaluate=points, n_initial_points=initial_points(spec),
-                              random_state_seed=s.seed)
+    searcher = warmstart.PrimedHyperOptSearch(
+        evidence=evidence, points_to_evaluate=points, n_initial_points=initial_points(spec),
+        random_state_seed=seed)
     return ConcurrencyLimiter(searcher, limit)
 
 

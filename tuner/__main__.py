@@ -1,0 +1,7 @@
+"""`python -m tuner`: the same as the `tuner` command."""
+
+import sys
+
+from tuner.cli import main
+
+sys.exit(main())

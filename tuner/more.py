@@ -1,0 +1,294 @@
+"""More trials for a sweep: `python -m tuner.more RUN_DIR --more N` (also `tuner resume RUN_DIR
+--more N`). A finished or interrupted sweep goes on with N more trials of the same space, in the
+same run directory, its searcher starting from every earlier trial as evidence (TPE goes on from
+where it was rather than from a fresh random phase).
+
+Each such session is a Ray Tune experiment of its own next to the first (trials-more1, ...: Ray's
+Tuner.restore cannot change num_samples), recorded in status.json under "more". The tables,
+report and cost totals cover every trial of every session. If the chosen trial changes, the new
+one is tested once; best.json and status.json list each use of the test set (`test_set_uses`).
+Without --more it resumes the run as `python -m tuner.run --resume` does, an interrupted session
+included.
+
+Exit codes as tuner.run's: 0 done, 1 no trial finished, 2 bad input, 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from tuner import rayenv, run
+from tuner.errors import InputError
+from tuner.spec import Spec
+
+log = logging.getLogger("tuner")
+
+SESSIONS = "more"  # status.json: [{"experiment": path, "trials": n}, ...] in order
+
+EPILOG = """examples:
+  tuner resume results/fashion-quick/RUN_ID              (an interrupted sweep goes on)
+  tuner resume results/fashion-quick/RUN_ID --more 10    (ten more trials, TPE continuing)
+  python -m tuner.more results/fashion-quick/RUN_ID --more 5 --address head:6379
+
+exit codes:
+  0    done
+  1    the sweep ran but no trial finished
+  2    bad input: one `error: ...` line on stderr, nothing written
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): the tables so far are written, marked
+       partial, and the resume command is printed"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = run._Parser(prog="tuner resume", epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    description="Continue a sweep from its run directory: an interrupted one from "
+                                "where it stopped; with --more N, a finished or interrupted one "
+                                "with N more trials of the same space.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="results/<name>/<run id>")
+    p.add_argument("--more", type=int, metavar="N", help="add N trials to the sweep")
+    p.add_argument("--address", default=None,
+                   help="join the Ray cluster at host:port (default: $RAY_ADDRESS, else start Ray "
+                        "here)")
+    args = p.parse_args(argv)
+    if args.more is not None and args.more < 1:
+        raise InputError(f"--more {args.more}: give the number of trials to add, 1 or more")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run.handle_sigterm()
+    try:
+        args = parse_args(argv)
+        sessions = _sessions(args.run_dir)
+        if args.more is None and not sessions:  # a plain resume: tuner.run's own
+            return run.main(["--resume", str(args.run_dir)]
+                            + (["--address", args.address] if args.address else []))
+        args.address = args.address or os.environ.get("RAY_ADDRESS")
+        spec, status = run.load_run(args.run_dir, finished_ok=True)
+        check_continuable(spec, status, args)
+        with run.driver_lock(args.run_dir):
+            if status["state"] != "finished":
+                # An interrupted sweep (the first, or a session of added trials) finishes first;
+                # then the new trials come.
+                code = (go_on(spec, status, args) if sessions else
+                        run.run(spec, argparse.Namespace(address=args.address, resume=args.run_dir),
+                                run_dir=args.run_dir, experiment=status["experiment"],
+                                recorded_weights=status["provenance"]["weights"]))
+                if code != 0 or args.more is None:
+                    return code
+                spec, status = run.load_run(args.run_dir, finished_ok=True)
+            return go_on(spec, status, args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return run.stopped_code()
+
+
+def _sessions(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / run.STATUS_FILE).read_text()).get(SESSIONS, [])
+    except (OSError, ValueError):
+        return []  # not a run directory: load_run says so
+
+
+def check_continuable(spec: Spec, status: dict, args: argparse.Namespace) -> None:
+    """What cannot be given more trials is bad input, before anything starts."""
+    where = f"tuner resume {args.run_dir}"
+    if spec.compare is not None:
+        raise InputError(f"{where} --more: a comparison's arms are searched and then re-run with "
+                         "seeds, so trials cannot be added to it; start a new comparison with a "
+                         "larger search.num_samples")
+    if spec.search.searcher == "grid":
+        raise InputError(f"{where} --more: a grid sweep has run its whole grid; widen the grid "
+                         "in a new run (or warm-start a hyperopt sweep from it)")
+    if args.more is None and status["state"] == "finished":
+        raise InputError(f"{where}: this sweep finished already; add trials with --more N")
+
+
+def session_spec(spec: Spec, run_dir: Path, trials: int) -> Spec:
+    """The spec one session of N more trials runs: its searcher starts from the run's earlier
+    trials (and the runs it was warm-started from), with the first sweep's random start-up count."""
+    from tuner.sweep import initial_points
+
+    search = spec.search.model_copy(update={
+        "num_samples": trials,
+        "n_initial_points": initial_points(spec),
+        "warm_start": [*spec.search.warm_start, run_dir.resolve()],
+    })
+    return spec.model_copy(update={"search": search})
+
+
+def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
+    """Run a new session of args.more trials, or resume an interrupted one; then write every
+    session's trials into the run's tables."""
+    rayenv.prepare(args.address)
+    import ray
+
+    from tuner import cluster, memory, sweep, warmstart
+
+    run_dir = args.run_dir
+    sessions = list(status.get(SESSIONS, []))
+    resuming = status["state"] != "finished"  # an interrupted session of added trials
+    if resuming:
+        experiment, trials = sessions[-1]["experiment"], sessions[-1]["trials"]
+    else:
+        experiment, trials = session_experiment(status["experiment"], len(sessions) + 1), args.more
+        sessions.append({"experiment": experiment, "trials": trials})
+    this = session_spec(spec, run_dir, trials)
+    weights, data = run.check_inputs(this, status["provenance"]["weights"], run_dir)
+    with ExitStack() as stack:
+        if cluster.connect(args.address, spec.resources):
+            stack.callback(ray.shutdown)
+        run.handle_sigterm()
+        cluster.check_resources(spec.resources)
+        memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        cluster.check_storage(args.address, spec.run.storage)
+        from ray import tune
+
+        # Stopped before Ray saved the session's first state: it starts again, as it would have.
+        restore = resuming and tune.Tuner.can_restore(experiment)
+        resume = f"tuner resume {shlex.quote(str(run_dir))}"
+        run.write_status(run_dir, "running", status["experiment"], resume, {SESSIONS: sessions})
+        earlier = [status["experiment"], *(s["experiment"] for s in sessions[:-1])]
+        print(f"run directory: {run_dir}")
+        print(f"{'resuming' if resuming else 'adding'} {trials} trial(s) to the sweep "
+              f"({planned(spec, sessions)} in all); the searcher starts from "
+              f"{len(warmstart.load_points(this))} earlier trial(s)")
+        t0 = time.perf_counter()
+        # No live tables here: they would show this session's trials alone until it ends.
+        tuner = (sweep.restore_tuner(this, data, weights, experiment) if restore
+                 else sweep.make_tuner(this, data, weights, experiment))
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+        return finish(spec, this, data, weights, run_dir, earlier, experiment, grid, wall,
+                      sessions, resume)
+
+
+def session_experiment(first: str, k: int) -> str:
+    """Where session k's trials live: next to the first experiment, named after it (a storage
+    URI's query, such as an S3 endpoint, stays at the end)."""
+    base, sep, query = first.partition("?")
+    return f"{base.rstrip('/')}-more{k}{sep}{query}"
+
+
+def planned(spec: Spec, sessions: list[dict]) -> int:
+    """Trials the run plans in all: the first sweep's and every session's."""
+    return spec.search.planned_trials() + sum(s["trials"] for s in sessions)
+
+
+def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[str],
+           experiment: str, grid, wall: float, sessions: list[dict], resume: str) -> int:
+    """Tables of every trial of every session; the chosen trial tested once if it is new."""
+    from ray import tune
+
+    from tuner import results, sweep
+
+    old = [r for exp in earlier for r in tune.ResultGrid(tune.ExperimentAnalysis(exp))]
+    old_records = sweep.collect(old, spec)
+    new_records = sweep.collect(grid, spec)
+    records = sorted(old_records + new_records, key=lambda r: r.trial_id)
+    partial = sweep.interrupted(grid, this, experiment)
+    trials = results.trials_table(records, spec, run.labels(weights), interrupted=partial)
+    results.write_csv(run_dir / "trials.csv", trials)
+    epochs = results.epochs_table(records)
+    results.write_csv(run_dir / "epochs.csv", epochs)
+    for key, table in results.summary_tables(trials, spec).items():
+        results.write_csv(run_dir / f"summary_by_{key}.csv", table)
+    run.write_plot(spec, epochs, trials, run_dir)
+    cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
+    counts = {"trials": results.trial_counts(trials, planned(spec, sessions)), "cost": cost,
+              "wall_time_s": round(wall, 1), SESSIONS: sessions}
+    if partial:
+        run.write_status(run_dir, "partial", earlier[0], resume, counts)
+        run.write_report(run_dir)
+        print(f"\nsweep {'terminated' if run._terminated else 'interrupted'} after {wall:.0f} s: "
+              f"the tables in {run_dir} are partial.\nresume with: {resume}", file=sys.stderr)
+        return run.stopped_code()
+
+    best = results.best_trial(trials, spec)
+    previous = _read_json(run_dir / "best.json")
+    uses = test_set_uses(previous)
+    if best is None:
+        run.write_status(run_dir, "finished", earlier[0], resume, counts)
+        run.write_report(run_dir)
+        print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
+        return 1
+    record = next(r for r in records if r.trial_id == best["trial_id"])
+    metric = spec.search.metric
+    if previous and previous.get("trial_id") == record.trial_id:
+        # The choice stands: its one test result stays; the test set is not looked at again.
+        chosen = {**previous, "cost": cost, "test_set_uses": uses}
+        test = {"test_accuracy": previous["test_accuracy"]}
+        print(f"\nthe chosen trial is still {record.trial_id}: not tested again")
+    else:
+        test = sweep.test_best(record, spec, data)
+        uses = {"count": uses["count"] + 1, "trials": [*uses["trials"], record.trial_id]}
+        chosen = {
+            "trial_id": record.trial_id, "config": record.params, "metric": metric,
+            metric: best[metric], "val_accuracy": best["val_accuracy"],
+            "val_loss": best["val_loss"], "epochs_completed": int(best["epochs_completed"]),
+            **test, "test_images": len(data.test), "classes": list(data.classes),
+            "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
+            "weights": best["weights"],
+            "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
+        }
+        model_dir = write_model(run_dir, spec, data, weights, record, best, test)
+        if model_dir is not None:
+            chosen["model"] = model_dir
+    results.write_json(run_dir / "best.json", chosen)
+    # Only this session's checkpoints, and the one chosen before: the others are gone already.
+    gone_best = [r for r in old_records if previous and r.trial_id == previous.get("trial_id")]
+    run.keep_checkpoints(spec, [*new_records, *gone_best], record)
+    run.write_status(run_dir, "finished", earlier[0], resume, {**counts, "test_set_uses": uses})
+    run.write_report(run_dir)
+    print(f"\n{len(new_records)} trial(s) added in {wall:.0f} s; {len(records)} in {run_dir}")
+    print(results.format_table(results.top_trials(trials, spec)))
+    print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
+          f"test_accuracy={test['test_accuracy']:.4f} (the test set used {uses['count']} time(s) "
+          f"in this run, for {', '.join(uses['trials'])})")
+    return 0
+
+
+def test_set_uses(best: dict | None) -> dict:
+    """How often this run has looked at the test set, and for which trials: from best.json (a run
+    that finished once, before any session, looked once, for its chosen trial)."""
+    if not best:
+        return {"count": 0, "trials": []}
+    return best.get("test_set_uses") or {"count": 1, "trials": [best["trial_id"]]}
+
+
+def write_model(run_dir: Path, spec: Spec, data, weights, record, best, test: dict) -> str | None:
+    """The newly chosen trial's model folder next to best.json, as tuner.run's finish writes it
+    for the first sweep (tuner.artifact.save_best); the folder relative to the run, for
+    best.json. None where this installation has no tuner.artifact: best.json's checkpoint is then
+    the record of the chosen model."""
+    try:
+        from tuner import artifact
+    except ModuleNotFoundError as e:
+        if e.name != "tuner.artifact":
+            raise
+        log.info("chosen trial %s: checkpoint %s", record.trial_id, record.checkpoint.path)
+        return None
+    return artifact.save_best(run_dir, spec, data, weights, record, best, test)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
