@@ -92,8 +92,11 @@ def test_summaries_and_best(quick_run):
     assert set(best["config"]) == {"epochs", "batch_size", "lr"}
     assert not Path(best["checkpoint"]).is_absolute() and (run / best["checkpoint"]).is_dir()
     # tested by a Ray worker on the trials' kind of device, not by the driver
-    driver = json.loads((run / "status.json").read_text())["driver"]
-    assert best["test_pid"] != driver["pid"] and best["test_device"] == "cpu"
+    status = json.loads((run / "status.json").read_text())
+    assert best["test_pid"] != status["driver"]["pid"] and best["test_device"] == "cpu"
+    # the test set was looked at once, for the chosen trial, and both files say so
+    assert best["test_set_uses"] == status["test_set_uses"] == {"count": 1, "trials": [best["trial_id"]]}
+    assert status["trials"]["planned"] == 3
 
 
 def test_only_the_chosen_trials_checkpoint_is_kept(quick_run):

@@ -570,3 +570,10 @@ def test_a_comparisons_plan_gives_its_total_trials_and_random_init(tmp_path):
     plan = plan_text(spec, {"none": Weights(None, "none (random init)")}, data)
     assert "2 x (4 + 3) = 14 trials" in plan
     assert "random init (model.weights: none)" in plan and "pretrained conv1" not in plan
+
+
+def test_a_grid_plans_every_point_of_its_choices(tmp_path):
+    raw = {"search": {"searcher": "grid", "parameters": {
+        "batch_size": {"choice": [32, 64]}, "lr": {"choice": [1e-3, 1e-2, 1e-1]}}}}
+    assert validate(raw).search.planned_trials() == 6
+    assert validate({"search": {"num_samples": 4}}).search.planned_trials() == 4

@@ -181,7 +181,7 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
         plots.plot_compare(trials, table, spec, run_dir / "compare.png")
     except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
         log.warning("compare.png not written: %s: %s", type(e).__name__, e)
-    planned = len(spec.compare.arms) * (spec.search.num_samples + spec.compare.repeats)
+    planned = len(spec.compare.arms) * (spec.search.planned_trials() + spec.compare.repeats)
     _status(status_path, state="finished", phase=None, arm=None,
             trials=results.trial_counts(trials, planned), cost=results.cost_totals(trials),
             wall_time_s=round(wall, 1))  # this session's, as a plain sweep's
@@ -246,7 +246,7 @@ def verdict(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec) -> list[str]:
         return ["no arm has a test score: no repeat of any arm's best config finished; see "
                 "trials.csv for the errors"]
     top = ranked.iloc[0]
-    budget = f"each tuned with {spec.search.num_samples} trials"
+    budget = f"each tuned with {spec.search.planned_trials()} trials"
     if len(ranked) == 1:
         return [f"only {top['arm']} has test scores: {100 * top['test_mean']:.1f}% test accuracy"]
     lines = []

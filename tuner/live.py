@@ -138,7 +138,7 @@ class LiveTables(tune.Callback):
         path = self.run_dir / STATUS_FILE
         status = json.loads(path.read_text()) if path.is_file() else {}  # keep run.py's fields
         status.update(
-            trials=results.trial_counts(table, self.spec.search.num_samples),
+            trials=results.trial_counts(table, self.spec.search.planned_trials()),
             cost=results.cost_totals(table),
             updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )

@@ -271,15 +271,9 @@ def test_set_uses(best: dict | None) -> dict:
 def write_model(run_dir: Path, spec: Spec, data, weights, record, best, test: dict) -> str | None:
     """The newly chosen trial's model folder next to best.json, as tuner.run's finish writes it
     for the first sweep (tuner.artifact.save_best); the folder relative to the run, for
-    best.json. None where this installation has no tuner.artifact: best.json's checkpoint is then
-    the record of the chosen model."""
-    try:
-        from tuner import artifact
-    except ModuleNotFoundError as e:
-        if e.name != "tuner.artifact":
-            raise
-        log.info("chosen trial %s: checkpoint %s", record.trial_id, record.checkpoint.path)
-        return None
+    best.json."""
+    from tuner import artifact
+
     return artifact.save_best(run_dir, spec, data, weights, record, best, test)
 
 

@@ -145,7 +145,7 @@ def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
         ("data", f"{spec.data.dataset}, {subset}, val fraction {spec.data.val_fraction}; "
                  f"from {p.get('data', '?')}"),
         ("weights used", p.get("weights", "?")),
-        ("search", f"{spec.search.searcher}, {spec.search.num_samples} trials, "
+        ("search", f"{spec.search.searcher}, {spec.search.planned_trials()} trials, "
                    f"{spec.search.scheduler} scheduler, {spec.search.mode}imise {spec.search.metric}"),
         ("machine", f"{p.get('machine', '?')}; Ray: {p.get('address', '?')}"),
         ("per trial", f"{spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"),

@@ -339,7 +339,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         results.write_csv(run_dir / f"summary_by_{key}.csv", table)
     write_plot(spec, epochs, trials, run_dir)
     cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
-    counts = {"trials": results.trial_counts(trials, spec.search.num_samples), "cost": cost,
+    counts = {"trials": results.trial_counts(trials, spec.search.planned_trials()), "cost": cost,
               "wall_time_s": round(wall, 1)}  # this session's: a resumed sweep counts from the resume
 
     if partial:
@@ -347,7 +347,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         write_report(run_dir)
         print(f"\nsweep {'terminated' if _terminated else 'interrupted'} after {wall:.0f} s: the "
               f"tables in {run_dir} are partial ({grid.num_terminated} of "
-              f"{spec.search.num_samples} trials finished).\nresume with: {resume}", file=sys.stderr)
+              f"{spec.search.planned_trials()} trials finished).\nresume with: {resume}", file=sys.stderr)
         return stopped_code()
     best = results.best_trial(trials, spec)
     if best is None:
@@ -358,6 +358,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
     test = sweep.test_best(record, spec, data)
+    uses = {"count": 1, "trials": [record.trial_id]}  # the one look at the test set (tuner.more adds)
     model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
     metric = spec.search.metric
     results.write_json(run_dir / "best.json", {
@@ -377,9 +378,11 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
+        "test_set_uses": uses,
     })
     keep_checkpoints(spec, records, record)
-    write_status(run_dir, "finished", experiment, resume, counts)  # a crash before it: resumable
+    # a crash before it: resumable
+    write_status(run_dir, "finished", experiment, resume, {**counts, "test_set_uses": uses})
     write_report(run_dir)
     print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(results.top_trials(trials, spec)))

@@ -251,7 +251,7 @@ def interrupted(grid: tune.ResultGrid, spec: Spec, experiment: str) -> bool:
     record it as PENDING (seen with Ray 2.60 when a trial's worker is killed): its Result carries
     the error, which Tune gives no trial that its clean-up stopped.
     """
-    if len(grid) < spec.search.num_samples:
+    if len(grid) < spec.search.planned_trials():
         return True
     failed = {Path(r.path).name for r in grid if r.error is not None}
     saved = tune.ExperimentAnalysis(experiment).trials
