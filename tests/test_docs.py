@@ -35,3 +35,48 @@ def test_tuner_is_a_regular_package_with_its_version():
 
     assert tuner.__file__ == str(ROOT / "tuner" / "__init__.py")
     assert tuner.__version__ == version("tuner")
+
+
+def _fields(model, prefix=""):
+    """Every field path of a pydantic section, e.g. data.augment.hflip."""
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        inner = info.annotation
+        inner = next((a for a in getattr(inner, "__args__", ()) if isinstance(a, type)), inner)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            yield from _fields(inner, f"{path}.")
+        else:
+            yield path
+
+
+def test_the_spec_reference_names_every_field_of_the_schema():
+    from tuner.spec import Spec
+
+    reference = (ROOT / "docs" / "spec.md").read_text()
+    missing = []
+    for path in _fields(Spec):
+        parts = path.split(".")
+        # a field is named in its section's row as `leaf`, or `augment.leaf` for nested ones
+        names = {f"`{parts[-1]}`", f"`{'.'.join(parts[1:])}`", f"`{path}`"}
+        if not any(n in reference for n in names):
+            missing.append(path)
+    assert not missing, f"docs/spec.md does not describe: {missing}"
+
+
+def test_links_between_readme_and_docs_resolve():
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(((?:docs/|\.\./|)[\w./-]+\.md)(?:#[\w-]+)?\)", page.read_text()):
+            assert (page.parent / target).resolve().is_file(), f"{page.name} links to {target}"
+
+
+def test_the_readme_spec_is_a_valid_spec(tmp_path):
+    from tuner.spec import load_spec
+
+    block = re.search(r"## A spec in ten lines\n.*?```yaml\n(.*?)```", README, flags=re.S).group(1)
+    assert len(block.splitlines()) <= 12
+    path = tmp_path / "my-sweep.yaml"
+    path.write_text(block)
+    spec = load_spec(path)
+    assert spec.search.scheduler == "asha" and set(spec.search.parameters) == {"lr", "batch_size"}
