@@ -113,8 +113,11 @@ def predict(model: torch.nn.Module, card: dict, files: list[Path], device: torch
     with torch.inference_mode():
         for start in range(0, len(files), CHUNK):
             chunk = files[start:start + CHUNK]
-            images, bad = decode_all(Path("."), chunk, prep["resize"])  # training's decoding
+            images, bad, scaled = decode_all(Path("."), chunk, prep["resize"])  # training's decoding
             errors.update({str(k): v for k, v in bad.items()})
+            if scaled:  # as in training: more than 8 bits per channel scaled to 8
+                log.info("%d image(s) of more than 8 bits scaled to 8 (%s, ...)", len(scaled),
+                         next(iter(scaled)))
             good = np.array([i for i, f in enumerate(chunk) if str(f) not in bad], dtype=np.int64)
             if len(good):
                 split = Split(preprocess(images[good], card), np.zeros(len(good), np.int64))
