@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from tuner import results
+from tuner.errors import InputError
 from tuner.report import comparison_table, load_run, write_report
 from tuner.results import TrialRecord
 from tuner.spec import Spec, dump_spec
@@ -132,14 +133,16 @@ def test_comparison_arms_are_shown_when_the_run_has_them(tmp_path):
     assert len(images(page)) == 4 and images(page)[0].size == (300, 200)  # compare.png first
 
 
-def make_comparison(folder: Path, finished=True) -> Path:
+def make_comparison(folder: Path, finished=True, data=None, arms=None, provenance=None) -> Path:
     """A comparison's run folder as compare.py writes it: trials.csv and epochs.csv with arm and
     phase columns. Arm "wide"'s best trial overall is one of its repeats (0.95); arm "narrow"
     searches worse than wide's search but better than wide's worst. Unfinished: narrow's search is
-    still running (its best so far), and it has no repeats yet."""
-    spec = Spec.model_validate({"name": "handcompare", "search": {
+    still running (its best so far), and it has no repeats yet. `data`, `arms`: the spec's data
+    section and arms' overrides (the arms are always wide and narrow)."""
+    spec = Spec.model_validate({"name": "handcompare", "data": data or {}, "search": {
         "num_samples": 2, "parameters": {"lr": {"loguniform": [1e-4, 1e-2]}}},
-        "compare": {"arms": {"wide": {"batch_size": 64}, "narrow": {"batch_size": 32}}, "repeats": 2}})
+        "compare": {"arms": arms or {"wide": {"batch_size": 64}, "narrow": {"batch_size": 32}},
+                    "repeats": 2}})
     steps = {
         ("wide", "search"): [("w-s1", 1e-3, 0.81), ("w-s2", 5e-3, 0.70)],
         ("narrow", "search"): [("n-s1", 2e-4, 0.78), ("n-s2", 8e-4, 0.74)],
@@ -160,7 +163,8 @@ def make_comparison(folder: Path, finished=True) -> Path:
         ep = results.epochs_table(records)
         epochs.append(ep.assign(arm=arm, phase=phase)[["arm", "phase", *ep.columns]])
     folder.mkdir(parents=True)
-    results.write_text(folder / "spec.yaml", dump_spec(spec) + yaml.safe_dump({"provenance": {}}))
+    results.write_text(folder / "spec.yaml",
+                       dump_spec(spec) + yaml.safe_dump({"provenance": provenance or {}}))
     results.write_csv(folder / "trials.csv", pd.concat(trials, ignore_index=True))
     results.write_csv(folder / "epochs.csv", pd.concat(epochs, ignore_index=True))
     done = [f"{phase}:{arm}" for phase, arm in
@@ -219,6 +223,96 @@ def test_several_runs_side_by_side(tmp_path):
     page = out.read_text()
     assert "The runs side by side" in page and page.count('<h2 id="run-') == 2
     assert len(comparison_table([load_run(fifo), load_run(asha)])) == 2
+
+
+SOURCE = ("file /r/transfer-source/run1/model/model.pt sha256:0123456789abcdef (tuner model); "
+          "119 backbone tensors loaded, conv1 loaded (1 channels), fc re-initialised (5->5 classes)")
+SCRATCH = "none (random init)"
+
+
+def make_size_run(folder: Path, per_class, scores: dict, arms=None, provenance=None) -> Path:
+    """A finished comparison (make_comparison) and its compare.csv: arm -> (test mean, 95% interval
+    low, high, repeats); wide starts from SOURCE, narrow from scratch. `per_class`: the spec's
+    data.train_per_class (None: all the images, or what `arms` override)."""
+    run = make_comparison(folder, data={"train_per_class": per_class} if per_class else None,
+                          arms=arms, provenance=provenance)
+    overrides = load_run(run).spec.compare.arms
+    pd.DataFrame([{
+        "arm": arm, "best_config": json.dumps({"lr": 1e-3}), "val_mean": mean, "val_std": 0.01,
+        "test_mean": mean, "test_std": 0.02, "test_ci95_low": low, "test_ci95_high": high,
+        "repeats": n, "trials": 2, "trial_epochs": 12, "device_s": 30.5,
+        "weights": SOURCE if arm == "wide" else SCRATCH, "overrides": json.dumps(overrides[arm]),
+    } for arm, (mean, low, high, n) in scores.items()]).to_csv(run / "compare.csv", index=False)
+    return run
+
+
+def test_a_learning_curve_over_comparisons_of_several_sizes(tmp_path):
+    small = make_size_run(tmp_path / "s20", 20, {"wide": (0.60, 0.52, 0.68, 3),
+                                                 "narrow": (0.41, 0.30, 0.52, 3)})
+    medium = make_size_run(tmp_path / "s100", 100, {"narrow": (0.70, 0.66, 0.74, 3),
+                                                    "wide": (0.78, 0.75, 0.81, 3)})
+    # sizes from the arms: wide's override; narrow trains on all the images, 5,000 per epoch over
+    # 5 classes (epochs.csv), and has one repeat only (no interval)
+    mixed = make_size_run(tmp_path / "mixed", None, {"wide": (0.90, 0.88, 0.92, 3),
+                                                      "narrow": (0.87, None, None, 1)},
+                          arms={"wide": {"batch_size": 64, "data.train_per_class": 500},
+                                "narrow": {"batch_size": 32}},
+                          provenance={"classes": ["a", "b", "c", "d", "e"]})
+    epochs = pd.read_csv(mixed / "epochs.csv")
+    epochs.assign(train_images=np.where(epochs["phase"] == "repeats", 5000, 4000)).to_csv(
+        mixed / "epochs.csv", index=False)
+    plain = make_run(tmp_path / "plain")  # not a comparison: no points
+    out = tmp_path / "study.html"
+    write_report([plain, medium, small, mixed], out, csv=tmp_path / "runs.csv")
+
+    curve = pd.read_csv(tmp_path / "study_curve.csv")
+    got = [(r.images_per_class, r.arm, r.test_mean, r.test_ci95_low, r.test_ci95_high, r.run)
+           for r in curve.itertuples()]
+    nan = pytest.approx(float("nan"), nan_ok=True)
+    assert got == [(20, "narrow", 0.41, 0.30, 0.52, "s20"),  # by arm (first run's order), size
+                   (100, "narrow", 0.70, 0.66, 0.74, "s100"),
+                   (1000, "narrow", 0.87, nan, nan, "mixed"),
+                   (20, "wide", 0.60, 0.52, 0.68, "s20"),
+                   (100, "wide", 0.78, 0.75, 0.81, "s100"),
+                   (500, "wide", 0.90, 0.88, 0.92, "mixed")]
+    assert (curve["trial_epochs"] == 12).all() and curve["repeats"].tolist() == [3, 3, 1, 3, 3, 3]
+    assert (curve.loc[curve["arm"] == "wide", "weights"] == SOURCE).all()
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 4  # --csv: still one row per run
+
+    from tuner.plots import curve_title
+    assert curve_title(curve) == ("weights: narrow: none (random init); wide: file "
+                                  "/r/transfer-source/run1/model/model.pt sha256:0123456789abcdef "
+                                  "(tuner model)")
+    wide = curve[curve["arm"] == "wide"]
+    assert curve_title(wide).startswith("weights: file /r/transfer-source/")  # one label
+
+    figure = Image.open(tmp_path / "study_curve.png")
+    assert figure.format == "PNG" and figure.size == (840, 360)
+    pixels = np.asarray(figure.convert("RGB")).astype(int)
+    assert pixels.std() > 10
+    # both arms' lines are drawn: matplotlib's C0 (blue) and C1 (orange) pixels
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(pixels - colour).sum(axis=2) < 30).sum() > 200, colour
+    page = out.read_text()
+    assert "<h2>Learning curve</h2>" in page and "study_curve.png and study_curve.csv" in page
+    assert images(page)[0].size == figure.size  # the curve comes first, before every run's figures
+
+
+def test_no_learning_curve_without_two_comparisons(tmp_path):
+    one = make_size_run(tmp_path / "s20", 20, {"wide": (0.6, 0.5, 0.7, 3),
+                                               "narrow": (0.4, 0.3, 0.5, 3)})
+    plain = [make_run(tmp_path / "a"), make_run(tmp_path / "b", scheduler="fifo")]
+    for runs in (plain, [*plain, one]):
+        page = write_report(runs, tmp_path / "r.html").read_text()
+        assert "Learning curve" not in page
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["r.html"]
+    # a compare.csv without the test scores: a clear error, nothing written
+    two = make_size_run(tmp_path / "s100", 100, {"wide": (0.8, 0.7, 0.9, 3)})
+    table = pd.read_csv(two / "compare.csv").drop(columns="test_mean")
+    table.to_csv(two / "compare.csv", index=False)
+    with pytest.raises(InputError, match=r"s100/compare.csv: not a tuner comparison table \(no test_m"):
+        write_report([one, two], tmp_path / "bad.html")
+    assert not list(tmp_path.glob("bad*"))
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_run", "several_without_out", "out_folder_missing",
@@ -305,8 +399,10 @@ def check_in_browser(page: Path, tmp_path: Path) -> Path:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_the_page_renders_its_figures_in_chromium(tmp_path):
     fifo, asha = make_run(tmp_path / "fifo", scheduler="fifo"), make_run(tmp_path / "asha")
-    comparison = make_comparison(tmp_path / "cmp")
-    write_report([fifo, asha, comparison], tmp_path / "both.html")
+    sizes = [make_size_run(tmp_path / f"s{n}", n, {"wide": (0.6 + n / 1000, 0.5, 0.75, 3),
+                                                  "narrow": (0.5 + n / 1000, 0.45, 0.7, 3)})
+             for n in (20, 100)]
+    write_report([fifo, asha, *sizes], tmp_path / "both.html")  # the learning curve first
     check_in_browser(tmp_path / "both.html", tmp_path)
 
 

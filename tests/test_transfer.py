@@ -1,6 +1,6 @@
-"""The transfer study's sweeps: they validate as shipped, the arms inherit the source weights, and a
+"""The transfer study's sweeps: they validate as shipped, the arms inherit the source weights, a
 real comparison whose arms train on different numbers of images per class (real Ray, HyperOpt,
-training, Fashion-MNIST)."""
+training, Fashion-MNIST), and an RGB image folder fine-tuned from one of its 1-channel models."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 import yaml
-from conftest import ROOT, run_cli, short_tmpdir
+from conftest import ROOT, make_image_folder, run_cli, short_tmpdir
+from test_folder import FOLDER_QUICK
 
 from tuner import fashion_mnist
 from tuner.spec import load_spec
@@ -63,3 +65,30 @@ def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(
     assert repeats["test_accuracy"].between(0, 1).all() and len(repeats) == 4
     # the arms' repeats share their seeds, so the verdict pairs them
     assert "(paired t, " in proc.stdout.strip().splitlines()[-1]
+
+    # the image folder case: RGB fine-tuned from arm few's 1-channel Fashion-MNIST model, conv1's
+    # filters repeated over R, G and B (scaled by 1/3, so that a gray image's activations keep
+    # their size); frozen (model.freeze: head), so model.pt holds conv1 as it was loaded
+    source = run / "model" / "few"
+    folder = make_image_folder(tmp_path / "imgs", train_per_class=12, test_per_class=4,
+                               odd_files=False)
+    proc = run_cli(*FOLDER_QUICK, "--set", f"data.root={folder}", "--set", "data.cache=false",
+                   "--set", "search.num_samples=1", "--set", "search.n_initial_points=1",
+                   "--set", "search.parameters={epochs: {choice: [1]}, lr: {loguniform: [1.0e-3, 2.0e-3]}}",
+                   "--set", f"model.weights={source}", "--set", "model.conv1=sum",
+                   "--set", "model.freeze=head", "--results", str(tmp_path / "folder-results"),
+                   tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder_run,) = (tmp_path / "folder-results").glob("*/*")
+    assert (folder_run / "best.json").is_file()
+    adapted = "conv1 adapted 1->3 channels (repeated), fc re-initialised (5->3 classes)"
+    tensors = yaml.safe_load((folder_run / "spec.yaml").read_text())["provenance"]["weights_tensors"]
+    assert tensors[str(source)].endswith(adapted), tensors
+    assert pd.read_csv(folder_run / "trials.csv")["weights"].str.contains(adapted, regex=False).all()
+    gray = torch.load(source / "model.pt", weights_only=True)
+    rgb = torch.load(folder_run / "model" / "model.pt", weights_only=True)
+    assert gray["conv1.weight"].shape == (64, 1, 7, 7) and rgb["conv1.weight"].shape == (64, 3, 7, 7)
+    assert torch.allclose(rgb["conv1.weight"], gray["conv1.weight"].repeat(1, 3, 1, 1) / 3)
+    assert all(torch.equal(rgb[k], v) for k, v in gray.items()
+               if not k.startswith(("fc.", "conv1.")))  # the rest of the backbone as it was
+    assert rgb["fc.weight"].shape == (3, 512)

@@ -1,11 +1,13 @@
 """The run's figures, one panel per function so the sweep's `sweep.png` and the HTML report share
 them: every trial's validation curve, the metric against each searched value, parallel coordinates,
-best-so-far against sweep time, where ASHA stopped trials, and for a comparison (`compare.png`) the
-arms side by side with their spread."""
+best-so-far against sweep time, where ASHA stopped trials, for a comparison (`compare.png`) the
+arms side by side with their spread, and for several comparisons the learning curve per arm."""
 
 from __future__ import annotations
 
 import io
+import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to manage
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from tuner.results import best_so_far, best_trial, scored_trials, sweep_seconds, write_bytes
 from tuner.spec import Spec
@@ -233,6 +235,60 @@ def plot_compare(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec, path: Pa
     draw_arms_search(search_ax, trials, arms, spec)
     fig.suptitle(f"{spec.name}: {len(arms)} arms compared", fontsize="medium")
     write_bytes(path, png(fig))
+
+
+SURGERY = re.compile(r"^\d+ backbone tensors loaded")  # the part of a weights text after the label
+
+
+def weights_names(text: str) -> list[str]:
+    """The weights labels in a compare.csv weights text ("label; surgery", joined by "; " when an
+    arm used several), without the surgery details (which tensors were loaded or adapted)."""
+    return [part for part in str(text).split("; ") if part and not SURGERY.match(part)]
+
+
+def curve_title(curve: pd.DataFrame) -> str:
+    """What the arms started from, for the learning curve's title: one label, or the arms that
+    share each label."""
+    arms: dict[str, list[str]] = {}
+    for arm, text in curve[["arm", "weights"]].drop_duplicates().itertuples(index=False):
+        for name in weights_names(text) or ["?"]:
+            arms.setdefault(name, [])
+            if arm not in arms[name]:
+                arms[name].append(arm)
+    if len(arms) == 1:
+        return "weights: " + next(iter(arms))
+    return "weights: " + "; ".join(f"{', '.join(a)}: {name}" for name, a in arms.items())
+
+
+def draw_learning_curve(ax: Axes, curve: pd.DataFrame) -> None:
+    """Test accuracy per arm against training images per class (log scale), one line per arm: each
+    point an arm's mean over its repeats in one comparison run, with its 95% interval. `curve` is
+    the report's tidy table (images_per_class, arm, test_mean, test_ci95_low, test_ci95_high,
+    weights); the title says what the weights were."""
+    shown = curve.dropna(subset=["images_per_class", "test_mean"])
+    arms = list(dict.fromkeys(shown["arm"]))
+    for i, arm in enumerate(arms):
+        rows = shown[shown["arm"] == arm].sort_values("images_per_class")
+        mean = rows["test_mean"].to_numpy(float)
+        # no interval (one repeat): the point alone
+        err = np.vstack([mean - rows["test_ci95_low"].to_numpy(float),
+                         rows["test_ci95_high"].to_numpy(float) - mean])
+        # arms spread a little sideways (in log x) so that their intervals at one size stay apart
+        shift = 10 ** (0.015 * (i - (len(arms) - 1) / 2))
+        ax.errorbar(rows["images_per_class"].to_numpy(float) * shift, mean,
+                    yerr=np.nan_to_num(err), fmt="-o", capsize=4, color=f"C{i}", label=arm)
+    sizes = sorted(shown["images_per_class"].unique())
+    ax.set_xscale("log")
+    if sizes:
+        ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
+        ax.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
+    ax.xaxis.set_minor_locator(NullLocator())  # the sizes run, not the log scale's decades
+    ax.set(xlabel="training images per class (log scale)",
+           ylabel="test accuracy (mean, 95% interval)")
+    ax.set_title("\n".join(["test accuracy per arm by training-set size",
+                             *textwrap.wrap(curve_title(curve), 100)]), fontsize="small")
+    if arms:
+        ax.legend(loc="best", fontsize="small")
 
 
 def plot_confusion(matrix: pd.DataFrame, path: Path) -> None:

@@ -5,7 +5,9 @@ It reads only the files of run directories (spec.yaml with its provenance, trial
 best.json, status.json, and compare.csv / compare.png when a comparison wrote them), so it works on
 a finished, an interrupted or a still running sweep. One run: the page goes to RUN_DIR/report.html.
 Several: a table comparing them, then each run; `--out` names the page, and `--csv` also writes the
-comparison table (e.g. the FIFO vs ASHA benchmark).
+comparison table (e.g. the FIFO vs ASHA benchmark). When two or more of the runs are comparisons
+(e.g. one per training-set size), the page opens with their learning curve, also written next to
+the page as `<out stem>_curve.png` and `<out stem>_curve.csv` (one row per size and arm).
 
 Exit 0: the page was written. Exit 2: bad input, one `error: ...` line on stderr, nothing written.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,12 @@ from tuner.errors import InputError
 from tuner.spec import Spec, load_spec
 
 REPORT_FILE = "report.html"
+# the learning curve's table: one row per comparison run and arm
+CURVE_COLUMNS = ["images_per_class", "arm", "test_mean", "test_ci95_low", "test_ci95_high",
+                 "test_std", "repeats", "trial_epochs", "device_s", "weights", "run", "name"]
+CURVE_NEEDS = ("arm", "test_mean", "test_ci95_low", "test_ci95_high")  # in compare.csv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -278,7 +288,92 @@ def run_context(run: Run) -> dict[str, Any]:
     }
 
 
-def render(runs: list[Run]) -> str:
+# --- the learning curve over several comparisons -------------------------------------------------
+
+
+def _json(text: Any) -> dict:
+    """A JSON object from a compare.csv cell (best_config, overrides); {} when empty or not one."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def images_per_class(run: Run, row: pd.Series) -> float:
+    """The training images per class one arm of a comparison trained on: data.train_per_class of
+    its repeats' spec (the run's spec, the arm's overrides, the chosen config's searched values,
+    applied as the trials applied them). An arm that trained on all the images: the images its
+    repeats trained on per epoch (epochs.csv) over the classes. NaN when neither tells."""
+    spec, arm = run.spec, str(row["arm"])
+    if spec.compare and arm in spec.compare.arms:
+        own = spec.arm(arm)
+    else:  # an arm the spec does not name: its overrides as compare.csv recorded them
+        own = spec.model_copy(update={"compare": None})
+        n = _json(row.get("overrides")).get("data.train_per_class")
+        if n is not None:
+            return float(n)
+    try:
+        n = own.with_values(_json(row.get("best_config"))).data.train_per_class
+    except ValueError:  # a config this spec cannot take: the arm's fixed value
+        n = own.data.train_per_class
+    if n is not None:
+        return float(n)
+    classes = run.provenance.get("classes") or spec.data.classes
+    epochs = run.epochs
+    if classes and {"arm", "train_images"} <= set(epochs.columns):
+        mine = epochs[epochs["arm"].astype(str) == arm]
+        if "phase" in mine:
+            mine = mine[mine["phase"] == "repeats"]
+        seen = mine["train_images"].max()
+        if pd.notna(seen):
+            return float(round(seen / len(classes)))
+    return math.nan
+
+
+def learning_curve(runs: list[Run]) -> pd.DataFrame | None:
+    """Test accuracy per arm and training-set size over the comparison runs (those with a
+    compare.csv): one row per run and arm, sorted by arm and size. None unless two or more of the
+    runs are comparisons. Raises InputError for a compare.csv without the test scores."""
+    comparisons = [r for r in runs if r.compare is not None]
+    if len(comparisons) < 2:
+        return None
+    rows = []
+    for run in comparisons:
+        missing = [c for c in CURVE_NEEDS if c not in run.compare]
+        if missing:
+            raise InputError(f"{run.path / 'compare.csv'}: not a tuner comparison table "
+                             f"(no {', '.join(missing)} column)")
+        for _, row in run.compare.iterrows():
+            size = images_per_class(run, row)
+            if math.isnan(size):
+                log.warning("%s: arm %s: cannot tell its training images per class; left out of "
+                            "the learning curve", run.path, row["arm"])
+                continue
+            rows.append({**{c: row.get(c) for c in CURVE_COLUMNS}, "images_per_class": size,
+                         "arm": str(row["arm"]), "run": run.path.name, "name": run.spec.name})
+    table = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    arms = list(dict.fromkeys(table["arm"]))  # the first run's order of arms
+    table["images_per_class"] = table["images_per_class"].astype(int)  # whole images
+    return table.sort_values(["arm", "images_per_class"], kind="stable", ignore_index=True,
+                             key=lambda c: c.map(arms.index) if c.name == "arm" else c)
+
+
+def curve_png(curve: pd.DataFrame) -> bytes:
+    """The learning curve as PNG bytes (one wide panel)."""
+    fig, (ax,) = plots.panels(1, wide=2.0)
+    plots.draw_learning_curve(ax, curve)
+    return plots.png(fig)
+
+
+def curve_paths(out: Path) -> tuple[Path, Path]:
+    """Where the learning curve's figure and table go: next to the page, named after it."""
+    out = Path(out)
+    return out.with_name(out.stem + "_curve.png"), out.with_name(out.stem + "_curve.csv")
+
+
+def render(runs: list[Run], curve: tuple[pd.DataFrame, bytes, str] | None = None) -> str:
+    """The page; `curve`: the learning curve's table, PNG and the name of its files, if any."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("tuner", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     table = comparison_table(runs) if len(runs) > 1 else None
@@ -286,17 +381,28 @@ def render(runs: list[Run]) -> str:
              else f"{len(runs)} sweeps compared")
     return env.get_template("report.html.j2").render(
         title=title, comparison=None if table is None else html_table(table),
+        curve=None if curve is None else {"table": html_table(curve[0]), "src": data_uri(curve[1]),
+                                          "files": curve[2]},
         runs=[run_context(r) for r in runs])
 
 
 def write_report(run_dirs: list[Path], out: Path, csv: Path | None = None) -> Path:
-    """Read the run directories and write the page to `out` (and the comparison table to `csv`).
+    """Read the run directories and write the page to `out` (and the comparison table to `csv`;
+    the learning curve of two or more comparisons next to `out`: curve_paths).
     Every input is checked before anything is written; raises InputError."""
     runs = [load_run(d) for d in run_dirs]
     for target in filter(None, (out, csv)):
         if not Path(target).parent.is_dir():
             raise InputError(f"{target}: its folder {Path(target).parent} does not exist")
-    results.write_text(Path(out), render(runs))
+    curve = learning_curve(runs)
+    drawn = None
+    if curve is not None:
+        png_path, csv_path = curve_paths(out)
+        drawn = (curve, curve_png(curve), f"{png_path.name} and {csv_path.name}")
+    results.write_text(Path(out), render(runs, drawn))
+    if drawn is not None:
+        results.write_bytes(png_path, drawn[1])
+        results.write_csv(csv_path, curve)
     if csv is not None:
         results.write_csv(Path(csv), comparison_table(runs))
     return Path(out)
