@@ -154,7 +154,9 @@ def test_repeats_are_the_best_config_over_fresh_seeds():
 def test_repeats_never_reuse_a_seed_a_search_trial_trained_with():
     """train.seed searched: the search trials' seeds (the chosen trial's among them) are skipped,
     so no repeat reproduces a search trial."""
-    spec = load_spec(QUICK, [ARMS, "train.seed=7", "search.parameters.seed={choice: [7, 8, 10, 11]}"])
+    spec = load_spec(QUICK, [ARMS, "search.parameters.seed={choice: [7, 8, 10, 11]}"])
+    # train.seed 7 as well (a --set of a searched field is refused, as it would be ignored)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": 7})})
     best = {"epochs": 2, "batch_size": 64, "lr": 5e-4, "seed": 8}
     rep = repeats_spec(spec.arm("head"), best, 3, used=[8, 10, 7])
     assert [p["seed"] for p in rep.search.points_to_evaluate] == [9, 11, 12]
