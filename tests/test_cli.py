@@ -324,13 +324,3 @@ def test_tuner_run_is_tuner_dot_run():
     proc = tuner("-m", "tuner", "launch")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown command" in proc.stderr
 
-
-def test_a_command_whose_module_is_missing_is_a_clear_error():
-    import importlib.util
-
-    missing = [c for c in ("predict", "export") if importlib.util.find_spec(f"tuner.{c}") is None]
-    if not missing:
-        pytest.skip("tuner.predict and tuner.export are both here")
-    proc = tuner("-m", "tuner", missing[0], "x")
-    assert proc.returncode == 2 and proc.stderr == (
-        f"error: tuner {missing[0]}: this installation has no tuner.{missing[0]} module yet\n")
