@@ -300,6 +300,11 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "status.json").write_text("{}")
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    # Ray caches its auth token per process: an earlier test's cluster (its own token) must not
+    # be what this new local cluster is asked for
+    reset_auth_token_state()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _temp_dir=str(short_tmpdir()))
     try:
