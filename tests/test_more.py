@@ -98,6 +98,8 @@ def test_more_trials_join_the_sweep_and_tpe_goes_on(tmp_path):
     changed = best["trial_id"] != chosen_first
     assert uses["count"] == (2 if changed else 1)
     assert uses["trials"] == [chosen_first, *([best["trial_id"]] if changed else [])]
+    # the chosen checkpoint is named relative to the run folder, whichever experiment holds it
+    assert not Path(best["checkpoint"]).is_absolute() and (run / best["checkpoint"]).is_dir()
     assert best["trial_id"] == trials.loc[trials["val_accuracy"].idxmax(), "trial_id"]
     from tuner import report
 

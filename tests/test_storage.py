@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -85,10 +86,13 @@ def test_storage_uri_paths_keep_the_query_at_the_end():
     assert sweep.storage_join("s3://b", "x", "y") == "s3://b/x/y"
     assert sweep.storage_split("/tmp/run/trials") == ("/tmp/run", "trials")
     checkpoint = SimpleNamespace(path="b/runs/fashion-x/trial_1/checkpoint_000001")
-    assert sweep.checkpoint_location(checkpoint, experiment) == (
+    assert sweep.checkpoint_location(checkpoint, experiment, Path("/tmp/run")) == (
         "s3://b/runs/fashion-x/trial_1/checkpoint_000001?endpoint_override=127.0.0.1:9000&scheme=http")
     local = SimpleNamespace(path="/tmp/run/trials/trial_1/checkpoint_000001")
-    assert sweep.checkpoint_location(local, "/tmp/run/trials") == local.path
+    # a local checkpoint is named relative to its run folder, outside it by its own path
+    assert sweep.checkpoint_location(local, "/tmp/run/trials", Path("/tmp/run")) == (
+        "trials/trial_1/checkpoint_000001")
+    assert sweep.checkpoint_location(local, "/tmp/run/trials", Path("/tmp/other")) == local.path
 
 
 def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):

@@ -172,17 +172,6 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def location(path: str, filesystem: Any, run_dir: Path) -> str:
-    """A checkpoint's place for best.json, never an absolute machine path when it can be helped:
-    relative to the run folder when under it, a URI (s3://...) as is, else the path."""
-    if filesystem is not None and getattr(filesystem, "type_name", "local") != "local":
-        return path if "://" in path else f"{filesystem.type_name}://{path}"
-    try:
-        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
-    except ValueError:
-        return path
-
-
 # --- reading --------------------------------------------------------------------------------------
 
 

@@ -157,7 +157,7 @@ def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[
 def list_split(root: Path, split: str) -> Listing:
     """Class folders (sorted names, hidden ones left out) and their image files, in sorted order."""
     top = root / split
-    classes = tuple(sorted(d.name for d in top.iterdir() if d.is_dir() and not _hidden(d.name)))
+    classes = tuple(sorted(d.name for d in top.iterdir() if d.is_dir() and not is_hidden(d.name)))
     if not classes:
         raise InputError(f"data.root: {top} has no class folders; put each class's images in "
                          f"{split}/<class name>/")
@@ -165,10 +165,10 @@ def list_split(root: Path, split: str) -> Listing:
     for label, name in enumerate(classes):
         found = 0
         for dirpath, dirnames, filenames in os.walk(top / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for fname in sorted(filenames):
                 path = Path(dirpath, fname).relative_to(root)
-                if _hidden(fname) or not fname.lower().endswith(IMG_EXTENSIONS):
+                if is_hidden(fname) or not fname.lower().endswith(IMG_EXTENSIONS):
                     skipped.append(str(path))
                     continue
                 files.append(path)
@@ -180,7 +180,8 @@ def list_split(root: Path, split: str) -> Listing:
     return Listing(classes, files, labels, skipped)
 
 
-def _hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders and desktop clutter: never images, skipped by training and predict."""
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
 

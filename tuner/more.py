@@ -239,7 +239,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
             metric: best[metric], "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"], "epochs_completed": int(best["epochs_completed"]),
             **test, "test_images": len(data.test), "classes": list(data.classes),
-            "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment),
+            "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment, run_dir),
             "weights": best["weights"],
             "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
         }

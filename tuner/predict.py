@@ -32,7 +32,7 @@ from tuner import artifact
 from tuner.batches import DeviceSplit, eval_batches
 from tuner.data import Pixels, Split
 from tuner.errors import InputError
-from tuner.folder import _hidden, decode_all
+from tuner.folder import is_hidden, decode_all
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,16 @@ def gather(inputs: list[Path], classes: list[str]) -> tuple[list[Path], list[int
             continue
         if not path.is_dir():
             raise InputError(f"{path}: no such file or folder")
-        subdirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not _hidden(d.name))
-        own = [f for f in path.iterdir() if f.is_file() and not _hidden(f.name)]
+        subdirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not is_hidden(d.name))
+        own = [f for f in path.iterdir() if f.is_file() and not is_hidden(f.name)]
         layout = bool(subdirs) and not own and all(d in index for d in subdirs)
         if subdirs and not own and not layout:
             notes.append(f"{path}: its folders [{', '.join(subdirs)}] are not all the model's "
                          f"classes [{', '.join(classes)}]: no accuracy, predictions only")
         for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
             for name in sorted(filenames):
-                if _hidden(name):
+                if is_hidden(name):
                     hidden += 1
                     continue
                 f = Path(dirpath, name)

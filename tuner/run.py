@@ -373,8 +373,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "test_images": len(data.test),
         "classes": list(data.classes),
         "model": model_dir,  # model.pt and model.json, relative to the run folder
-        "checkpoint": artifact.location(sweep.checkpoint_location(record.checkpoint, experiment),
-                                        record.checkpoint.filesystem, run_dir),
+        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment, run_dir),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best

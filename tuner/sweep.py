@@ -150,11 +150,15 @@ def storage_split(location: str) -> tuple[str, str]:
     return urlunsplit(u._replace(path=parent)), name
 
 
-def checkpoint_location(checkpoint: tune.Checkpoint, experiment: str) -> str:
-    """Where a trial's checkpoint is, as a user would name it: a local path, or a URI in the
-    experiment's storage (Ray's Checkpoint.path has the URI's scheme and query stripped off)."""
+def checkpoint_location(checkpoint: tune.Checkpoint, experiment: str, run_dir: Path) -> str:
+    """Where a trial's checkpoint is, as best.json names it: relative to the run folder when it is
+    under it (a run folder can be moved), else the local path, or a URI in the experiment's storage
+    (Ray's Checkpoint.path has the URI's scheme and query stripped off)."""
     if not is_uri(experiment):
-        return checkpoint.path
+        try:
+            return str(Path(checkpoint.path).resolve().relative_to(Path(run_dir).resolve()))
+        except ValueError:  # a --storage folder outside the run: its own absolute path
+            return checkpoint.path
     u = urlsplit(experiment)
     root = PurePosixPath(u.netloc + u.path)
     try:
