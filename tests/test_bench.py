@@ -107,3 +107,24 @@ def test_bench_folder_mode_checks_the_folder(tmp_path):
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: --folder") and "no train/ folder" in proc.stderr
+
+
+def test_bench_overhead_times_a_trivial_sweep_phase_by_phase(tmp_path):
+    out_csv = tmp_path / "overhead.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", "bench", "--overhead", "--repeats", "1", "--csv", str(out_csv)],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(out_csv).set_index("phase")["median_s"]
+    for phase in ("startup", "imports", "weights", "data", "ray start", "sweep (outside training)",
+                  "test", "model", "report", "shutdown", "exit", "trial: training + validation"):
+        assert phase in table.index and table[phase] >= 0, (phase, table.to_dict())
+    # the phases account for the wall time: nothing unnamed is left but the interpreter's exit
+    parts = table.drop(["wall", "outside training"]).sum()
+    assert abs(parts - table["wall"]) < 0.05 + 0.01 * table["wall"], table.to_dict()
+    assert abs(table["wall"] - table["trial: training + validation"] - table["outside training"]) < 0.05
+    # the test runs in a worker that imported torch during the sweep, not in a new process, and
+    # the driver skips the interpreter's teardown (each took seconds)
+    assert table["test"] < table["sweep (outside training)"] / 2, table.to_dict()
+    assert table["exit"] < 1.0, table.to_dict()
+    assert "outside training" in proc.stdout and "ray start" in proc.stdout

@@ -3,6 +3,7 @@
     python -m tuner.bench [--device cpu|cuda] [--batch-size 128] [--steps 50] [--precision fp32]
     python -m tuner.bench --sweep 1,2,4,8 [--set key=value ...]   # the tutorial's sweep at each packing
     python -m tuner.bench --folder PATH [--image-size 224] [--resize 256]  # an image folder vs d2l
+    python -m tuner.bench --overhead [--repeats 3]   # a trivial sweep's fixed cost, phase by phase
 
 (a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
     DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
@@ -501,9 +502,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", type=Path, metavar="PATH",
                    help="an image folder (PATH/train/<class>/...): tuner's resident pipeline against "
                         "the d2l chapter's, alone and with the model (--steps 0: pipelines only)")
+    p.add_argument("--overhead", action="store_true",
+                   help="time a trivial sweep (1 trial, 1 epoch, 600 images of --spec) phase by phase, "
+                        "--repeats times (tuner.overhead)")
     p.add_argument("--image-size", type=_positive, default=224, help="--folder: crop size (224)")
     p.add_argument("--resize", type=_positive, default=256, help="--folder: stored size (256)")
     args = p.parse_args(argv)
+    if args.overhead:
+        from tuner import overhead
+
+        spec = args.spec if args.spec != p.get_default("spec") else "sweeps/fashion-quick.yaml"
+        rest = [f"--spec={spec}", f"--repeats={args.repeats}",
+                *[f"--set={o}" for o in args.set], *([f"--csv={args.csv}"] if args.csv else [])]
+        return overhead.main(rest)
     if args.folder:
         if not (args.folder / "train").is_dir():
             p.error(f"--folder {args.folder}: no train/ folder there")

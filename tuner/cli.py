@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if help_asked and code == 0:  # the module's own help, then what every tuner command shows
         print(f"\n{_examples(name)}\n\n{TOOL_EXIT_CODES}")
+    if argv_from_console and name in ("run", "resume"):  # a sweep's driver: skip the slow teardown
+        from tuner.fastexit import exit_now
+
+        exit_now(code or 0)
     return code or 0
 
 

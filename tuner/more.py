@@ -285,4 +285,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tuner.fastexit import exit_now
+
+    exit_now(main())

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from tuner import rayenv
+from tuner import phases, rayenv
 from tuner.errors import InputError
 from tuner.spec import Spec, dump_spec, load_spec
 
@@ -107,6 +107,7 @@ def stopped_code() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    phases.record("startup", phases.since_start())  # the interpreter and tuner.run's imports
     handle_sigterm()
     try:
         args = parse_args(argv)
@@ -130,18 +131,23 @@ def main(argv: list[str] | None = None) -> int:
 def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path | None = None):
     """Everything about the spec that can be bad input, checked before anything is written or Ray
     starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
-    from tuner import sweep  # imports Ray: only when needed
-    from tuner.data import load_for
-    from tuner.model import check_surgery, resolve_all, weights_label
+    with phases.phase("imports"):
+        from tuner import sweep  # imports Ray: only when needed
+        from tuner.data import load_for
+        from tuner.model import check_surgery, resolve_all, weights_label
 
-    sweep.check_buildable(spec)
-    weights = resolve_all(spec.model_variants())  # every arm's, every searched choice's
+    with phases.phase("checks"):
+        sweep.check_buildable(spec)
+    with phases.phase("weights"):
+        weights = resolve_all(spec.model_variants())  # every arm's, every searched choice's
     if recorded_weights is not None and recorded_weights != weights_label(weights):
         raise InputError(f"--resume {run_dir}: the run started with weights {recorded_weights!r} "
                          f"but now gets {weights_label(weights)!r}; resuming would mix them")
-    data = load_for(spec)
-    for m in spec.model_variants():
-        check_surgery(m, weights[m.weights], data.classes)
+    with phases.phase("data"):
+        data = load_for(spec)
+    with phases.phase("checks"):
+        for m in spec.model_variants():
+            check_surgery(m, weights[m.weights], data.classes)
     return weights, data
 
 
@@ -276,27 +282,38 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
     rayenv.prepare(args.address)  # before the first import of ray
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
-    import ray
+    with phases.phase("imports"):
+        import ray
 
-    from tuner import cluster, live, memory, results, sweep
-    from tuner.model import weights_label
+        from tuner import cluster, live, memory, results, sweep
+        from tuner.model import weights_label
 
     # Everything that can be bad input is checked before anything is written.
     weights, data = check_inputs(spec, recorded_weights, run_dir)
     label = weights_label(weights)
+    folder = [run_dir] if run_dir else []  # where the driver's phases go, once there is a folder
     with ExitStack() as stack:
-        if cluster.connect(args.address, spec.resources):
-            stack.callback(ray.shutdown)  # the embedded Ray we started: no process left behind
+        # Registered first, so it runs last: the timeline includes Ray's shutdown.
+        stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE,
+                                                              {"phases_s": phases.seconds()}))
+        with phases.phase("ray start"):
+            started = cluster.connect(args.address, spec.resources)
+        if started:  # the embedded Ray we started: no process left behind
+            stack.callback(phases.timed("shutdown", ray.shutdown))
+            sweep.warm_worker()  # for the test after the sweep
         handle_sigterm()  # ray.init installed its own, which exits without writing anything
-        cluster.check_resources(spec.resources)
-        memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
-        cluster.check_storage(args.address, spec.run.storage)
+        with phases.phase("checks"):
+            cluster.check_resources(spec.resources)
+            memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+            cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
             stack.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
-            results.write_text(run_dir / "spec.yaml",
-                               spec_record(spec, label, data, args, surgeries(spec, weights, data)))
+            folder.append(run_dir)
+            with phases.phase("run folder"):
+                results.write_text(run_dir / "spec.yaml", spec_record(spec, label, data, args,
+                                                                      surgeries(spec, weights, data)))
         elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
@@ -308,18 +325,20 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         if spec.compare is not None:
             from tuner import compare
 
-            code = compare.run_comparison(spec, data, weights, run_dir, experiment, resume)
+            with phases.phase("sweep"):
+                code = compare.run_comparison(spec, data, weights, run_dir, experiment, resume)
             if code == 130:
                 return stopped_code()  # 143 after SIGTERM
             write_report(run_dir)
             return code
 
         t0 = time.perf_counter()
-        # On --resume the LiveTables given at the start comes back with Ray's saved RunConfig.
-        tuner = (sweep.make_tuner(spec, data, weights, experiment,
-                                  callbacks=[live.LiveTables(run_dir, spec, labels(weights))])
-                 if not args.resume else sweep.restore_tuner(spec, data, weights, experiment))
-        grid = tuner.fit()
+        with phases.phase("sweep"):  # the trials' training, and Tune's work around it
+            # On --resume the LiveTables given at the start comes back with Ray's saved RunConfig.
+            tuner = (sweep.make_tuner(spec, data, weights, experiment,
+                                      callbacks=[live.LiveTables(run_dir, spec, labels(weights))])
+                     if not args.resume else sweep.restore_tuner(spec, data, weights, experiment))
+            grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
 
@@ -329,14 +348,15 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
     from tuner import artifact, results, sweep
 
-    records = sweep.collect(grid, spec)
-    partial = sweep.interrupted(grid, spec, experiment)
-    trials = results.trials_table(records, spec, labels(weights), interrupted=partial)
-    results.write_csv(run_dir / "trials.csv", trials)
-    epochs = results.epochs_table(records)
-    results.write_csv(run_dir / "epochs.csv", epochs)
-    for key, table in results.summary_tables(trials, spec).items():
-        results.write_csv(run_dir / f"summary_by_{key}.csv", table)
+    with phases.phase("tables"):
+        records = sweep.collect(grid, spec)
+        partial = sweep.interrupted(grid, spec, experiment)
+        trials = results.trials_table(records, spec, labels(weights), interrupted=partial)
+        results.write_csv(run_dir / "trials.csv", trials)
+        epochs = results.epochs_table(records)
+        results.write_csv(run_dir / "epochs.csv", epochs)
+        for key, table in results.summary_tables(trials, spec).items():
+            results.write_csv(run_dir / f"summary_by_{key}.csv", table)
     write_plot(spec, epochs, trials, run_dir)
     cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
     counts = {"trials": results.trial_counts(trials, spec.search.planned_trials()), "cost": cost,
@@ -357,9 +377,11 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
     record = next(r for r in records if r.trial_id == best["trial_id"])
-    test = sweep.test_best(record, spec, data)
+    with phases.phase("test"):
+        test = sweep.test_best(record, spec, data)
     uses = {"count": 1, "trials": [record.trial_id]}  # the one look at the test set (tuner.more adds)
-    model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
+    with phases.phase("model"):
+        model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
     metric = spec.search.metric
     results.write_json(run_dir / "best.json", {
         "trial_id": record.trial_id,
@@ -408,19 +430,21 @@ def labels(weights: dict) -> dict[str, str]:
 
 
 def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
-    from tuner import plots
-
     try:
-        plots.plot_sweep(epochs, trials, spec, run_dir / "sweep.png")
+        with phases.phase("figure"):
+            from tuner import plots  # matplotlib: counted as the figure's
+
+            plots.plot_sweep(epochs, trials, spec, run_dir / "sweep.png")
     except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
         log.warning("sweep.png not written: %s: %s", type(e).__name__, e)
 
 
 def write_report(run_dir: Path) -> None:
     try:
-        from tuner import report
+        with phases.phase("report"):
+            from tuner import report
 
-        report.write_report([run_dir], run_dir / "report.html")
+            report.write_report([run_dir], run_dir / "report.html")
     except Exception as e:  # noqa: BLE001  like the figure: never lose a run's results to it
         log.warning("report.html not written: %s: %s", type(e).__name__, e)
 
@@ -477,4 +501,6 @@ def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tuner.fastexit import exit_now
+
+    exit_now(main())
