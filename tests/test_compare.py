@@ -329,7 +329,6 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     results = tmp_path / "results"
     args = [str(QUICK), "--results", str(results),
             "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-            "--set", "model.small_input_stem=true",
             "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
             "--set", "search.parameters={lr: {loguniform: [3.0e-4, 3.0e-3]}}",
             "--set", "train.epochs=1",

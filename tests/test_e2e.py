@@ -177,12 +177,12 @@ def test_compiled_training_steps(tmp_path):
     epoch, and the chosen one's checkpoint loads into a plain model for the test evaluation."""
     inductor = tmp_path / "inductor"
     run = quick_sweep(
-        tmp_path, "train.compile=default", "search.num_samples=2", "search.n_initial_points=1",
-        "search.max_concurrent=1", "search.parameters={epochs: {choice: [2]}, lr: {choice: [1.0e-3]}}",
+        tmp_path, "train.compile=default", "search.num_samples=1", "search.n_initial_points=1",
+        "search.parameters={epochs: {choice: [2]}, lr: {choice: [1.0e-3]}}",
         TORCHINDUCTOR_CACHE_DIR=str(inductor),
     )
     trials = pd.read_csv(run / "trials.csv")
-    assert list(trials["status"]) == ["finished", "finished"]
+    assert list(trials["status"]) == ["finished"]
     assert any(inductor.rglob("*.py")), "nothing was compiled"
     assert yaml.safe_load((run / "spec.yaml").read_text())["train"]["compile"] == "default"
     epochs = pd.read_csv(run / "epochs.csv")
