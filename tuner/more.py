@@ -150,6 +150,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         if cluster.connect(args.address, spec.resources):
             stack.callback(ray.shutdown)
+            sweep.warm_worker()  # for the test, should the choice change
         run.handle_sigterm()
         cluster.check_resources(spec.resources)
         memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])

@@ -44,12 +44,12 @@ def measure_once(spec: str, overrides: list[str], results: Path) -> dict[str, fl
         raise InputError(f"the trivial sweep failed (exit {done.returncode}): {tail}")
     run_dir = next(p.parent for p in results.glob("*/*/status.json"))
     status = json.loads((run_dir / "status.json").read_text())
-    phases = dict(status["phases_s"])
+    phases = dict(status.get("phases_s", {}))  # none from a tuner that did not time them
     training = float(pd.read_csv(run_dir / "epochs.csv")["epoch_time_s"].sum())
-    phases["sweep"] = phases.get("sweep", 0.0) - training  # Tune's own part: worker, data, setup
-    timed = sum(phases.values())
-    return {**phases, "exit": max(0.0, wall - training - timed), TRAINING: training,
-            "wall": wall, OUTSIDE: wall - training}
+    if "sweep" in phases:
+        phases["sweep"] -= training  # Tune's own part: the worker's start, its imports, the data
+        phases["exit"] = max(0.0, wall - training - sum(phases.values()))
+    return {**phases, TRAINING: training, "wall": wall, OUTSIDE: wall - training}
 
 
 def table(runs: list[dict[str, float]]) -> pd.DataFrame:
