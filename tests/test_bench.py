@@ -21,7 +21,8 @@ def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
     speedup, own, ref = map(float, m.groups())
     assert own > 0 and ref > 0 and abs(speedup - own / ref) < 0.01
     row = pd.read_csv(out_csv).iloc[0]
-    assert row["batch_size"] == 16 and row["device"] == "cpu" and row["speedup"] == round(own / ref, 2)
+    assert row["batch_size"] == 16 and row["device"] == "cpu"
+    assert row["speedup"] == speedup  # the printed figure (own and ref are printed rounded)
     # the reference read torchvision's own layout, unpacked from the local mirror
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
