@@ -49,9 +49,10 @@ COMMANDS = {
     "export": Command("export", "export a run's chosen model for use outside tuner", (
         "tuner export results/fashion-quick/20260101-120000-ab12 --out model.pt",
     )),
-    "bench": Command("bench", "measure training throughput (tuner's loop against a plain one)", (
+    "bench": Command("bench", "measure training throughput, or a sweep's fixed cost (--overhead)", (
         "tuner bench --steps 30 --repeats 3",
         "tuner bench --folder data/hotdog --steps 0 --repeats 5",
+        "tuner bench --overhead --repeats 3",
     )),
     "cost": Command("cost", "FLOPs and speed per image of the model's stem variants", (
         "tuner cost --no-timing",
