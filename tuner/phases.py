@@ -6,11 +6,8 @@ No heavy imports: the CLI times its own imports with it.
 
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import contextmanager
-
-log = logging.getLogger(__name__)
 
 _seconds: dict[str, float] = {}  # this process's phases, in the order they first ran
 
@@ -56,7 +53,3 @@ def since_start() -> float:
 def seconds() -> dict[str, float]:
     """The phases so far, in seconds, rounded to milliseconds."""
     return {k: round(v, 3) for k, v in _seconds.items()}
-
-
-def reset() -> None:
-    _seconds.clear()

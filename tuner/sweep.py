@@ -285,13 +285,8 @@ def collect(grid: tune.ResultGrid, spec: Spec) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def _import_trainable() -> int:
+def _import_trainable() -> None:
     import tuner.trainable  # noqa: F401  torch, torchvision, Ray Tune: seconds of imports
-
-    return os.getpid()
-
-
-_warming: list[ray.ObjectRef] = []
 
 
 def warm_worker() -> None:
@@ -299,8 +294,9 @@ def warm_worker() -> None:
     while the sweep runs: the test of the chosen trial (and the model's fetch) then run in it at
     once, not in a new process that spends seconds importing first. Trial actors get processes
     of their own, so this helps the tasks after the sweep. It asks for no CPU, so it takes no
-    trial's place; on these imports it spends about a core-second or three."""
-    _warming.append(ray.remote(num_cpus=0)(_import_trainable).remote())
+    trial's place; on these imports it spends about a core-second or three. (Ray runs a task
+    whose result nobody keeps all the same.)"""
+    ray.remote(num_cpus=0)(_import_trainable).remote()
 
 
 def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> dict:
