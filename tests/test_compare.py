@@ -305,8 +305,9 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
     # Ray caches its auth token per process: an earlier test's cluster (its own token) must not
     # be what this new local cluster is asked for
     reset_auth_token_state()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _temp_dir=str(short_tmpdir()))
+    # "local": a Ray of its own, never one another test left running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, _temp_dir=str(short_tmpdir()))
     try:
         before = object_store_bytes()
         code = compare.run_comparison(spec, data, weights, run_dir,

@@ -1,4 +1,5 @@
 """Sweeps that survive: a killed trial worker, an interrupted driver, a killed driver, and resume.
+(Ctrl-C and the --resume that completes the sweep: test_live.py, with the live tables.)
 
 Every test runs the real CLI on real data with an embedded Ray, and ends only what it started.
 """
@@ -93,38 +94,6 @@ def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["trials"]["error"] == 1
     assert "interrupted" not in (tmp_path / "cli.log").read_text()
-
-
-def test_ctrl_c_writes_partial_tables_then_resume_completes(tmp_path):
-    results = tmp_path / "results"
-    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
-    try:
-        wait_for(lambda: any(r["epoch"] == 2 for r in reports(results)), 300,
-                 "a finished trial", proc)
-        os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        stop_group(proc)
-    log = (tmp_path / "cli.log").read_text()
-    run = run_dir_of(results)
-    status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "partial"
-    assert f"resume with: python -m tuner.run --resume {run}" in log
-    partial = pd.read_csv(run / "trials.csv")
-    assert "finished" in set(partial["status"]) and not (run / "best.json").exists()
-
-    done = run_cli("--resume", str(run), tmp_path=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
-    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
-    assert_epochs_once(epochs, trials)
-    kept = partial[partial.status == "finished"].set_index("trial_id")["val_accuracy"]
-    assert (trials.set_index("trial_id").loc[kept.index, "val_accuracy"] == kept).all()
-    assert (run / "best.json").exists()
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
-
-    again = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
-    assert again.returncode == 2 and "finished already" in again.stderr
 
 
 def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path):

@@ -1,5 +1,5 @@
 """Tables that grow while a real sweep runs (a Ray Tune callback on the driver), through a Ctrl-C and
-a --resume, and the costs and report the sweep writes at the end."""
+a --resume that completes it, and the costs and report the sweep writes at the end."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import signal
 
 import pandas as pd
 import pytest
-from conftest import QUICK, start_cli, stop_group, wait_for
+from conftest import QUICK, run_cli, start_cli, stop_group, wait_for
+from test_faults import assert_epochs_once
 from test_report import CHROMIUM, check_in_browser, images
 
 # Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
@@ -63,6 +64,9 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
     partial = json.loads((run / "status.json").read_text())
     assert partial["state"] == "partial" and partial["trials"]["finished"] >= 1
     assert (run / "report.html").exists()  # a partial run gets its report too
+    assert f"resume with: python -m tuner.run --resume {run}" in (tmp_path / "cli.log").read_text()
+    assert "finished" in set(pd.read_csv(run / "trials.csv")["status"])
+    assert not (run / "best.json").exists()  # no look at the test set before the sweep is done
 
     # --resume: the callback comes back with Ray's saved RunConfig and keeps the ended trials' rows.
     proc = start_cli("--resume", str(run), tmp_path=tmp_path)
@@ -82,6 +86,7 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
 
     trials = pd.read_csv(run / "trials.csv")
     assert set(trials["status"]) == {"finished"} and (trials["trial_epochs"] == 2).all()
+    assert_epochs_once(pd.read_csv(run / "epochs.csv"), trials)  # nothing trained twice or lost
     assert (trials["device_s"] == trials["wall_time_s"]).all()  # 1 CPU per trial, no GPU
     best = json.loads((run / "best.json").read_text())
     status = json.loads((run / "status.json").read_text())
@@ -91,6 +96,8 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
     assert 0 < best["cost"]["time_to_best_s"]
     assert status["trials"] == {"finished": 3, "stopped_early": 0, "running": 0, "pending": 0,
                                 "error": 0, "planned": 3}
+    again = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
+    assert again.returncode == 2 and "finished already" in again.stderr
     page = (run / "report.html").read_text()  # written by the sweep at its end
     assert f"test accuracy {best['test_accuracy']:.4f}" in page and len(images(page)) == 3
     if CHROMIUM is None:

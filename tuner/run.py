@@ -370,6 +370,11 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         results.write_csv(run_dir / "epochs.csv", epochs)
         for key, table in results.summary_tables(trials, spec).items():
             results.write_csv(run_dir / f"summary_by_{key}.csv", table)
+    best = None if partial else results.best_trial(trials, spec)
+    record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
+    if record is not None:  # the test runs in a Ray worker while the driver draws the figure
+        with phases.phase("test"):
+            started = sweep.start_test(record, spec, data)
     write_plot(spec, epochs, trials, run_dir)
     cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
     counts = {"trials": results.trial_counts(trials, spec.search.planned_trials()), "cost": cost,
@@ -382,16 +387,14 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
               f"tables in {run_dir} are partial ({grid.num_terminated} of "
               f"{spec.search.planned_trials()} trials finished).\nresume with: {resume}", file=sys.stderr)
         return stopped_code()
-    best = results.best_trial(trials, spec)
     if best is None:
         keep_checkpoints(spec, records, None)
         write_status(run_dir, "finished", experiment, resume, counts)
         write_report(run_dir)
         print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
         return 1
-    record = next(r for r in records if r.trial_id == best["trial_id"])
     with phases.phase("test"):
-        test = sweep.test_best(record, spec, data)
+        test = sweep.tested(record, started)
     uses = {"count": 1, "trials": [record.trial_id]}  # the one look at the test set (tuner.more adds)
     with phases.phase("model"):
         model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)

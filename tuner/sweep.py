@@ -307,12 +307,23 @@ def test_best(record: TrialRecord, spec: Spec, data: Dataset) -> dict:
     It runs as a Ray task with the trials' resources, so it is evaluated where and as the trials
     ran (their kind of device and precision), and the driver never holds a GPU the trials need.
     """
+    return tested(record, start_test(record, spec, data))
+
+
+def start_test(record: TrialRecord, spec: Spec, data: Dataset) -> ray.ObjectRef:
+    """test_best's Ray task, started: the driver can do other work while it runs; `tested`
+    waits for it."""
     trial_spec = spec.with_values(record.params)
     empty = Split(data.test.images[:0], data.test.labels[:0])
     test_only = replace(data, train=empty, val=empty, pool=None)  # ship only what is used
     task = ray.remote(test_checkpoint).options(num_cpus=spec.resources.cpu,
                                               num_gpus=spec.resources.gpu)
-    test = ray.get(task.remote(record.checkpoint, trial_spec, test_only))
+    return task.remote(record.checkpoint, trial_spec, test_only)
+
+
+def tested(record: TrialRecord, started: ray.ObjectRef) -> dict:
+    """The result of `start_test`'s task for `record`."""
+    test = ray.get(started)
     reported = record.reports[-1]["epoch"] if record.reports else None
     if test["checkpoint_epoch"] != reported:  # run.checkpoint_every and a stop between checkpoints
         log.warning("trial %s: tested on its checkpoint of epoch %s, not of epoch %s whose "
