@@ -6,12 +6,34 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import gzip  # noqa: E402
+import secrets  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from tuner.fashion_mnist import FILES
+
+
+def one_ray_token() -> None:
+    """Ray 2.60 writes ~/.ray/auth_token when a new local cluster starts and finds none. Two test
+    processes starting their first clusters at once (pytest -n 2) would each write one, and one
+    cluster could then check a token the other replaced: write it once, under a lock, first."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(os.path.join(tempfile.gettempdir(), "tuner-tests-ray-token.lock")):
+        if not path.exists():
+            fresh = path.with_name(f"auth_token.{os.getpid()}")
+            fresh.write_text(secrets.token_hex(32))
+            fresh.chmod(0o600)
+            os.replace(fresh, path)
+
+
+one_ray_token()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -115,8 +137,6 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
 
 def short_tmpdir() -> Path:
     """A fresh folder with a short path, for RAY_TMPDIR (Ray's socket paths must stay short)."""
-    import tempfile
-
     return Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
 
 

@@ -1,5 +1,6 @@
 """Sweeps that survive: a killed trial worker, an interrupted driver, a killed driver, and resume.
-(Ctrl-C and the --resume that completes the sweep: test_live.py, with the live tables.)
+(Ctrl-C and the --resume that completes the sweep: test_live.py, with the live tables; a killed
+trial worker whose retry goes on from its checkpoint: test_recipe_e2e.py, with the schedule's state.)
 
 Every test runs the real CLI on real data with an embedded Ray, and ends only what it started.
 """
@@ -36,28 +37,6 @@ def assert_epochs_once(epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
     for _, t in trials.iterrows():
         got = epochs[epochs.trial_id == t.trial_id]["epoch"].tolist()
         assert got == list(range(1, t.epochs_planned + 1)), (t.trial_id, got)
-
-
-def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
-    results = tmp_path / "results"
-    proc = start_cli(*QUICK, "--results", str(results),
-                     "--set", "search.num_samples=1",
-                     "--set", "search.parameters.epochs={choice: [3]}",
-                     "--set", "run.max_failures=2", tmp_path=tmp_path)
-    try:
-        first = wait_for(lambda: [r for r in reports(results) if r["epoch"] == 1], 300,
-                         "the first epoch's report", proc)[0]
-        os.kill(first["pid"], signal.SIGKILL)  # the trial's worker process, mid-trial
-        assert proc.wait(timeout=400) == 0, (tmp_path / "cli.log").read_text()[-3000:]
-    finally:
-        stop_group(proc)
-    run = run_dir_of(results)
-    trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
-    assert trials["status"].tolist() == ["finished"]
-    assert_epochs_once(epochs, trials)  # numbering continues; finished epochs not trained again
-    pids = epochs.set_index("epoch")["pid"]
-    assert pids[1] == first["pid"] and pids[3] != first["pid"]  # a new worker took over
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
 def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):

@@ -46,8 +46,10 @@ def test_cosine_warmup_adamw_smoothing_erasing_small_stem_sweep_learns_and_resum
     spec = yaml.safe_load((run / "spec.yaml").read_text())
     assert spec["train"]["schedule"] == "cosine" and spec["model"]["small_input_stem"] == "stride1_pool"
     epochs = pd.read_csv(run / "epochs.csv")
-    assert list(epochs["epoch"]) == [1, 2]
+    assert list(epochs["epoch"]) == [1, 2]  # numbering continues; epoch 1 not trained again
     assert epochs["pid"].iloc[0] == first["pid"] != epochs["pid"].iloc[1]  # a new worker went on
+    assert pd.read_csv(run / "trials.csv")["status"].tolist() == ["finished"]
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
     # 10 classes: chance is 0.1; measured here: 0.58 on these 60 validation images, 0.63 on the
     # 300 test images (random init: no ImageNet weights in the sandbox)
     assert epochs["val_accuracy"].iloc[-1] > 0.3

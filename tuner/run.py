@@ -295,8 +295,8 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     with ExitStack() as stack:
         # Registered first, so it runs last: the timeline includes Ray's shutdown.
         stack.callback(lambda: folder and _record_phases(folder[0]))
-        ray_session = stack.enter_context(cluster.ray_session(args.address, spec.resources))
-        with phases.phase("imports"):
+        with phases.phase("imports"):  # entering it imports Ray Tune, then Ray starts meanwhile
+            ray_session = stack.enter_context(cluster.ray_session(args.address, spec.resources))
             import ray
 
             from tuner import live, memory, results, sweep
