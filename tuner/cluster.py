@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-from concurrent.futures import Future, wait
 from contextlib import contextmanager
 
 import ray
 from pyarrow import fs as pafs
 from ray._private import ray_constants
 
-from tuner import phases
 from tuner.errors import InputError
 from tuner.rayenv import split_address
 from tuner.spec import Resources
@@ -30,25 +27,15 @@ def connect(address: str | None, resources: Resources) -> bool:
     a per-trial request this machine can never meet.
     """
     if address:
-        join(address)
+        check_reachable(address)
+        try:
+            with _quiet_ray():
+                ray.init(address=address, configure_logging=False, log_to_driver=False)
+        except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError...
+            raise InputError(f"--address {address}: could not join the Ray cluster: "
+                             + _explain(e)) from None
         return False
     check_fits_here(resources)
-    _start_here()
-    return True
-
-
-def join(address: str) -> None:
-    """Join the Ray cluster at `address`; InputError if it cannot be reached or refuses us."""
-    check_reachable(address)
-    try:
-        with _quiet_ray():
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
-    except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError...
-        raise InputError(f"--address {address}: could not join the Ray cluster: "
-                         + _explain(e)) from None
-
-
-def _start_here() -> None:
     if ray_constants.ENABLE_RAY_CLUSTER:
         log.warning("Ray was imported before tuner.rayenv.prepare() ran: the embedded Ray may "
                     "listen on this machine's network address, not only on loopback")
@@ -58,70 +45,7 @@ def _start_here() -> None:
     with _quiet_ray():
         ray.init(address="local", include_dashboard=False, configure_logging=False,
                  log_to_driver=False)
-
-
-class RaySession:
-    """The driver's Ray, from `ray_session()`: started on this machine in the background, or to be
-    joined at an address. `ready()` waits for (or joins) it and returns True if we started it."""
-
-    def __init__(self, address: str | None, resources: Resources, future: Future | None):
-        self.address, self.resources, self._future, self._joined = address, resources, future, False
-        self.starting = future is not None  # starting here, in the background
-
-    def ready(self) -> bool:
-        if self._future is not None:
-            check_fits_here(self.resources)  # after the inputs' checks, as their errors come first
-            self._future.result()  # what ray.init raised, raised here
-            return True
-        if not self._joined:
-            join(self.address)
-            self._joined = True
-        return False
-
-
-@contextmanager
-def ray_session(address: str | None, resources: Resources):
-    """The driver's Ray for the block (a RaySession).
-
-    Without an address, Ray starts in a thread as the block begins: its start is process starts
-    and waiting on them, so it takes place while the driver imports torch and checks its inputs
-    on the other core, instead of after them. Meanwhile the driver must not call Ray: Ray Tune's
-    searchers and schedulers write to Ray's key-value store once it exists, which races with its
-    start (seen: a hang), so Ray Tune is imported before and anything built from it waits for
-    `ready()`, which also checks that this machine fits a trial at all (after the inputs' own
-    checks, whose errors come first). On leaving the block, however it is left (bad input found
-    meanwhile, Ctrl-C), the Ray started here is shut down once its start has finished. A
-    cluster at `address` is joined in `ready()`, after the checks: bad input never touches a
-    shared cluster.
-    """
-    if address:
-        yield RaySession(address, resources, None)
-        return
-    from ray import tune  # noqa: F401  on import it records its use in Ray: not during ray.init
-
-    future, done = Future(), threading.Event()
-
-    def start_and_stay() -> None:
-        # Ray's processes (GCS, raylet) are started with PR_SET_PDEATHSIG, which Linux fires when
-        # the *thread* that started them ends: this thread lives until Ray is shut down.
-        try:
-            _start_here()
-        except BaseException as e:  # noqa: BLE001  handed to ready(), which raises it
-            future.set_exception(e)
-            return
-        future.set_result(None)
-        done.wait()
-
-    thread = threading.Thread(target=start_and_stay, name="ray-start", daemon=True)
-    thread.start()
-    try:
-        yield RaySession(None, resources, future)
-    finally:
-        wait([future])
-        if future.exception() is None:
-            with phases.phase("shutdown"):
-                ray.shutdown()
-        done.set()
+    return True
 
 
 @contextmanager
@@ -147,14 +71,10 @@ def _explain(e: Exception) -> str:
 
 
 def check_fits_here(resources: Resources) -> None:
-    """Before starting Ray on this machine: can it run one trial at all? (torch, to count the
-    GPUs, is imported only when GPUs are asked for or the CPUs do not fit.)"""
-    cpus = os.cpu_count() or 1
-    if resources.gpu == 0 and resources.cpu <= cpus:
-        return
+    """Before starting Ray on this machine: can it run one trial at all?"""
     import torch
 
-    gpus = torch.cuda.device_count()
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
     if resources.gpu > gpus or resources.cpu > cpus:
         raise InputError(_no_fit_message(resources, f"this machine has {cpus} CPU and {gpus} GPU",
                                          cpus, gpus))

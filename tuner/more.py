@@ -22,6 +22,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from tuner import rayenv, run
@@ -132,27 +133,23 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
     """Run a new session of args.more trials, or resume an interrupted one; then write every
     session's trials into the run's tables."""
     rayenv.prepare(args.address)
-    from tuner import cluster
+    import ray
 
-    # Ray starts in the background while the rest is imported and checked (cluster.ray_session).
-    with cluster.ray_session(args.address, spec.resources) as ray_session:
-        import ray
+    from tuner import cluster, memory, sweep, warmstart
 
-        from tuner import memory, sweep, warmstart
-
-        run_dir = args.run_dir
-        sessions = list(status.get(SESSIONS, []))
-        resuming = status["state"] != "finished"  # an interrupted session of added trials
-        if resuming:
-            experiment, trials = sessions[-1]["experiment"], sessions[-1]["trials"]
-        else:
-            experiment = session_experiment(status["experiment"], len(sessions) + 1)
-            trials = args.more
-            sessions.append({"experiment": experiment, "trials": trials})
-        this = session_spec(spec, run_dir, trials)
-        weights, data = run.check_inputs(this, status["provenance"]["weights"], run_dir,
-                                         ray_session)
-        if ray_session.ready():  # the embedded Ray we started
+    run_dir = args.run_dir
+    sessions = list(status.get(SESSIONS, []))
+    resuming = status["state"] != "finished"  # an interrupted session of added trials
+    if resuming:
+        experiment, trials = sessions[-1]["experiment"], sessions[-1]["trials"]
+    else:
+        experiment, trials = session_experiment(status["experiment"], len(sessions) + 1), args.more
+        sessions.append({"experiment": experiment, "trials": trials})
+    this = session_spec(spec, run_dir, trials)
+    weights, data = run.check_inputs(this, status["provenance"]["weights"], run_dir)
+    with ExitStack() as stack:
+        if cluster.connect(args.address, spec.resources):
+            stack.callback(ray.shutdown)
             sweep.warm_worker()  # for the test, should the choice change
         run.handle_sigterm()
         cluster.check_resources(spec.resources)

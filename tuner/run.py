@@ -128,17 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         return stopped_code()
 
 
-def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path | None = None,
-                 ray=None):
-    """Everything about the spec that can be bad input, checked before anything is written or
-    any trial starts: the weights (present, genuine, fitting), the data, the search. Returns
-    (weights, data). With `ray` (a cluster.RaySession starting Ray here in the background), the
-    search is built once Ray is up, as Ray Tune must not touch Ray during its start."""
+def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path | None = None):
+    """Everything about the spec that can be bad input, checked before anything is written or Ray
+    starts: the search, the weights (present, genuine, fitting), the data. Returns (weights, data)."""
     with phases.phase("imports"):
         from tuner import sweep  # imports Ray: only when needed
         from tuner.data import load_for
         from tuner.model import check_surgery, resolve_all, weights_label
 
+    with phases.phase("checks"):
+        sweep.check_buildable(spec)
     with phases.phase("weights"):
         weights = resolve_all(spec.model_variants())  # every arm's, every searched choice's
     if recorded_weights is not None and recorded_weights != weights_label(weights):
@@ -149,11 +148,6 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     with phases.phase("checks"):
         for m in spec.model_variants():
             check_surgery(m, weights[m.weights], data.classes)
-    if ray is not None and ray.starting:
-        with phases.phase("ray start"):  # what is left of it after the imports and checks
-            ray.ready()
-    with phases.phase("checks"):
-        sweep.check_buildable(spec)
     return weights, data
 
 
@@ -289,25 +283,24 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     rayenv.prepare(args.address)  # before the first import of ray
     # Heavy imports here so that --help, --dry-run and bad input stay fast.
     with phases.phase("imports"):
-        from tuner import cluster  # Ray itself, which starts in the background below
+        import ray
 
+        from tuner import cluster, live, memory, results, sweep
+        from tuner.model import weights_label
+
+    # Everything that can be bad input is checked before anything is written.
+    weights, data = check_inputs(spec, recorded_weights, run_dir)
+    label = weights_label(weights)
     folder = [run_dir] if run_dir else []  # where the driver's phases go, once there is a folder
     with ExitStack() as stack:
         # Registered first, so it runs last: the timeline includes Ray's shutdown.
-        stack.callback(lambda: folder and _record_phases(folder[0]))
-        with phases.phase("imports"):  # entering it imports Ray Tune, then Ray starts meanwhile
-            ray_session = stack.enter_context(cluster.ray_session(args.address, spec.resources))
-            import ray
-
-            from tuner import live, memory, results, sweep
-            from tuner.model import weights_label
-
-        # Everything that can be bad input is checked before anything is written.
-        weights, data = check_inputs(spec, recorded_weights, run_dir, ray_session)
-        label = weights_label(weights)
+        stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE,
+                                                              {"phases_s": phases.seconds()}))
         with phases.phase("ray start"):
-            if ray_session.ready():  # the embedded Ray we started
-                sweep.warm_worker()  # for the test after the sweep
+            started = cluster.connect(args.address, spec.resources)
+        if started:  # the embedded Ray we started: no process left behind
+            stack.callback(phases.timed("shutdown", ray.shutdown))
+            sweep.warm_worker()  # for the test after the sweep
         handle_sigterm()  # ray.init installed its own, which exits without writing anything
         with phases.phase("checks"):
             cluster.check_resources(spec.resources)
@@ -348,12 +341,6 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
-
-
-def _record_phases(run_dir: Path) -> None:
-    from tuner import results
-
-    results.update_json(run_dir / STATUS_FILE, {"phases_s": phases.seconds()})
 
 
 def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
