@@ -19,8 +19,9 @@ from tuner.fashion_mnist import FILES
 
 def one_ray_token() -> None:
     """Ray 2.60 writes ~/.ray/auth_token when a new local cluster starts and finds none. Two test
-    processes starting their first clusters at once (pytest -n 2) would each write one, and one
-    cluster could then check a token the other replaced: write it once, under a lock, first."""
+    processes starting their first clusters at once (two test runs side by side, or pytest -n)
+    would each write one, and one cluster could then check a token the other replaced: write it
+    once, under a lock, first."""
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
     path = Path.home() / ".ray" / "auth_token"
