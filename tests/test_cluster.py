@@ -53,7 +53,7 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     shared = tmp_path / "shared"  # a folder every node sees: trial checkpoints live there
     proc = start_cli(*QUICK, "--address", cluster.address, "--results", str(results),
                      "--storage", str(shared),
-                     "--set", "search.num_samples=2", "--set", "search.n_initial_points=2",
+                     "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
                      "--set", "search.max_concurrent=2", "--set", "run.max_failures=2",
                      "--set", "search.parameters.epochs={choice: [2]}",
                      tmp_path=tmp_path, RAY_AUTH_MODE=None)
