@@ -6,10 +6,14 @@ processes); the test ends them through the cluster object, never with `ray stop`
 """
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
-from conftest import QUICK, reports, run_cli, start_cli, stop_group, wait_for
+from conftest import (QUICK, ROOT, cli_env, reports, run_cli, short_tmpdir, start_cli, stop_group,
+                      wait_for)
 from ray._private.authentication.authentication_token_generator import (
     generate_new_authentication_token,
 )
@@ -96,3 +100,65 @@ def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path
     assert too_big.stderr.splitlines()[-1].startswith(
         "error: resources: a trial needs 2 CPU and 0 GPU on one node, but the cluster has 2 node(s)")
     assert not results.exists()
+
+
+# --- the embedded Ray: a trial starts in a worker Ray started with the cluster ---------------
+
+PRESTARTED = r"""
+import os, sys, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+from pathlib import Path
+import ray
+from ray.tune.execution.class_cache import _ActorClassCache
+from tuner import cluster
+from tuner.spec import Resources
+
+def idle():
+    # Ray workers of this process's cluster that wait for work (their title is ray::IDLE)
+    parent, title = {}, {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, ValueError, IndexError):
+            pass
+    def ours(pid):
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+    return {pid for pid, t in title.items() if t == b"ray::IDLE" and ours(pid)}
+
+class Probe:  # stands in for the trainable: Tune's own actor class cache wraps it
+    def pid(self):
+        return os.getpid(), os.environ.get("PL_DISABLE_FORK")
+
+assert cluster.connect(None, Resources(cpu=1))
+deadline = time.monotonic() + 60
+while len(idle()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.2)
+before = idle()
+actor = _ActorClassCache().get(Probe).options(num_cpus=1).remote()
+pid, fork = ray.get(actor.pid.remote(), timeout=120)
+print(len(before), pid in before, fork)
+ray.shutdown()
+"""
+
+
+def test_an_embedded_trial_actor_starts_in_a_worker_ray_started_with_the_cluster(tmp_path):
+    """Ray Tune's trial actors carry a runtime environment of their own, which keeps them out of
+    the workers Ray starts with a cluster; embedded, tuner sets those variables in the workers'
+    environment instead (cluster.adopt_prestarted_workers). Checked against the installed Ray
+    Tune: should it rename what this relies on, the trial starts in a new process again, and
+    this fails."""
+    ray_tmp = short_tmpdir()
+    try:
+        proc = subprocess.run([sys.executable, "-c", PRESTARTED], cwd=ROOT,
+                              env=cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp)), capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, reused, fork = proc.stdout.split()
+    assert int(count) >= 1 and reused == "True" and fork == "1", proc.stdout

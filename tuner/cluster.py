@@ -42,10 +42,36 @@ def connect(address: str | None, resources: Resources) -> bool:
     # "local": a Ray of our own, even where `ray start` left one running on this machine (which
     # ray.init() would join). Trials report through Tune; their stdout (Ray's own chatter,
     # mostly) stays in the Ray logs.
+    adopt_prestarted_workers()
     with _quiet_ray():
         ray.init(address="local", include_dashboard=False, configure_logging=False,
                  log_to_driver=False)
     return True
+
+
+def adopt_prestarted_workers() -> None:
+    """Let trial actors start in the workers an embedded Ray starts with itself (one per CPU).
+
+    Ray gives an actor only an idle worker that has never run a task and whose runtime
+    environment is the actor's own. Ray Tune creates every trial actor with one of environment
+    variables (PL_DISABLE_FORK=1 for PyTorch Lightning; the driver's AWS_* credentials and a few
+    Ray Train switches, for a cluster's nodes), so a trial never gets one of those workers: it
+    waits for a new process to start and import Ray first (1-3 s of a small sweep on 2 cores).
+    Embedded, every worker inherits this driver's environment, so the variables are set here
+    and Tune's per-trial copy is emptied. Not for a cluster (--address), whose nodes need them.
+    Should Ray Tune rename these, trials start as before, only later (a test checks it).
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if not isinstance(defaults, dict) or not hasattr(class_cache, "ENV_VARS_TO_PROPAGATE"):
+        return
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    defaults.clear()
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset()
 
 
 @contextmanager
