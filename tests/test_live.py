@@ -1,5 +1,6 @@
 """Tables that grow while a real sweep runs (a Ray Tune callback on the driver), through a Ctrl-C and
-a --resume that completes it, and the costs and report the sweep writes at the end."""
+a --resume that completes it, the costs and report the sweep writes at the end, and two more
+trials added to the finished run (`tuner resume --more`)."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import QUICK, run_cli, start_cli, stop_group, wait_for
 from test_faults import assert_epochs_once
+from test_more import more_trials_join_the_run
 from test_report import CHROMIUM, check_in_browser, images
 
 # Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
@@ -29,7 +31,7 @@ def live_tables(results, proc):
     return (*tables, status, run)
 
 
-def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
+def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_path):
     results = tmp_path / "results"
     proc = start_cli(*SWEEP, "--results", str(results), tmp_path=tmp_path)
     try:
@@ -100,6 +102,10 @@ def test_tables_grow_while_the_sweep_runs_and_after_resume(tmp_path):
     assert again.returncode == 2 and "finished already" in again.stderr
     page = (run / "report.html").read_text()  # written by the sweep at its end
     assert f"test accuracy {best['test_accuracy']:.4f}" in page and len(images(page)) == 3
+    if CHROMIUM is not None:
+        check_in_browser(run / "report.html", tmp_path)
+
+    # Ten more trials is the most common thing done to a sweep: here two, on this finished run.
+    more_trials_join_the_run(run, tmp_path)
     if CHROMIUM is None:
-        pytest.skip("the sweep passed; the browser check needs Debian's chromium")
-    check_in_browser(run / "report.html", tmp_path)
+        pytest.skip("the sweep and --more passed; the browser check needs Debian's chromium")
