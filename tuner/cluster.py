@@ -56,10 +56,11 @@ def adopt_prestarted_workers() -> None:
     environment is the actor's own. Ray Tune creates every trial actor with one of environment
     variables (PL_DISABLE_FORK=1 for PyTorch Lightning; the driver's AWS_* credentials and a few
     Ray Train switches, for a cluster's nodes), so a trial never gets one of those workers: it
-    waits for a new process to start and import Ray first (1-3 s of a small sweep on 2 cores).
-    Embedded, every worker inherits this driver's environment, so the variables are set here
-    and Tune's per-trial copy is emptied. Not for a cluster (--address), whose nodes need them.
-    Should Ray Tune rename these, trials start as before, only later (a test checks it).
+    waits for a new process to start and import Ray first (about 3 s of a trivial sweep on 2
+    cores). Embedded, every worker inherits this driver's environment, so the variables are set
+    here and Tune's per-trial copy is emptied (for this process). Not for a cluster (--address),
+    whose nodes need them. Should Ray Tune rename these, trials start as before, only later (a
+    test checks it).
     """
     try:
         from ray.tune.execution import class_cache
