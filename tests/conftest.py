@@ -1,20 +1,17 @@
-"""Shared fixtures: tiny IDX files like Fashion-MNIST's, and helpers that drive the real CLI."""
+"""Fixtures and the test session's set-up; the helpers tests import are in helpers.py."""
 
 import os
 
 # Ray reads this when first imported: keep every Ray process a test starts on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import gzip  # noqa: E402
 import secrets  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path
 
-import numpy as np
 import pytest
 from filelock import FileLock
-
-from tuner.fashion_mnist import FILES
+from helpers import write_fake_split_files  # noqa: E402
 
 
 def one_ray_token() -> None:
@@ -37,24 +34,6 @@ def one_ray_token() -> None:
 one_ray_token()
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an IDX file of unsigned bytes (gzip'd if the name ends in .gz)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_fake_split_files(folder: Path, n_train: int, n_test: int, fill: int, gz: bool) -> None:
-    """A tiny, recognisable dataset: every image filled with `fill`, labels cycling 0..9."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = FILES[split]
-        suffix = ".gz" if gz else ""
-        write_idx(folder / (images + suffix), np.full((n, 28, 28), fill, np.uint8))
-        write_idx(folder / (labels + suffix), np.arange(n) % 10)
-
-
 @pytest.fixture
 def tiny_mirror(tmp_path):
     folder = tmp_path / "mirror"
@@ -62,165 +41,53 @@ def tiny_mirror(tmp_path):
     return folder
 
 
-# --- driving the real CLI -----------------------------------------------------------------------
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+# --- nothing left behind ------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# A small, quick sweep: ~550 training images, trials of a few seconds on one CPU core.
-QUICK = [
-    "sweeps/fashion-quick.yaml",
-    "--set", "data.train_subset=600",
-    "--set", "data.test_subset=300",
-    "--set", "search.parameters.batch_size={choice: [64, 128]}",
-]
+# Every process this session starts inherits this variable (the CLI, its embedded Ray, a test
+# cluster's nodes and their workers): what carries it at the end was left behind by a test here,
+# not by another test run or Ray on the same machine.
+SESSION_MARK = f"TUNER_TEST_SESSION={os.getpid()}-{secrets.token_hex(4)}"
+os.environ["TUNER_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
 
 
-# No network for the CLI under test, whatever the machine has: a download (of ImageNet weights, say)
-# goes to a proxy that refuses at once, so tests see what a machine without network sees. Loopback
-# stays direct: Ray's gRPC honours these variables too.
-OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-           "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1"}
-
-
-def cli_env(tmp_path: Path, **extra: str | None) -> dict:
-    """This process's environment for the CLI, offline, with extra variables (None removes one)."""
-    env = {**os.environ, **OFFLINE, "TORCH_HOME": str(tmp_path / "torch-home"),
-           "PYTHONUNBUFFERED": "1", **extra}
-    return {k: v for k, v in env.items() if v is not None}
-
-
-def run_cli(*args, tmp_path: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
-                          env=cli_env(tmp_path, **env), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def start_cli(*args, tmp_path: Path, **env) -> subprocess.Popen:
-    """The CLI in its own process group, so a test can signal it and clean up all it started."""
-    log = open(tmp_path / "cli.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
-                            env=cli_env(tmp_path, **env), stdout=log, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def reports(root: Path) -> list[dict]:
-    """Every report written so far by every trial (Ray Tune's result.json, one JSON per line),
-    under a results root or a --storage folder."""
-    out = []
-    paths = [*Path(root).glob("*/*/trials/*/result.json"), *Path(root).glob("*/*/result.json")]
-    for path in sorted(paths):
-        for line in path.read_text().splitlines():
-            try:
-                out.append({**json.loads(line), "trial_dir": path.parent.name})
-            except json.JSONDecodeError:
-                pass  # a line being written right now
-    return out
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll until predicate() returns something truthy; fail if the CLI exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def short_tmpdir() -> Path:
-    """A fresh folder with a short path, for RAY_TMPDIR (Ray's socket paths must stay short)."""
-    return Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-
-
-def processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that name `path` (Ray's processes name their temp dir)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def leftovers() -> dict[int, str]:
+    """Live processes, other than this one, that this test session started (SESSION_MARK)."""
+    found, mark = {}, SESSION_MARK.encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) == os.getpid():
+            continue
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # ended meanwhile
-        if str(path) in text:
-            found.append(text)
+        if state != "Z":  # a zombie is gone but for its parent's wait
+            found[int(entry.name)] = cmd.strip()[:200]
     return found
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """End the CLI we started and everything in its process group (its embedded Ray)."""
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a process a test started outlives the session (after a grace period for
+    Ray's own shutdown), and end those processes: a test must end all it starts."""
+    if not Path("/proc/self/environ").exists():
+        return
     import signal
+    import time
 
-    if proc.poll() is None:
+    deadline = time.monotonic() + 20
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    for pid in left:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    proc.wait(timeout=60)
-
-
-# --- image folders ------------------------------------------------------------------------------
-
-COLOURS = {"blue": (40, 60, 220), "green": (40, 190, 60), "red": (220, 40, 40)}  # sorted names
-
-
-def draw_picture(cls: str, size: tuple[int, int], rng: np.random.Generator):
-    """A PIL image of class `cls`: a noisy background tinted with the class colour and a shape in
-    it (circle, square, triangle by class), at a random place and size."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    colour = np.array(COLOURS[cls])
-    noise = rng.normal(0, 25, (h, w, 3))
-    pixels = np.clip(0.35 * colour + 0.65 * 128 + noise, 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    r = int(rng.uniform(0.2, 0.35) * min(w, h))
-    cx, cy = int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))
-    fill = tuple(int(c) for c in colour)
-    if cls == "red":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif cls == "green":
-        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return image
-
-
-def make_image_folder(root: Path, train_per_class: int = 30, test_per_class: int = 0,
-                      odd_files: bool = True, seed: int = 0) -> Path:
-    """An ImageFolder tree of 3 easy classes (colour and shape): JPEG and PNG of mixed sizes,
-    and, with odd_files, grayscale, RGBA, palette and CMYK images, an upper-case extension and
-    junk files (.DS_Store, notes.txt, Thumbs.db) to be skipped."""
-    rng = np.random.default_rng(seed)
-    sizes = [(64, 48), (80, 80), (50, 70), (120, 90)]
-    splits = {"train": train_per_class, "test": test_per_class}
-    for split, n in splits.items():
-        for cls in (COLOURS if n else ()):
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                image = draw_picture(cls, sizes[i % len(sizes)], rng)
-                if i % 2:
-                    image.save(folder / f"{i:03d}.jpg", quality=90)
-                else:
-                    image.save(folder / f"{i:03d}.png")
-    if odd_files:
-        odd = root / "train" / "red"
-        picture = draw_picture("red", (70, 50), rng)
-        picture.convert("L").save(odd / "gray.png")
-        picture.convert("RGBA").save(odd / "rgba.png")
-        picture.convert("P").save(odd / "palette.png")
-        picture.convert("CMYK").save(odd / "cmyk.jpg")
-        picture.save(odd / "UPPER.JPG")
-        for junk in (".DS_Store", "notes.txt", "Thumbs.db"):
-            (odd / junk).write_bytes(b"not an image")
-        (root / "train" / ".DS_Store").write_bytes(b"junk")
-    return root
+    lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items())
+    session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+        f"\nprocesses a test started outlived the session (ended now):\n{lines}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import draw_picture, make_image_folder, run_cli, short_tmpdir
-from test_folder import FOLDER_QUICK
+from helpers import FOLDER_QUICK, draw_picture, make_image_folder, run_cli, short_tmpdir
 
 from tuner import artifact, export, predict
 from tuner.errors import InputError

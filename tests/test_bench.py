@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pandas as pd
-from conftest import ROOT, cli_env
+import pytest
+from helpers import ROOT, cli_env
 
 
 def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
@@ -19,7 +20,10 @@ def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
     m = re.fullmatch(r"speedup (\d+\.\d\d) \(tuner ([\d.]+) images/s, reference ([\d.]+) images/s\)", last)
     assert m, last
     speedup, own, ref = map(float, m.groups())
-    assert own > 0 and ref > 0 and abs(speedup - own / ref) < 0.01
+    # The three figures are printed rounded (speedup to 0.005, images/s to 0.05): the ratio of the
+    # rounded rates may differ from the printed speedup by those roundings' own error, no more.
+    rounding = 0.005 + (own / ref) * (0.05 / own + 0.05 / ref)
+    assert own > 0 and ref > 0 and abs(speedup - own / ref) <= rounding + 1e-9
     row = pd.read_csv(out_csv).iloc[0]
     assert row["batch_size"] == 16 and row["device"] == "cpu"
     assert row["speedup"] == speedup  # the printed figure (own and ref are printed rounded)
@@ -27,6 +31,8 @@ def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
     out_csv = tmp_path / "sweeps.csv"
     proc = subprocess.run(
@@ -78,7 +84,7 @@ def test_compile_payoff_counts_steps_to_break_even():
 
 
 def test_bench_folder_mode_compares_pipelines_alone_and_with_the_model(tmp_path):
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "imgs", train_per_class=8)
     out_csv = tmp_path / "folder.csv"
@@ -110,6 +116,8 @@ def test_bench_folder_mode_checks_the_folder(tmp_path):
     assert proc.stderr.startswith("error: --folder") and "no train/ folder" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_bench_overhead_times_a_trivial_sweep_phase_by_phase(tmp_path):
     out_csv = tmp_path / "overhead.csv"
     proc = subprocess.run(

@@ -12,14 +12,16 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import (QUICK, ROOT, cli_env, reports, run_cli, short_tmpdir, start_cli, stop_group,
-                      wait_for)
+from helpers import (QUICK, ROOT, cli_env, reports, run_cli, short_tmpdir, start_cli, stop_group,
+                     wait_for)
 from ray._private.authentication.authentication_token_generator import (
     generate_new_authentication_token,
 )
 from ray._private.authentication_test_utils import reset_auth_token_state
 from ray.cluster_utils import Cluster
 
+
+pytestmark = pytest.mark.cluster
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, reports, run_cli, short_tmpdir, start_cli, stop_group, wait_for
-
-from tuner import fashion_mnist
+from helpers import (ROOT, needs_fashion, reports, run_cli, short_tmpdir, start_cli, stop_group,
+                     wait_for)
 from scipy import stats
 
 from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
@@ -25,11 +24,6 @@ from tuner.spec import load_spec, validate
 
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # searches epochs, batch_size and lr
 ARMS = "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"
-needs_fashion = pytest.mark.skipif(
-    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
-    and not os.environ.get("FASHION_MNIST_DIR"),
-    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
-)
 
 
 def pretrained_file(folder: Path) -> tuple[Path, dict]:

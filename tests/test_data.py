@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import write_fake_split_files
+from helpers import write_fake_split_files
 
 from tuner import fashion_mnist as data
 from tuner.data import load_dataset, stratified_split
-from tuner.fashion_mnist import find_fashion_mnist, read_idx
 from tuner.errors import InputError
+from tuner.fashion_mnist import find_fashion_mnist, read_idx
 from tuner.spec import Data
 
 needs_debian = pytest.mark.skipif(not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(),

@@ -1,20 +1,14 @@
 """One real sweep end to end: real Fashion-MNIST files, real Ray Tune and HyperOpt, real training."""
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import QUICK, run_cli
+from helpers import QUICK, needs_fashion, run_cli
 
-from tuner import fashion_mnist
-
-pytestmark = pytest.mark.skipif(
-    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
-    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
-)
+pytestmark = [needs_fashion, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +166,7 @@ def test_pretrained_weights_gradual_unfreezing_asha_and_augmentation(tmp_path):
     assert json.loads((run / "best.json").read_text())["weights"] == trials["weights"][0]
 
 
+@pytest.mark.slow
 def test_compiled_training_steps(tmp_path):
     """train.compile: trials train through torch.compile (its cache fills), checkpoint after each
     epoch, and the chosen one's checkpoint loads into a plain model for the test evaluation."""

@@ -11,16 +11,8 @@ import signal
 
 import pandas as pd
 import pytest
-from conftest import (
-    QUICK,
-    processes_using,
-    reports,
-    run_cli,
-    short_tmpdir,
-    start_cli,
-    stop_group,
-    wait_for,
-)
+from helpers import (QUICK, assert_epochs_once, processes_using, reports, run_cli, short_tmpdir,
+                     start_cli, stop_group, wait_for)
 
 # Three 2-epoch trials, one at a time: there is always a finished and an unfinished trial to check.
 THREE_TRIALS = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
@@ -32,13 +24,7 @@ def run_dir_of(results_root):
     return run.parent
 
 
-def assert_epochs_once(epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
-    """Each trial reported epochs 1..planned exactly once each: nothing trained twice or lost."""
-    for _, t in trials.iterrows():
-        got = epochs[epochs.trial_id == t.trial_id]["epoch"].tolist()
-        assert got == list(range(1, t.epochs_planned + 1)), (t.trial_id, got)
-
-
+@pytest.mark.cluster
 def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     """run.max_failures: 0 and one trial's worker killed (the OOM killer, a lost node): that trial
     errors, the others run, and the sweep has finished, not been interrupted: exit 0, the error in
@@ -75,6 +61,7 @@ def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     assert "interrupted" not in (tmp_path / "cli.log").read_text()
 
 
+@pytest.mark.cluster
 def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path):
     """`kill PID` (docker stop, Kubernetes, Slurm): partial tables, the resume command, exit 143,
     and no Ray process left. While the driver lives, a second driver's --resume is refused.
@@ -114,6 +101,7 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
     assert processes_using(ray_tmp) == []  # the embedded Ray ended with the driver
 
 
+@pytest.mark.cluster
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
     proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, cli_env, draw_picture, make_image_folder, run_cli
+from helpers import FOLDER_QUICK, ROOT, cli_env, draw_picture, make_image_folder, run_cli
 from PIL import Image
 from torchvision.transforms import CenterCrop
 from torchvision.transforms.v2 import functional as TF
 
 from tuner import folder, memory
-from tuner.batches import DeviceSplit, centre_crop, draw_boxes, eval_batches, resized_crop, train_batches
+from tuner.batches import (DeviceSplit, centre_crop, draw_boxes, eval_batches, resized_crop,
+                           train_batches)
 from tuner.data import Pixels, Split, load_dataset
 from tuner.errors import InputError
 from tuner.spec import Augment, Data, validate
@@ -449,11 +450,6 @@ def load_split_free_dataset(images):
 
 # --- the real CLI -----------------------------------------------------------------------------------
 
-FOLDER_QUICK = ["sweeps/folder-quick.yaml", "--set", "model.weights=none",
-                "--set", "data.resize=48", "--set", "data.image_size=40",
-                "--set", "train.batch_size=16", "--set", "search.num_samples=2",
-                "--set", "search.n_initial_points=1",
-                "--set", "search.parameters={epochs: {choice: [3]}, lr: {loguniform: [1.0e-3, 2.0e-3]}}"]
 
 
 def test_folder_sweep_end_to_end_learns_the_classes(tmp_path):

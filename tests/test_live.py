@@ -4,14 +4,21 @@ trials added to the finished run (`tuner resume --more`)."""
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import QUICK, run_cli, start_cli, stop_group, wait_for
-from test_faults import assert_epochs_once
-from test_more import more_trials_join_the_run
-from test_report import CHROMIUM, check_in_browser, images
+from helpers import (CHROMIUM, QUICK, ROOT, assert_epochs_once, check_in_browser, cli_env,
+                     config_key, images, run_cli, short_tmpdir, start_cli, stop_group, suggestions,
+                     tuner, wait_for)
+
+from tuner.spec import load_spec
+
+pytestmark = pytest.mark.cluster
 
 # Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
@@ -109,3 +116,79 @@ def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_
     more_trials_join_the_run(run, tmp_path)
     if CHROMIUM is None:
         pytest.skip("the sweep and --more passed; the browser check needs Debian's chromium")
+
+
+def more_trials_join_the_run(run: Path, tmp_path: Path) -> None:
+    """`tuner resume RUN --more 2` of a finished run of 3 trials (test_live.py's, 2 epochs each,
+    one at a time): 5 trials in the same tables, each epoch once, and the searcher went on from
+    the 3 earlier trials."""
+    from tuner.more import session_spec
+
+    before = tmp_path / "before"  # the run as the new session found it: 3 trials
+    before.mkdir()
+    for name in ("trials.csv", "spec.yaml"):
+        shutil.copy(run / name, before / name)
+    chosen_first = json.loads((run / "best.json").read_text())["trial_id"]
+    ray_tmp = short_tmpdir()
+    try:
+        more = tuner("resume", str(run), "--more", "2", tmp_path=tmp_path, RAY_TMPDIR=str(ray_tmp))
+        assert more.returncode == 0, more.stderr[-3000:]
+        assert "the searcher starts from 3 earlier trial(s)" in more.stdout
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    epochs = pd.read_csv(run / "epochs.csv", dtype={"trial_id": str})
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    assert (trials["status"] == "finished").all(), trials
+    assert_epochs_once(epochs, trials)  # nothing trained twice or lost
+    old = set(pd.read_csv(before / "trials.csv", dtype={"trial_id": str})["trial_id"])
+    added = trials[~trials["trial_id"].isin(old)]
+    assert len(added) == 2
+
+    # The searcher went on from the 3 earlier trials: one new trial (the first; trial ids do not
+    # say which) is what a searcher primed with them proposes first (TPE, since 3 >=
+    # n_initial_points), not what a fresh one draws. The second follows the first's result: the
+    # run trains one trial at a time.
+    spec = load_spec(run / "spec.yaml")
+    primed = session_spec(spec, before, 2)
+    fresh = primed.model_copy(update={"search": primed.search.model_copy(update={"warm_start": []})})
+    got = {config_key(r) for r in added.to_dict("records")}
+    assert suggestions(primed, 1)[0] in got
+    assert suggestions(fresh.model_copy(update={"search": fresh.search.model_copy(
+        update={"seed": spec.search.seed + 3})}), 1)[0] not in got  # no evidence: random draws
+
+    status = json.loads((run / "status.json").read_text())
+    best = json.loads((run / "best.json").read_text())
+    assert status["state"] == "finished"
+    assert status["trials"]["finished"] == 5 and status["trials"]["planned"] == 5
+    assert status["cost"]["trials"] == 5
+    assert status["cost"]["trial_epochs"] == len(epochs) == trials["trial_epochs"].sum()
+    assert [s["trials"] for s in status["more"]] == [2]
+    assert status["more"][0]["experiment"].endswith("trials-more1")
+    uses = best["test_set_uses"]
+    assert status["test_set_uses"] == uses
+    changed = best["trial_id"] != chosen_first
+    assert uses["count"] == (2 if changed else 1)
+    assert uses["trials"] == [chosen_first, *([best["trial_id"]] if changed else [])]
+    # the chosen checkpoint is named relative to the run folder, whichever experiment holds it
+    assert not Path(best["checkpoint"]).is_absolute() and (run / best["checkpoint"]).is_dir()
+    assert best["trial_id"] == trials.loc[trials["val_accuracy"].idxmax(), "trial_id"]
+    from tuner import report
+
+    page = report.summary(report.load_run(run))  # what report.html shows of the run
+    assert (page["trials"], page["trial_epochs"], page["best_trial"]) == (
+        5, len(epochs), best["trial_id"])
+    assert (run / "report.html").stat().st_mtime >= (run / "trials.csv").stat().st_mtime
+
+    # The run warm-starts a new sweep; its dry run says so, on stdout, with nothing else there.
+    plan = tuner("run", *QUICK, "--set", "model.weights=none", "--set",
+                 f"search.warm_start=[{run}]", "--dry-run", tmp_path=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.startswith("name: ")
+    assert f"warm start: 5 finished trial(s) of {run}; TPE starts from them" in plan.stdout
+    assert "INFO" not in plan.stdout
+    # A finished run with sessions is resumed by tuner resume, never by tuner.run --resume.
+    again = subprocess.run([sys.executable, "-m", "tuner.run", "--resume", str(run)], cwd=ROOT,
+                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "tuner resume" in again.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from tuner import folder, memory
 from tuner.data import Dataset, Pixels, Split

@@ -8,15 +8,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import reports, start_cli, stop_group, wait_for
+from helpers import needs_fashion, reports, start_cli, stop_group, wait_for
 
-from tuner import fashion_mnist as data
 from tuner.batches import steps_per_epoch
 
-pytestmark = pytest.mark.skipif(
-    not (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("FASHION_MNIST_DIR"),
-    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
-)
+pytestmark = [needs_fashion, pytest.mark.cluster]
 
 
 def test_cosine_warmup_adamw_smoothing_erasing_small_stem_sweep_learns_and_resumes(tmp_path):

@@ -1,11 +1,8 @@
 """The HTML report: built from a run folder's files (hand-made here from known reports, and from a
 real sweep in test_live.py), bad input, and the page rendered by a real headless browser."""
 
-import base64
-import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import CHROMIUM, check_in_browser, images
 from PIL import Image
 
 from tuner import results
@@ -23,7 +21,6 @@ from tuner.results import TrialRecord
 from tuner.spec import Spec, dump_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 T0 = 1_800_000_000  # unix seconds: when the first trial started
 
 
@@ -72,12 +69,6 @@ def make_run(folder: Path, scheduler="asha", finished=True) -> Path:
             "test_images": 500, "sweep_wall_time_s": 75.0})
     results.write_json(folder / "status.json", status)
     return folder
-
-
-def images(page: str) -> list[Image.Image]:
-    """Every figure embedded in the page, decoded."""
-    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
-    return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
 
 
 def test_report_of_a_finished_asha_run(tmp_path):
@@ -342,59 +333,6 @@ def test_bad_input(tmp_path, case):
 
 
 # --- a real browser -------------------------------------------------------------------------------
-
-CHECK = """<script>
-window.addEventListener("load", () => {
-  const pre = document.createElement("pre");
-  pre.id = "image-check";
-  pre.textContent = JSON.stringify([...document.images].map(i => {
-    const r = i.getBoundingClientRect();
-    return [i.naturalWidth, i.naturalHeight, r.left, r.top, r.width, r.height];
-  }));
-  document.body.appendChild(pre);
-});
-</script></body>"""
-WINDOW = (1400, 2400)  # width, height of the browser window and screenshot (px)
-
-
-def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    profile = tmp_path / "chromium-profile"
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={profile}",
-         *args],
-        capture_output=True, text=True, timeout=120)
-
-
-def check_in_browser(page: Path, tmp_path: Path) -> Path:
-    """Open the page in headless Chromium: every figure must decode there at its own size, and a
-    screenshot must show drawn figures where the page laid them out. Returns the screenshot."""
-    html = page.read_text()
-    expected = [im.size for im in images(html)]
-    assert expected, "the page has no figures"
-    probe = tmp_path / "probe.html"  # the page plus a script that reports each image as laid out
-    probe.write_text(html.replace("</body>", CHECK))
-    dom = chromium("--dump-dom", probe.as_uri(), tmp_path=tmp_path)
-    found = re.search(r'<pre id="image-check">([^<]*)</pre>', dom.stdout)
-    assert found, f"no image check in the DOM; stderr: {dom.stderr[-2000:]}"
-    laid_out = json.loads(found.group(1))
-    assert [(w, h) for w, h, *_ in laid_out] == expected  # every figure decoded, none broken
-
-    shot = tmp_path / "screenshot.png"
-    chromium(f"--screenshot={shot}", page.as_uri(), tmp_path=tmp_path)
-    pixels = np.asarray(Image.open(shot).convert("L")).astype(float)
-    assert pixels.shape == (WINDOW[1], WINDOW[0])
-    seen = 0
-    for _, _, left, top, width, height in laid_out:
-        if top + height > WINDOW[1] or width < 100:
-            continue  # below the screenshot's fold
-        area = pixels[int(top):int(top + height), int(left):int(left + width)]
-        assert area.std() > 10 and (area < 128).mean() > 0.005, f"a blank figure in {shot}"
-        seen += 1
-    assert seen >= 2, f"too few figures in view in {shot}"
-    return shot
-
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_the_page_renders_its_figures_in_chromium(tmp_path):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import QUICK, run_cli, start_cli, stop_group, wait_for
+from helpers import QUICK, run_cli, start_cli, stop_group, wait_for
 
 from tuner.errors import InputError
 
@@ -95,6 +95,7 @@ def test_storage_uri_paths_keep_the_query_at_the_end():
     assert sweep.checkpoint_location(local, "/tmp/run/trials", Path("/tmp/other")) == local.path
 
 
+@pytest.mark.cluster
 def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
     from tuner.cluster import check_storage
 
@@ -118,6 +119,7 @@ def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
     assert not results.exists()
 
 
+@pytest.mark.cluster
 def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
         s3, tmp_path, monkeypatch):
     """Head without CPUs for trials and one worker node: two 2-epoch trials, one at a time. The

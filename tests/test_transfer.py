@@ -4,25 +4,16 @@ training, Fashion-MNIST), and an RGB image folder fine-tuned from one of its 1-c
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
-import pytest
 import torch
 import yaml
-from conftest import ROOT, make_image_folder, run_cli, short_tmpdir
-from test_folder import FOLDER_QUICK
+from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cli, short_tmpdir
 
 from tuner import fashion_mnist
 from tuner.spec import load_spec
 
 SOURCE = ROOT / "sweeps" / "transfer-source.yaml"
 TARGET = ROOT / "sweeps" / "transfer-target.yaml"
-needs_fashion = pytest.mark.skipif(
-    not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
-    and not os.environ.get("FASHION_MNIST_DIR"),
-    reason="needs the Fashion-MNIST files: apt-get install dataset-fashion-mnist",
-)
 
 
 def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_to_three_arms():
