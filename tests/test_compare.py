@@ -44,7 +44,10 @@ def test_arms_give_their_own_specs():
     assert spec.compare.repeats == 2 and list(spec.compare.arms) == ["full", "head"]
     head = spec.arm("head")
     assert head.model.freeze == "head" and head.train.weight_decay == 1e-4 and head.compare is None
-    assert head.search == spec.search and spec.arm("full").model.freeze == "none"
+    assert spec.arm("full").model.freeze == "none"
+    # the same search in every arm, but each arm's searcher draws its own random points
+    assert head.search == spec.search.model_copy(update={"seed": spec.search.seed + 1})
+    assert spec.arm("full").search == spec.search
 
 
 @pytest.mark.parametrize(("compare", "pieces"), [

@@ -32,6 +32,7 @@ import tuner
 from tuner.data import Dataset
 from tuner.errors import InputError
 from tuner.model import CARD_FILE, MODEL_FILE, Weights, build_model
+from tuner.results import repeat_rows
 from tuner.spec import Model, Spec
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ def save_arms(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weigh
     metric, out = spec.search.metric, {}
     for arm, records in repeats.items():
         arm_spec = spec.arm(arm)
-        rows = trials[(trials["arm"] == arm) & (trials["phase"] == "repeats")
-                      & (trials["status"] == "finished")].dropna(subset=[metric, "test_accuracy"])
+        rows = repeat_rows(trials, arm)
+        rows = rows[rows["status"] == "finished"].dropna(subset=[metric, "test_accuracy"])
         if rows.empty:
             continue
         row = rows.loc[rows[metric].idxmax() if spec.search.mode == "max" else rows[metric].idxmin()]

@@ -29,7 +29,7 @@ from scipy import stats
 from tuner import results, sweep
 from tuner.data import Dataset
 from tuner.model import Weights
-from tuner.spec import Spec, param_path
+from tuner.spec import Spec, param_path, same_point
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +43,59 @@ def steps(spec: Spec) -> list[tuple[str, str]]:
     return [(phase, arm) for phase in PHASES for arm in spec.compare.arms]
 
 
-def repeats_spec(arm_spec: Spec, best: dict, repeats: int, used: Iterable[int] = ()) -> Spec:
+def seed_key(best: dict) -> str:
+    """The key of train.seed among a point's keys ("seed" when searched as such)."""
+    return next((k for k in best if param_path(k) == "train.seed"), "train.seed")
+
+
+def repeats_spec(arm_spec: Spec, best: dict, repeats: int, used: Iterable[int] = (),
+                 default: dict | None = None) -> Spec:
     """The arm's best config trained once per fresh seed: the first `repeats` seeds after
     train.seed that no search trial trained with (`used`: their seeds, when train.seed is searched;
-    a repeat must not reproduce the chosen trial). The seeds are the searcher's whole plan (random
-    searcher, one point per seed: exactly `repeats` trials), under FIFO so that every run trains
-    all its epochs."""
-    seed_key = next((k for k in best if param_path(k) == "train.seed"), "train.seed")
+    a repeat must not reproduce the chosen trial). With `default` (the arm's own settings,
+    Spec.default_point) other than the best config, those settings are trained with the same
+    seeds too: what tuning gained is then measured on the test set, paired by seed. The points
+    are the searcher's whole plan (random searcher, one trial per point), under FIFO so that
+    every run trains all its epochs."""
+    key = seed_key(best)
     taken = {arm_spec.train.seed, *used}
     fresh = (s for s in itertools.count(arm_spec.train.seed + 1) if s not in taken)
     seeds = list(itertools.islice(fresh, repeats))
+    configs = [best]
+    if default is not None and not same_config(default, best):
+        configs.append({**default, **({key: best[key]} if key in best else {})})
+    choices = {k: list(dict.fromkeys(c[k] for c in configs)) for k in best}
     raw = arm_spec.model_dump()
     raw["search"].update(
-        searcher="random", num_samples=repeats, n_initial_points=None, scheduler="fifo",
-        parameters={**{k: {"choice": [v]} for k, v in best.items()}, seed_key: {"choice": seeds}},
-        points_to_evaluate=[{**best, seed_key: s} for s in seeds],
+        searcher="random", num_samples=len(configs) * repeats, n_initial_points=None,
+        scheduler="fifo", default_trial=False,
+        parameters={**{k: {"choice": v} for k, v in choices.items()}, key: {"choice": seeds}},
+        points_to_evaluate=[{**c, key: s} for c in configs for s in seeds],
     )
     return Spec.model_validate(raw)
+
+
+def same_config(a: dict, b: dict) -> bool:
+    """Two points of an arm's search, train.seed aside."""
+    key = seed_key(a)
+    return same_point({k: v for k, v in a.items() if k != key},
+                      {k: v for k, v in b.items() if k != key})
+
+
+def with_roles(table: pd.DataFrame, best: dict, default: dict | None) -> pd.DataFrame:
+    """A repeats table with a `role` column: "chosen" for runs of the best config, "default" for
+    runs of the arm's own settings (when they differ)."""
+    keys = [k for k in best if k != seed_key(best)]
+
+    def role(row) -> str:
+        values = {k: results._plain(row[k]) for k in keys}
+        if default is not None and not same_config(default, best) and same_config(
+                values, {k: default[k] for k in keys}):
+            return "default"
+        return "chosen"
+
+    roles = [role(r) for _, r in table.iterrows()] if len(table) else []
+    return table.assign(role=roles)
 
 
 def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_dir: Path,
@@ -71,6 +107,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     labels = {setting: w.label for setting, w in weights.items()}
     t0 = time.perf_counter()
     trials, epochs, best, seeds = [], [], {}, {}
+    defaults = {arm: spec.arm(arm).default_point()[0] for arm in spec.compare.arms}
     search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
     repeat_records = {}  # arm -> its repeats: the models come from them
     for phase, arm in steps(spec):
@@ -79,7 +116,8 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             if arm not in best:
                 log.warning("arm %s: no trial of its search finished; nothing to repeat", arm)
                 continue
-            arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats, seeds[arm])
+            arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats, seeds[arm],
+                                    defaults[arm])
         step = f"{phase}:{arm}"
         done = step in progress["done"]
         if not done:
@@ -100,6 +138,8 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             table = _tested(table, records, arm_spec, data, progress["tests"].setdefault(arm, {}),
                             status_path, progress)
             repeat_records[arm] = records
+        if phase == "repeats":
+            table = with_roles(table, best[arm], defaults[arm])
         trials.append(_tagged(table, arm, phase))
         epochs.append(_tagged(results.epochs_table(records), arm, phase))
         _write_tables(run_dir, trials, epochs)
@@ -181,16 +221,17 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
         plots.plot_compare(trials, table, spec, run_dir / "compare.png")
     except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
         log.warning("compare.png not written: %s: %s", type(e).__name__, e)
-    planned = len(spec.compare.arms) * (spec.search.planned_trials() + spec.compare.repeats)
+    planned = len(trials[trials["phase"] == "repeats"]) + len(spec.compare.arms) * \
+        spec.search.planned_trials()
     _status(status_path, state="finished", phase=None, arm=None,
             trials=results.trial_counts(trials, planned), cost=results.cost_totals(trials),
             wall_time_s=round(wall, 1))  # this session's, as a plain sweep's
     shown = ["arm", "test_mean", "test_ci95_low", "test_ci95_high", "val_mean", "repeats",
-             "trials", "trial_epochs", "device_s"]
+             "default_test_mean", "gain_vs_default", "trials", "trial_epochs", "device_s"]
     print(f"\ncomparison finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(table[shown]))
     print()
-    for line in verdict(trials, table, spec):
+    for line in gain_lines(table) + verdict(trials, table, spec):
         print(line)
     return 0 if table["test_mean"].notna().any() else 1
 
@@ -209,15 +250,23 @@ def t_interval(values: pd.Series) -> tuple[float, float]:
 
 def compare_table(trials: pd.DataFrame, best: dict, spec: Spec) -> pd.DataFrame:
     """One row per arm: its best config (chosen on validation in its search), the validation and
-    test scores of the repeats (mean, std, 95% interval of the test mean), and what the arm cost in
-    all (search and repeats): trials, and the sums of trials.csv's trial_epochs and device_s."""
+    test scores of the repeats (mean, std, 95% interval of the test mean), what tuning gained over
+    the arm's own settings (trained with the same seeds: `gain_vs_default`, the paired difference
+    of test means, and its 95% interval; 0 when the settings are the choice), and what the arm
+    cost in all (search and repeats): trials, and the sums of trials.csv's trial_epochs and
+    device_s (`default_trial_epochs`: the part spent on the own settings' repeats)."""
     metric = spec.search.metric
     rows = []
     for arm in spec.compare.arms:
         mine = trials[trials["arm"] == arm]
-        repeats = mine[(mine["phase"] == "repeats") & (mine["status"] == "finished")]
+        repeats = results.repeat_rows(trials, arm)
+        repeats = repeats[repeats["status"] == "finished"]
         test = repeats["test_accuracy"].dropna() if "test_accuracy" in repeats else pd.Series([])
         low, high = t_interval(test)
+        own = results.repeat_rows(trials, arm, "default")
+        arm_spec = spec.arm(arm)
+        measured = arm_spec.default_point()[0] is not None
+        gain = _gain(trials, arm, own) if measured else _gain(trials.iloc[:0], arm, own)
         rows.append({
             "arm": arm,
             "best_config": json.dumps(best.get(arm)),
@@ -228,13 +277,58 @@ def compare_table(trials: pd.DataFrame, best: dict, spec: Spec) -> pd.DataFrame:
             "test_ci95_low": low,
             "test_ci95_high": high,
             "repeats": len(test),
+            **gain,
+            "searcher_seed": arm_spec.search.seed,
             "trials": int((mine["phase"] == "search").sum()),
             "trial_epochs": int(mine["trial_epochs"].sum()),
             "device_s": round(float(mine["device_s"].sum()), 1),
+            "default_trial_epochs": int(own["trial_epochs"].sum()) if len(own) else 0,
             "weights": "; ".join(sorted(set(mine["weights"].dropna()))),
             "overrides": json.dumps(spec.compare.arms[arm]),
         })
     return pd.DataFrame(rows)
+
+
+def _gain(trials: pd.DataFrame, arm: str, own: pd.DataFrame) -> dict:
+    """The arm's own settings' test mean and what the chosen config gained over them, paired by
+    seed (`difference`). No runs of the own settings: they are the chosen config (gain 0), or
+    none ran (NaN; an older run)."""
+    chosen = _scores(trials, arm)
+    empty = {"default_test_mean": math.nan, "gain_vs_default": math.nan,
+             "gain_ci95_low": math.nan, "gain_ci95_high": math.nan}
+    if own.empty:
+        if "role" not in trials or not len(chosen):
+            return empty
+        mean = float(chosen.mean())
+        return {"default_test_mean": mean, "gain_vs_default": 0.0, "gain_ci95_low": 0.0,
+                "gain_ci95_high": 0.0}
+    theirs = _scores(trials, arm, "default")
+    if not len(theirs) or not len(chosen):
+        return empty
+    out = {**empty, "default_test_mean": float(theirs.mean()),
+           "gain_vs_default": float(chosen.mean() - theirs.mean())}
+    if min(len(chosen), len(theirs)) >= 2:
+        d = difference(chosen, theirs)
+        out.update(gain_ci95_low=d["low"], gain_ci95_high=d["high"])
+    return out
+
+
+def gain_lines(table: pd.DataFrame) -> list[str]:
+    """Per arm, in words: what tuning gained on the test set over the arm's own settings."""
+    lines = []
+    for _, row in table.iterrows():
+        if pd.isna(row.get("gain_vs_default", math.nan)):
+            continue
+        if row["gain_vs_default"] == 0 and row["gain_ci95_low"] == row["gain_ci95_high"] == 0:
+            lines.append(f"{row['arm']}: tuning gained nothing over the arm's own settings: they "
+                         "are its chosen config")
+            continue
+        interval = (f" [{100 * row['gain_ci95_low']:+.1f}, {100 * row['gain_ci95_high']:+.1f}]"
+                    if pd.notna(row["gain_ci95_low"]) else "")
+        lines.append(f"{row['arm']}: tuning gained {100 * row['gain_vs_default']:+.1f}{interval} "
+                     f"points of test accuracy over the arm's own settings "
+                     f"({100 * row['default_test_mean']:.1f}% with the same seeds)")
+    return lines
 
 
 def verdict(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec) -> list[str]:
@@ -308,9 +402,10 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def _scores(trials: pd.DataFrame, arm: str) -> pd.Series:
-    """The arm's test scores, indexed by train.seed when the table has it (a plain index if not)."""
-    rows = trials[(trials["arm"] == arm) & (trials["phase"] == "repeats")]
+def _scores(trials: pd.DataFrame, arm: str, role: str = "chosen") -> pd.Series:
+    """The test scores of the arm's repeats of its chosen config (or, role "default", of its own
+    settings), indexed by train.seed when the table has it (a plain index if not)."""
+    rows = results.repeat_rows(trials, arm, role)
     if "test_accuracy" not in rows:
         return pd.Series([], dtype=float)
     scores = rows["test_accuracy"]

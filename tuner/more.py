@@ -247,6 +247,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
         model_dir = write_model(run_dir, spec, data, weights, record, best, test)
         if model_dir is not None:
             chosen["model"] = model_dir
+    chosen.update(results.versus_default(trials, spec, best))
     results.write_json(run_dir / "best.json", chosen)
     # Only this session's checkpoints, and the one chosen before: the others are gone already.
     gone_best = [r for r in old_records if previous and r.trial_id == previous.get("trial_id")]
@@ -258,6 +259,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test['test_accuracy']:.4f} (the test set used {uses['count']} time(s) "
           f"in this run, for {', '.join(uses['trials'])})")
+    print(results.gain_line(chosen, spec))
     return 0
 
 

@@ -18,7 +18,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to manage
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from tuner.results import best_so_far, best_trial, scored_trials, sweep_seconds, write_bytes
+from tuner.results import (best_so_far, best_trial, repeat_rows, scored_trials, sweep_seconds,
+                           write_bytes)
 from tuner.spec import Spec
 
 PANEL_INCHES = (4.2, 3.6)  # width, height of one panel
@@ -194,7 +195,7 @@ def plot_sweep(epochs: pd.DataFrame, trials: pd.DataFrame, spec: Spec, path: Pat
 def draw_arms_test(ax: Axes, trials: pd.DataFrame, table: pd.DataFrame) -> None:
     """Each arm's repeats' test accuracy (one dot per seed) with their mean and 95% interval."""
     for i, row in table.reset_index(drop=True).iterrows():
-        reps = trials[(trials["arm"] == row["arm"]) & (trials["phase"] == "repeats")]
+        reps = repeat_rows(trials, row["arm"])
         scores = reps["test_accuracy"].dropna() if "test_accuracy" in reps else pd.Series([])
         ax.scatter([i] * len(scores), scores, color=OTHERS, alpha=0.6, zorder=2,
                    label="one seed" if i == 0 else None)

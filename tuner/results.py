@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.spec import Spec, get_path, param_path
+from tuner.spec import Spec, get_path, param_path, same_point
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
 # wall clock in whole seconds, and `time_total_s`, the trial's running time, stay: they time the sweep.)
@@ -178,6 +178,66 @@ def best_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:
         return None
     idx = ok[spec.search.metric].idxmax() if spec.search.mode == "max" else ok[spec.search.metric].idxmin()
     return ok.loc[idx]
+
+
+def default_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:
+    """The first scored trial that ran the spec's own settings (Spec.default_point), or None."""
+    point, _ = spec.default_point()
+    if point is None or not set(point) <= set(trials.columns):
+        return None
+    for _, row in scored_trials(trials, spec).iterrows():
+        if same_point(point, {k: _plain(row[k]) for k in point}):
+            return row
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as the Python value a spec holds (numpy scalars to int, float, bool)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def versus_default(trials: pd.DataFrame, spec: Spec, best: pd.Series) -> dict[str, Any]:
+    """What tuning gained over the spec's own settings, for best.json: the default trial (its id,
+    config and metric) and `gain_vs_default`, the chosen trial's metric minus the default's
+    (for a metric to minimise, the default's minus the chosen's: positive is better either way).
+    On validation, where the choice was made; with no default trial, the reason."""
+    metric = spec.search.metric
+    point, why = spec.default_point()
+    row = default_trial(trials, spec)
+    if row is None:
+        why = why or "the trial of the spec's own settings did not finish"
+        return {"default_trial": {"config": point, "reason": why}, "gain_vs_default": None}
+    gain = float(best[metric] - row[metric]) * (1 if spec.search.mode == "max" else -1)
+    return {"default_trial": {"trial_id": row["trial_id"], "config": point,
+                              metric: float(row[metric])},
+            "gain_vs_default": gain}
+
+
+def gain_line(chosen: dict, spec: Spec) -> str:
+    """One line on what tuning gained over the spec's own settings (best.json's fields)."""
+    metric, default, gain = spec.search.metric, chosen.get("default_trial") or {}, chosen.get(
+        "gain_vs_default")
+    if gain is None:
+        reason = default.get("reason", "not recorded")
+        return f"gain over the spec's own settings: not measured ({reason})"
+    if default.get("trial_id") == chosen.get("trial_id"):
+        return (f"tuning gained nothing over the spec's own settings: they are the choice "
+                f"(trial {default['trial_id']}, {metric} {default[metric]:.4f})")
+    if metric == "val_accuracy":
+        size = f"{100 * gain:+.1f} points of {metric}"
+    else:
+        size = f"{abs(gain):.4f} {'lower' if gain >= 0 else 'higher'} {metric}"
+    return (f"tuning gained {size} on validation over the spec's own settings (trial "
+            f"{default['trial_id']}: {default[metric]:.4f}; chosen: {chosen[metric]:.4f})")
+
+
+def repeat_rows(trials: pd.DataFrame, arm: str, role: str = "chosen") -> pd.DataFrame:
+    """A comparison arm's repeats of its chosen config (role "chosen") or of its own settings
+    (role "default"; compare.repeats_spec); tables without a role column hold chosen ones only."""
+    rows = trials[(trials["arm"] == arm) & (trials["phase"] == "repeats")]
+    if "role" in rows:
+        return rows[rows["role"] == role]
+    return rows if role == "chosen" else rows.iloc[:0]
 
 
 def top_trials(trials: pd.DataFrame, spec: Spec, n: int = 5) -> pd.DataFrame:

@@ -195,7 +195,7 @@ def dry_run(spec: Spec, args: argparse.Namespace) -> int:
 def plan_text(spec: Spec, weights: dict, data) -> str:
     """The dry run's plan: the resolved spec, the search and what it starts from, the arms, the
     weights and the data."""
-    from tuner import warmstart
+    from tuner import sweep, warmstart
     from tuner.model import weights_label
     from tuner.space import describe
 
@@ -203,10 +203,17 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
     out = [dump_spec(spec).rstrip("\n"), "",
            f"search space ({s.searcher}, {s.planned_trials()} trials, {s.mode}imise {s.metric}):"]
     out += [f"  {key:<16} {text}" for key, text in describe(s)]
-    if s.points_to_evaluate:
-        out.append(f"  the first {len(s.points_to_evaluate)} trial(s) try these points "
-                   "(points_to_evaluate):")
-        out += ["    " + ", ".join(f"{k}={v}" for k, v in p.items()) for p in s.points_to_evaluate]
+    default, why = spec.default_point()
+    first = sweep.first_points(spec)  # the default point, unless points_to_evaluate has it
+    if default is not None:
+        out.append("  the first trial runs the spec's own settings (search.default_trial): "
+                   + ", ".join(f"{k}={v}" for k, v in default.items()))
+    elif s.parameters:
+        out.append(f"  no trial of the spec's own settings: {why}")
+    given = first[1:] if default is not None and len(first) > len(s.points_to_evaluate) else first
+    if given:
+        out.append(f"  then {len(given)} trial(s) try these points (points_to_evaluate):")
+        out += ["    " + ", ".join(f"{k}={v}" for k, v in p.items()) for p in given]
     for run_dir in s.warm_start:
         n = len(warmstart.run_points(run_dir, spec))
         use = ("TPE starts from them as if this sweep had run them" if s.searcher == "hyperopt"
@@ -386,7 +393,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     with phases.phase("model"):
         model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
     metric = spec.search.metric
-    results.write_json(run_dir / "best.json", {
+    chosen = {
         "trial_id": record.trial_id,
         "config": record.params,
         "metric": metric,
@@ -403,7 +410,9 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
         "test_set_uses": uses,
-    })
+        **results.versus_default(trials, spec, best),  # on validation: no other test-set look
+    }
+    results.write_json(run_dir / "best.json", chosen)
     keep_checkpoints(spec, records, record)
     # a crash before it: resumable
     write_status(run_dir, "finished", experiment, resume, {**counts, "test_set_uses": uses})
@@ -412,6 +421,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     print(results.format_table(results.top_trials(trials, spec)))
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test['test_accuracy']:.4f} (test set used once, after selection)")
+    print(results.gain_line(chosen, spec))
     print(f"model: {run_dir / model_dir} (predict with: python -m tuner.predict {run_dir} IMAGES...)")
     return 0
 

@@ -353,6 +353,10 @@ class Search(_Section):
     scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials early
     grace_period: PositiveInt = 1  # asha: epochs every trial gets
     points_to_evaluate: list[dict[str, Any]] = []
+    # The spec's own values of the searched fields (train.lr, ...) are the first trial, when they
+    # lie in the space: the choice is then never worse on validation than those settings, and
+    # best.json says what tuning gained over them. One of num_samples, not an extra trial.
+    default_trial: bool = True
     # Keys are spec paths; a bare name means a train field ("lr" is "train.lr").
     parameters: dict[str, Param] = {}
     # Run directories whose finished trials (searched values and final metric) TPE starts from, as
@@ -553,9 +557,12 @@ class Spec(_Section):
         return problems
 
     def arm(self, name: str) -> Spec:
-        """The spec one arm runs: its overrides applied, no `compare` section."""
+        """The spec one arm runs: its overrides applied, no `compare` section, and a searcher
+        seed of its own (search.seed + the arm's place), so that the arms do not all draw the
+        same random start-up points."""
         raw = self.model_dump()
         raw["compare"] = None
+        raw["search"]["seed"] = self.search.seed + list(self.compare.arms).index(name)
         for key, value in self.compare.arms[name].items():
             set_path(raw, param_path(key), value)
         return Spec.model_validate(raw)
@@ -570,6 +577,28 @@ class Spec(_Section):
             for choice in weights.choice if weights else [s.model.weights]:
                 out.append(s.model.model_copy(update={"weights": choice}))
         return out
+
+    def default_point(self) -> tuple[dict[str, Any] | None, str]:
+        """The spec's own values of the searched fields, as a point of the search space (keys as
+        in search.parameters), and why there is none when there is none (search.default_trial
+        off, nothing searched, a grid, or a value outside its distribution)."""
+        s = self.search
+        if not s.default_trial:
+            return None, "search.default_trial is off"
+        if not s.parameters:
+            return None, "nothing is searched"
+        if s.searcher == "grid":
+            return None, "a grid tries its own combinations"
+        point = {}
+        for key, param in s.parameters.items():
+            value = get_path(self, param_path(key))
+            if isinstance(value, Path):
+                value = str(value)
+            if not param.contains(value):
+                return None, (f"{key}={value!r} lies outside its search space "
+                              f"({param.kind} {list(param.args)})")
+            point[key] = value
+        return point, ""
 
     def search_for(self, path: str) -> Param | None:
         """The distribution searched for a spec path, if any ('train.epochs' finds key 'epochs')."""
@@ -589,6 +618,15 @@ class Spec(_Section):
 def param_path(key: str) -> str:
     """'lr' -> 'train.lr'; dotted keys are full spec paths already."""
     return key if "." in key else f"train.{key}"
+
+
+def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two points of a search space are one config (floats to 12 significant digits:
+    values read back from trials.csv)."""
+    def norm(v: Any) -> Any:
+        return float(f"{v:.12g}") if isinstance(v, float) else v
+
+    return a.keys() == b.keys() and all(norm(a[k]) == norm(b[k]) for k in a)
 
 
 def get_path(obj: Any, path: str) -> Any:
@@ -675,26 +713,29 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
-    check_overrides_not_searched(raw, overrides)
-    return validate(raw, source=str(path))
+    spec = validate(raw, source=str(path))
+    check_overrides_not_searched(spec, overrides)
+    return spec
 
 
-def check_overrides_not_searched(raw: dict, overrides: list[str]) -> None:
-    """A `--set` of a field the search also searches would be silently replaced by each trial's
-    searched value: bad input, naming the search entry to change instead."""
-    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
-    params = search.get("parameters") if isinstance(search.get("parameters"), dict) else {}
+def check_overrides_not_searched(spec: Spec, overrides: list[str]) -> None:
+    """A `--set` of a field the search also searches sets the first trial's value (the spec's own
+    settings, search.default_trial). Where no such trial runs, each trial's searched value would
+    silently replace it: bad input, naming the search entry to change instead."""
+    default, why = spec.default_point()
     for item in overrides:
         key = item.partition("=")[0]
         if key.split(".")[0] == "search":
             continue
-        for name, dist in params.items():
+        for name, param in spec.search.parameters.items():
             path = param_path(name)
-            if path == key or path.startswith(key + "."):
-                shown = yaml.safe_dump(dist, default_flow_style=True).strip() if dist else ""
+            if (path == key or path.startswith(key + ".")) and default is None:
+                dist = {k: v for k, v in param.model_dump().items() if v is not None}
+                shown = yaml.safe_dump(dist, default_flow_style=True).strip()
                 raise InputError(
-                    f"--set {key}: {path} is searched (search.parameters.{name}: {shown}), so a "
-                    f"fixed value would be ignored; change the search entry instead, e.g. --set "
+                    f"--set {key}: {path} is searched (search.parameters.{name}: {shown}) and no "
+                    f"trial runs the spec's own settings ({why}), so a fixed value would be "
+                    f"ignored; change the search entry instead, e.g. --set "
                     f"'search.parameters.{name}={{choice: [VALUE]}}'")
 
 

@@ -22,7 +22,7 @@ from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord, trial_params
 from tuner.space import param_space
-from tuner.spec import Spec
+from tuner.spec import Spec, same_point
 from tuner.trainable import checkpoint_weights, test_checkpoint, train_trial
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ def make_searcher(spec: Spec):
     given more trials (whose own run is among them) does not draw its earlier random points again.
     """
     s = spec.search
-    points = [dict(p) for p in s.points_to_evaluate] or None
     limit, _ = concurrency(spec)
     evidence = warmstart.load_points(spec) if s.warm_start else []
+    points = first_points(spec, evidence) or None
     seed = s.seed + len(evidence)
     if s.searcher in ("random", "grid"):  # learns nothing from evidence
         return BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
@@ -76,6 +76,18 @@ def make_searcher(spec: Spec):
         evidence=evidence, points_to_evaluate=points, n_initial_points=initial_points(spec),
         random_state_seed=seed)
     return ConcurrencyLimiter(searcher, limit)
+
+
+def first_points(spec: Spec, evidence: list = ()) -> list[dict]:
+    """The points the searcher tries first: the spec's own settings (Spec.default_point), unless
+    search.points_to_evaluate or the warm-start evidence (a sweep given more trials) has them
+    already, then search.points_to_evaluate."""
+    points = [dict(p) for p in spec.search.points_to_evaluate]
+    default, _ = spec.default_point()
+    if default is not None and not any(same_point(default, p) for p in
+                                       [*points, *(e.config for e in evidence)]):
+        points.insert(0, default)
+    return points
 
 
 def make_scheduler(spec: Spec):
