@@ -263,6 +263,10 @@ def test_dry_run_prints_the_search_space(tmp_path):
     assert "search space (hyperopt, 10 trials, maximise val_accuracy):" in lines
     space = lines[lines.index("search space (hyperopt, 10 trials, maximise val_accuracy):") + 1:]
     space = space[:space.index("")]  # the space, then a blank line and how the trials would run
+    own = "the first trial runs the spec's own settings (search.default_trial): epochs=5, " \
+        "batch_size=64, lr=0.001"
+    assert space[-1] == own  # the spec's own settings: the first trial
+    space = space[:-1]
     assert [line.split()[0] for line in space] == ["epochs", "batch_size", "lr"]
     assert any(line.split() == ["epochs", "choice", "of", "4,", "5,", "6,", "7,", "8,", "9"] for line in space)
     assert any(line.split() == ["batch_size", "choice", "of", "32,", "64,", "128"] for line in space)

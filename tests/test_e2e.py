@@ -43,6 +43,7 @@ def test_sweep_exits_cleanly_and_writes_one_run(quick_run):
     assert len(runs) == 1
     assert f"run directory: {runs[0]}" in proc.stdout
     assert "test_accuracy=" in proc.stdout
+    assert "over the spec's own settings" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 
@@ -91,6 +92,14 @@ def test_summaries_and_best(quick_run):
     # the test set was looked at once, for the chosen trial, and both files say so
     assert best["test_set_uses"] == status["test_set_uses"] == {"count": 1, "trials": [best["trial_id"]]}
     assert status["trials"]["planned"] == 3
+    # the spec's own settings (epochs 1, batch 64, lr 1e-3) ran as a trial; best.json says what
+    # tuning gained over them, on validation, where the choice was made
+    default = best["default_trial"]
+    assert default["config"] == {"epochs": 1, "batch_size": 64, "lr": 1e-3}
+    row = trials[trials["trial_id"].astype(str) == default["trial_id"]].iloc[0]
+    assert row["batch_size"] == 64 and row["lr"] == pytest.approx(1e-3)
+    assert best["gain_vs_default"] == pytest.approx(best["val_accuracy"] - row["val_accuracy"])
+    assert best["gain_vs_default"] >= 0  # the choice is never worse than the spec's own settings
 
 
 def test_only_the_chosen_trials_checkpoint_is_kept(quick_run):

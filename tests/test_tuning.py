@@ -1,0 +1,156 @@
+"""Tuning that pays: the spec's own settings as the first trial and what tuning gained over them
+(plain sweeps and comparisons), each arm's own searcher seed. Without Ray: the searcher is asked
+in process as Ray Tune asks it, and the tables are made from known scores."""
+
+import math
+
+import pandas as pd
+import pytest
+from helpers import ROOT
+
+from tuner import results, sweep
+from tuner.compare import compare_table, gain_lines, repeats_spec, with_roles
+from tuner.errors import InputError
+from tuner.space import param_space
+from tuner.spec import load_spec, same_point
+
+QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # epochs {1, 2}, batch {32, 64, 128}, lr [1e-4, 1e-3]
+OWN = {"epochs": 1, "batch_size": 64, "lr": 1e-3}  # its train section
+
+
+def first_suggestion(spec) -> dict:
+    searcher = sweep.make_searcher(spec)
+    searcher.set_search_properties(spec.search.metric, spec.search.mode, param_space(spec.search))
+    return searcher.suggest("t0")
+
+
+def test_the_first_trial_runs_the_specs_own_settings():
+    spec = load_spec(QUICK)
+    assert spec.default_point() == (OWN, "")
+    got = first_suggestion(spec)  # TPE's first
+    assert same_point({k: got[k] for k in OWN}, OWN)
+    random = load_spec(QUICK, ["search.searcher=random"])
+    assert sweep.first_points(random) == [OWN]  # the random searcher's points_to_evaluate
+
+
+def test_a_set_of_a_searched_field_inside_the_space_is_the_first_trials_value():
+    spec = load_spec(QUICK, ["train.lr=5e-4", "train.epochs=2"])
+    assert spec.default_point()[0] == {"epochs": 2, "batch_size": 64, "lr": 5e-4}
+    got = first_suggestion(spec)
+    assert got["lr"] == pytest.approx(5e-4) and got["epochs"] == 2
+
+
+@pytest.mark.parametrize(("overrides", "why"), [
+    (["search.default_trial=false"], "search.default_trial is off"),
+    (["search.parameters.epochs={choice: [2]}"], "epochs=1 lies outside its search space"),
+    (["search.searcher=grid", "search.num_samples=1",
+      "search.parameters={batch_size: {choice: [32, 64]}}"],
+     "a grid tries its own combinations"),
+    (["search.parameters={}"], "nothing is searched"),
+])
+def test_no_default_trial_says_why(overrides, why):
+    spec = load_spec(QUICK, overrides)
+    point, reason = spec.default_point()
+    assert point is None and why in reason
+    if spec.search.parameters and spec.search.searcher != "grid":
+        assert not any(same_point(OWN, p) for p in sweep.first_points(spec))
+
+
+def test_a_set_of_a_searched_field_outside_the_space_is_still_refused():
+    with pytest.raises(InputError, match="lies outside its search space"):
+        load_spec(QUICK, ["train.epochs=3"])
+
+
+def test_the_default_point_is_not_tried_again_when_given_or_already_seen():
+    spec = load_spec(QUICK, [f"search.points_to_evaluate=[{{epochs: 1, batch_size: 64, lr: 0.001}},"
+                             " {epochs: 2, batch_size: 32, lr: 0.0005}]"])
+    assert len(sweep.first_points(spec)) == 2  # given first already: not twice
+    seen = [type("Point", (), {"config": {"epochs": 1, "batch_size": 64, "lr": 0.0010000000000000002}})]
+    plain = load_spec(QUICK)
+    assert sweep.first_points(plain, seen) == []  # a sweep given more trials ran it already
+
+
+def _table(rows):
+    base = {"status": "finished", "val_loss": 0.5, "epochs_completed": 1}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_best_json_says_what_tuning_gained_over_the_specs_own_settings():
+    spec = load_spec(QUICK)
+    trials = _table([{"trial_id": "a", **OWN, "val_accuracy": 0.80},
+                     {"trial_id": "b", "epochs": 2, "batch_size": 32, "lr": 5e-4, "val_accuracy": 0.83},
+                     {"trial_id": "c", "epochs": 2, "batch_size": 64, "lr": 1e-3, "val_accuracy": 0.70}])
+    best = results.best_trial(trials, spec)
+    got = results.versus_default(trials, spec, best)
+    assert got["default_trial"] == {"trial_id": "a", "config": OWN, "val_accuracy": 0.80}
+    assert got["gain_vs_default"] == pytest.approx(0.03)
+    line = results.gain_line({**got, "trial_id": "b", "val_accuracy": 0.83}, spec)
+    assert line.startswith("tuning gained +3.0 points of val_accuracy on validation")
+    # the default is the choice: nothing gained, and the words say so
+    trials.loc[0, "val_accuracy"] = 0.9
+    got = results.versus_default(trials, spec, results.best_trial(trials, spec))
+    assert got["gain_vs_default"] == 0
+    assert "gained nothing" in results.gain_line({**got, "trial_id": "a", "val_accuracy": 0.9}, spec)
+    # the default trial failed: no gain, and why
+    trials.loc[0, "status"] = "error"
+    got = results.versus_default(trials, spec, results.best_trial(trials, spec))
+    assert got["gain_vs_default"] is None and "did not finish" in got["default_trial"]["reason"]
+
+
+ARMS = ["compare.arms={scratch: {model.weights: none}, tuned: {train.weight_decay: 1.0e-4}}",
+        "compare.repeats=3"]
+
+
+def test_arms_draw_their_own_random_points():
+    spec = load_spec(QUICK, [*ARMS, "search.default_trial=false"])
+    a, b = (first_suggestion(spec.arm(arm)) for arm in spec.compare.arms)
+    assert spec.arm("tuned").search.seed == spec.search.seed + 1
+    assert a != b
+
+
+def test_repeats_train_the_arms_own_settings_with_the_same_seeds():
+    spec = load_spec(QUICK, ARMS)
+    arm = spec.arm("tuned")
+    best = {"epochs": 2, "batch_size": 32, "lr": 5e-4}
+    rep = repeats_spec(arm, best, 3, default=arm.default_point()[0])
+    points = rep.search.points_to_evaluate
+    assert rep.search.num_samples == 6 and not rep.search.default_trial
+    assert [p["train.seed"] for p in points] == [1, 2, 3, 1, 2, 3]
+    assert [p["lr"] for p in points] == [5e-4] * 3 + [1e-3] * 3
+    # the own settings are the chosen config: 3 runs only
+    same = repeats_spec(arm, OWN, 3, default=OWN)
+    assert same.search.num_samples == 3
+
+
+def _repeats(arm, chosen, own):
+    rows = [{"arm": arm, "phase": "search", "status": "finished", "val_accuracy": 0.5,
+             "trial_epochs": 2, "device_s": 10.0, "weights": "none", **OWN}]
+    for config, scores in ((dict(OWN, lr=5e-4), chosen), (OWN, own)):
+        rows += [{"arm": arm, "phase": "repeats", "status": "finished", "val_accuracy": t,
+                  "test_accuracy": t, "train.seed": seed, "trial_epochs": 2, "device_s": 10.0,
+                  "weights": "none", **config} for seed, t in zip((1, 2, 3), scores)]
+    table = pd.DataFrame(rows)
+    search, repeats = table[table["phase"] == "search"], table[table["phase"] == "repeats"]
+    repeats = with_roles(repeats, dict(OWN, lr=5e-4), OWN)
+    return pd.concat([search, repeats], ignore_index=True)
+
+
+def test_compare_csv_gives_the_gain_over_the_own_settings_paired_by_seed():
+    spec = load_spec(QUICK, ["compare.arms={A: {}, B: {}}"])
+    trials = pd.concat([_repeats("A", [0.90, 0.91, 0.92], [0.88, 0.885, 0.90]),
+                        _repeats("B", [0.85, 0.86, 0.87], [0.85, 0.86, 0.87])], ignore_index=True)
+    assert list(trials.loc[trials["phase"] == "repeats", "role"][:6]) == ["chosen"] * 3 + ["default"] * 3
+    table = compare_table(trials, {}, spec).set_index("arm")
+    a = table.loc["A"]
+    assert a["test_mean"] == pytest.approx(0.91) and a["repeats"] == 3
+    assert a["default_test_mean"] == pytest.approx((0.88 + 0.885 + 0.90) / 3)
+    assert a["gain_vs_default"] == pytest.approx(0.91 - a["default_test_mean"])
+    assert a["gain_ci95_low"] < a["gain_vs_default"] < a["gain_ci95_high"]
+    assert a["gain_ci95_low"] > 0  # paired by seed: the seeds' spread cancels
+    assert table.loc["B", "gain_vs_default"] == pytest.approx(0)
+    assert a["default_trial_epochs"] == 6 and a["trial_epochs"] == 14
+    lines = gain_lines(table.reset_index())
+    assert lines[0].startswith("A: tuning gained +2.2 [+1.4, +2.9] points") and "over the arm's own settings" in lines[0]
+    # an older comparison, with no runs of the own settings: nothing is claimed
+    old = trials[trials["role"].ne("default")].drop(columns="role")
+    assert math.isnan(compare_table(old, {}, spec).set_index("arm").loc["A", "gain_vs_default"])
