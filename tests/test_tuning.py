@@ -154,3 +154,66 @@ def test_compare_csv_gives_the_gain_over_the_own_settings_paired_by_seed():
     # an older comparison, with no runs of the own settings: nothing is claimed
     old = trials[trials["role"].ne("default")].drop(columns="role")
     assert math.isnan(compare_table(old, {}, spec).set_index("arm").loc["A", "gain_vs_default"])
+
+
+# --- lp-ft and layer-wise lr decay ------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from tuner.model import (STAGE_MODULES, STAGES, Weights, apply_freeze, build_model,  # noqa: E402
+                         frozen_stages, make_optimizer, param_groups, set_train_mode)
+from tuner.spec import Model, Train  # noqa: E402
+from tuner.trainable import train_epoch  # noqa: E402
+
+
+def test_lp_ft_probes_linearly_then_trains_everything():
+    assert frozen_stages("lp-ft", 0) == STAGES and frozen_stages("lp-ft", 1) == ()
+    assert frozen_stages("lp-ft", 2, lp_epochs=3) == STAGES and frozen_stages("lp-ft", 3, 3) == ()
+    assert Model(freeze="lp-ft", lp_epochs=2).lp_epochs == 2
+    with pytest.raises(ValueError, match="lp-ft"):
+        Model(freeze="lp_ft")
+
+
+def test_lp_ft_trains_only_fc_in_its_probe_epochs_then_the_body_too():
+    torch.manual_seed(0)
+    spec = Model(freeze="lp-ft", lp_epochs=1, weights="none")
+    model = build_model(spec, Weights(None, "none"), in_channels=1, num_classes=3)
+    optimizer = make_optimizer(model, spec, Train(lr=1e-2))
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for epoch in range(2):
+        frozen = apply_freeze(model, spec, epoch)
+        set_train_mode(model, frozen)  # as the trainable: frozen BatchNorm keeps its statistics
+        train_epoch(model, optimizer, [(x, y)], "fp32", torch.device("cpu"))
+        after = model.state_dict()
+        moved = {k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])}
+        if epoch == 0:  # the probe: fc learns, the body's weights stay (BatchNorm statistics too)
+            assert frozen == STAGES and moved == {"fc.weight", "fc.bias"}
+        else:
+            assert frozen == () and "layer1.0.conv1.weight" in moved and "conv1.weight" in moved
+        before = {k: v.clone() for k, v in after.items()}
+
+
+def test_layer_decay_gives_each_earlier_stage_a_smaller_lr():
+    model = build_model(Model(weights="none"), Weights(None, "none"), 1, 10)
+    train = Train(lr=1e-3)
+    plain = param_groups(model, Model(weights="none"), train)
+    assert {g["name"] for g in plain} == {"body", "body_no_decay", "head", "head_no_decay"}
+    spec = Model(weights="none", layer_decay=0.5, head_lr_multiplier=10)
+    groups = param_groups(model, spec, train)
+    lrs = {g["name"]: g["lr"] for g in groups if not g["name"].endswith("_no_decay")}
+    assert lrs == pytest.approx({"layer4": 1e-3, "layer3": 5e-4, "layer2": 2.5e-4,
+                                 "layer1": 1.25e-4, "conv1": 6.25e-5, "head": 1e-2})
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # each parameter once
+    stem = {id(p) for name in STAGE_MODULES["conv1"] for p in getattr(model, name).parameters()}
+    assert all(g["lr"] == pytest.approx(6.25e-5) for g in groups if stem & {id(p) for p in g["params"]})
+
+
+def test_lp_ft_and_layer_decay_are_searchable():
+    spec = load_spec(QUICK, ["search.parameters.model.freeze={choice: [none, lp-ft]}",
+                             "search.parameters.model.layer_decay={uniform: [0.5, 1.0]}"])
+    trial = spec.with_values({**OWN, "model.freeze": "lp-ft", "model.layer_decay": 0.7})
+    assert trial.model.freeze == "lp-ft" and trial.model.layer_decay == 0.7
+    with pytest.raises(InputError, match="layer_decay"):
+        load_spec(QUICK, ["search.parameters.model.layer_decay={uniform: [0.5, 1.5]}"])

@@ -289,12 +289,14 @@ def build_model(spec: Model, weights: Weights, in_channels: int, num_classes: in
 # --- freezing -----------------------------------------------------------------------------------
 
 
-def frozen_stages(policy: str, epoch: int) -> tuple[str, ...]:
+def frozen_stages(policy: str, epoch: int, lp_epochs: int = 1) -> tuple[str, ...]:
     """The stages (input side first) whose weights stay fixed in this epoch (0-based)."""
     if policy == "none":
         return ()
     if policy == "head":
         return STAGES
+    if policy == "lp-ft":  # the linear probe (fc alone), then the whole model
+        return STAGES if epoch < lp_epochs else ()
     if policy == "gradual":  # epoch 0: head only; each epoch unfreezes one more stage, top down
         return STAGES[: max(0, len(STAGES) - epoch)]
     stop = policy.removeprefix("until:")
@@ -307,7 +309,7 @@ def apply_freeze(model: nn.Module, spec: Model, epoch: int) -> tuple[str, ...]:
     A re-initialised conv1 always trains, and its bn1 with it (weights and running statistics):
     the stem then holds nothing pretrained worth keeping.
     """
-    frozen = frozen_stages(spec.freeze, epoch)
+    frozen = frozen_stages(spec.freeze, epoch, spec.lp_epochs)
     if spec.conv1 == "reinit":
         frozen = tuple(s for s in frozen if s != "conv1")
     for stage in STAGES:
@@ -327,15 +329,30 @@ def set_train_mode(model: nn.Module, frozen: tuple[str, ...]) -> None:
                     m.eval()
 
 
+def stage_lrs(model_spec: Model, lr: float) -> dict[str, float]:
+    """Each stage's learning rate under model.layer_decay: layer4 at lr, each earlier stage at
+    layer_decay times the next one's."""
+    last = len(STAGES) - 1
+    return {stage: lr * model_spec.layer_decay ** (last - i) for i, stage in enumerate(STAGES)}
+
+
 def param_groups(model: nn.Module, model_spec: Model, train: Train) -> list[dict]:
-    """Parameter groups: body and head (fc at head_lr_multiplier x lr), each split into parameters
+    """Parameter groups: body and head (fc at head_lr_multiplier x lr), the body split by stage
+    when model.layer_decay < 1 (each stage at its own lr: stage_lrs), each split into parameters
     that get weight decay and those that do not: BatchNorm weights and all biases (1-D tensors, as
     timm's rule) are not decayed unless train.decay_norm_and_bias. Decaying them only pulls the
     normalisation scales towards 0, which regularises nothing. Empty groups are left out."""
-    head_ids = {id(p) for p in model.fc.parameters()}
+    parts = [("head", train.lr * model_spec.head_lr_multiplier, list(model.fc.parameters()))]
+    if model_spec.layer_decay == 1:
+        head_ids = {id(p) for p in parts[0][2]}
+        parts.insert(0, ("body", train.lr, [p for p in model.parameters() if id(p) not in head_ids]))
+    else:
+        lrs = stage_lrs(model_spec, train.lr)
+        parts[:0] = [(stage, lrs[stage], [p for name in STAGE_MODULES[stage]
+                                          for p in getattr(model, name).parameters()])
+                     for stage in STAGES]
     groups = []
-    for part, lr in (("body", train.lr), ("head", train.lr * model_spec.head_lr_multiplier)):
-        params = [p for p in model.parameters() if (id(p) in head_ids) == (part == "head")]
+    for part, lr, params in parts:
         if train.decay_norm_and_bias:
             split = {part: params}
         else:

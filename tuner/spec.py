@@ -37,7 +37,7 @@ FIXED = ("model.arch",)
 # be searched (each one resolved up front), never a range.
 CHOICE_ONLY = ("model.weights",)
 ARM_NAME = r"^[A-Za-z0-9_.-]+$"  # an arm's name is a folder name (trials/<arm>/)
-FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
+FREEZE_HELP = "none, head, gradual, lp-ft or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
 class _Section(BaseModel):
@@ -212,14 +212,21 @@ class Model(_Section):
     # stride1: stride-1 conv1, no max-pool (28x28 in layer1); stride1_pool: stride-1 conv1 and the
     # max-pool (14x14 in layer1, about a quarter of stride1's compute). conv1 stays 7x7.
     small_input_stem: Literal[False, "stride1", "stride1_pool"] = False
+    # none | head (feature extraction) | until:<stage> | gradual (one more stage each epoch, top
+    # down) | lp-ft (Kumar et al. 2022: a linear probe, fc alone for lp_epochs, then everything)
     freeze: str = "none"
+    lp_epochs: PositiveInt = 1  # lp-ft: epochs of the linear probe before the whole model trains
     head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
+    # Layer-wise lr decay: layer4 learns at train.lr, layer3 at lr x layer_decay, layer2 at lr x
+    # layer_decay^2, ... the stem (conv1, bn1) at lr x layer_decay^4; fc as head_lr_multiplier says.
+    # Earlier stages hold more general features, so a pretrained body changes least there.
+    layer_decay: float = Field(1.0, gt=0, le=1)
     keep_head: bool = False  # keep the weights file's fc (same classes) instead of a fresh one
 
     @field_validator("freeze")
     @classmethod
     def _freeze_policy(cls, v: str) -> str:
-        if v in ("none", "head", "gradual"):
+        if v in ("none", "head", "gradual", "lp-ft"):
             return v
         m = re.fullmatch(r"until:(\w+)", v)
         if m and m.group(1) in STAGES:
