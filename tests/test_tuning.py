@@ -217,3 +217,46 @@ def test_lp_ft_and_layer_decay_are_searchable():
     assert trial.model.freeze == "lp-ft" and trial.model.layer_decay == 0.7
     with pytest.raises(InputError, match="layer_decay"):
         load_spec(QUICK, ["search.parameters.model.layer_decay={uniform: [0.5, 1.5]}"])
+
+
+# --- robust selection: the top configs confirmed on another seed ---------------------------------
+
+from tuner import confirm  # noqa: E402
+
+
+def test_confirm_top_k_defaults_by_budget_and_can_be_set():
+    assert confirm.top_k(load_spec(QUICK)) == 0  # 4 trials: a re-run is too large a share
+    assert confirm.top_k(load_spec(QUICK, ["search.num_samples=8"])) == 2
+    assert confirm.top_k(load_spec(QUICK, ["search.num_samples=20"])) == 3
+    assert confirm.top_k(load_spec(QUICK, ["search.confirm_top_k=2"])) == 2
+
+
+def test_the_top_configs_are_retrained_with_one_fresh_seed_and_chosen_on_their_mean():
+    spec = load_spec(QUICK, ["search.confirm_top_k=2"])
+    trials = _table([
+        {"trial_id": "a", **OWN, "val_accuracy": 0.80},
+        {"trial_id": "b", "epochs": 2, "batch_size": 32, "lr": 5e-4, "val_accuracy": 0.86},
+        {"trial_id": "c", "epochs": 2, "batch_size": 32, "lr": 5e-4, "val_accuracy": 0.85},  # b's config
+        {"trial_id": "d", "epochs": 2, "batch_size": 64, "lr": 2e-4, "val_accuracy": 0.84}])
+    top = confirm.candidates(trials, spec, 2)
+    assert list(top["trial_id"]) == ["b", "d"]  # distinct configs, best first
+    configs = [confirm.point_of(r, list(spec.search.parameters)) for _, r in top.iterrows()]
+    again = confirm.confirm_spec(spec, configs, used={0, 1})
+    assert again.search.num_samples == 2 and again.search.scheduler == "fifo"
+    assert [p["train.seed"] for p in again.search.points_to_evaluate] == [2, 2]  # one fresh seed
+    assert [p["lr"] for p in again.search.points_to_evaluate] == [5e-4, 2e-4]
+    # b was lucky: 0.86 then 0.78; d holds at 0.84 and 0.85
+    confirmed = _table([{"trial_id": "x", "epochs": 2, "batch_size": 32, "lr": 5e-4,
+                         "train.seed": 2, "val_accuracy": 0.78},
+                        {"trial_id": "y", "epochs": 2, "batch_size": 64, "lr": 2e-4,
+                         "train.seed": 2, "val_accuracy": 0.85}])
+    chosen, selection = confirm.choose(spec, top, confirmed)
+    assert chosen == "d" and selection["first_choice"] == "b"
+    assert selection["candidates"][0]["scores"] == [0.86, 0.78]
+    assert selection["regret"] == pytest.approx(0.84 - 0.845)
+    line = confirm.describe(selection)
+    assert "chose trial d" in line and "one seed would have chosen trial b" in line
+    # a confirming run that failed: the candidate keeps its one score
+    confirmed.loc[1, "status"] = "error"
+    chosen, selection = confirm.choose(spec, top, confirmed)
+    assert chosen == "d" and selection["candidates"][1]["scores"] == [0.84]

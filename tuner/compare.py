@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyarrow import fs as pafs
 from scipy import stats
 
 from tuner import results, sweep
@@ -88,7 +87,7 @@ def with_roles(table: pd.DataFrame, best: dict, default: dict | None) -> pd.Data
     keys = [k for k in best if k != seed_key(best)]
 
     def role(row) -> str:
-        values = {k: results._plain(row[k]) for k in keys}
+        values = {k: results.plain(row[k]) for k in keys}
         if default is not None and not same_config(default, best) and same_config(
                 values, {k: default[k] for k in keys}):
             return "default"
@@ -124,7 +123,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             _status(status_path, state="running", phase=phase, arm=arm)
             print(f"\n== {phase} {arm} ==", flush=True)
         path = sweep.storage_join(experiment, arm, phase)
-        grid = _run_step(arm_spec, data, weights, path, done)
+        grid = sweep.run_step(arm_spec, data, weights, path, done)
         records = sweep.collect(grid, arm_spec)
         interrupted = not done and sweep.interrupted(grid, arm_spec, path)
         table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
@@ -159,24 +158,6 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         log.info("deleted %d search checkpoint(s) (run.keep_checkpoints: best)", deleted)
     return _finish(spec, run_dir, pd.concat(trials, ignore_index=True), best, status_path,
                    time.perf_counter() - t0, (data, weights, repeat_records))
-
-
-def _run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str, done: bool):
-    """The step's ResultGrid: read back if it finished, else run (continuing it if it started)."""
-    needed = {m.weights for m in spec.model_variants()}
-    weights = {setting: w for setting, w in weights.items() if setting in needed}
-    if done:
-        return sweep.restore_tuner(spec, data, weights, path).get_results()
-    tuner = (sweep.restore_tuner if _started(path) else sweep.make_tuner)(spec, data, weights, path)
-    return tuner.fit()
-
-
-def _started(path: str) -> bool:
-    """Ray Tune saved the step's state (its trials and searcher), not only its tuner.pkl: a Tuner
-    restored from a tuner.pkl alone, killed before its first save, has a HyperOpt without a space."""
-    fs, root = pafs.FileSystem.from_uri(path)
-    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return any(Path(f.path).name.startswith("experiment_state") for f in found)
 
 
 def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict,

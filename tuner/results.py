@@ -186,12 +186,12 @@ def default_trial(trials: pd.DataFrame, spec: Spec) -> pd.Series | None:
     if point is None or not set(point) <= set(trials.columns):
         return None
     for _, row in scored_trials(trials, spec).iterrows():
-        if same_point(point, {k: _plain(row[k]) for k in point}):
+        if same_point(point, {k: plain(row[k]) for k in point}):
             return row
     return None
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A table cell as the Python value a spec holds (numpy scalars to int, float, bool)."""
     return value.item() if isinstance(value, np.generic) else value
 

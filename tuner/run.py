@@ -353,7 +353,9 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
 def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
            resume: str) -> int:
     """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
-    from tuner import artifact, results, sweep
+    import pandas as pd
+
+    from tuner import artifact, confirm, results, sweep
 
     with phases.phase("tables"):
         records = sweep.collect(grid, spec)
@@ -365,12 +367,21 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         for key, table in results.summary_tables(trials, spec).items():
             results.write_csv(run_dir / f"summary_by_{key}.csv", table)
     best = None if partial else results.best_trial(trials, spec)
+    selection, confirmed = None, None
+    if best is not None and confirm.top_k(spec) > 0:
+        with phases.phase("confirm"):
+            outcome = confirm_choice(spec, data, weights, run_dir, experiment, trials, records)
+        if outcome is None:
+            partial, best = True, None
+        else:
+            best, selection, confirmed = outcome
     record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
     if record is not None:  # the test runs in a Ray worker while the driver draws the figure
         with phases.phase("test"):
             started = sweep.start_test(record, spec, data)
     write_plot(spec, epochs, trials, run_dir)
-    cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
+    every = trials if confirmed is None else pd.concat([trials, confirmed], ignore_index=True)
+    cost = {**results.cost_totals(every), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
     counts = {"trials": results.trial_counts(trials, spec.search.planned_trials()), "cost": cost,
               "wall_time_s": round(wall, 1)}  # this session's: a resumed sweep counts from the resume
 
@@ -411,6 +422,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
         "test_set_uses": uses,
         **results.versus_default(trials, spec, best),  # on validation: no other test-set look
+        **({"selection": selection} if selection else {}),
     }
     results.write_json(run_dir / "best.json", chosen)
     keep_checkpoints(spec, records, record)
@@ -422,8 +434,41 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
           f"test_accuracy={test['test_accuracy']:.4f} (test set used once, after selection)")
     print(results.gain_line(chosen, spec))
+    if selection:
+        print(confirm.describe(selection))
     print(f"model: {run_dir / model_dir} (predict with: python -m tuner.predict {run_dir} IMAGES...)")
     return 0
+
+
+def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, trials, records):
+    """search.confirm_top_k: the top configs trained again with a fresh seed (an experiment of
+    their own beside the search's, resumed like it), confirm.csv written, and the choice made on
+    the mean. Returns (the chosen trial's row, the selection record, the confirming trials'
+    table), or None if the confirming runs were interrupted."""
+    from tuner import confirm, results, sweep
+
+    top = confirm.candidates(trials, spec, confirm.top_k(spec))
+    configs = [confirm.point_of(row, list(spec.search.parameters)) for _, row in top.iterrows()]
+    used = {spec.with_values(r.params).train.seed for r in records}
+    this = confirm.confirm_spec(spec, configs, used)
+    parent, name = sweep.storage_split(experiment)
+    path = sweep.storage_join(parent, f"{name}-confirm")
+    status = json.loads((run_dir / STATUS_FILE).read_text())
+    done = status.get("confirm", {}).get("done", False)
+    if not done:
+        print(f"\nconfirming the top {len(configs)} config(s) with another seed "
+              f"(search.confirm_top_k)", flush=True)
+    grid = sweep.run_step(this, data, weights, path, done)
+    crecords = sweep.collect(grid, this)
+    if not done and sweep.interrupted(grid, this, path):
+        return None
+    table = results.trials_table(crecords, this, labels(weights))
+    results.write_csv(run_dir / "confirm.csv", table)
+    results.update_json(run_dir / STATUS_FILE, {"confirm": {"experiment": path, "done": True}})
+    chosen, selection = confirm.choose(spec, top, table)
+    if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is
+        sweep.prune_checkpoints(crecords, keep=None)
+    return trials[trials["trial_id"] == chosen].iloc[0], selection, table
 
 
 def keep_checkpoints(spec: Spec, records, best) -> None:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import ray
 from ray import tune
+from pyarrow import fs as pafs
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -216,6 +217,25 @@ def restore_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights],
     checkpoints, and the searcher continues from its saved state."""
     return tune.Tuner.restore(experiment, trainable=_trainable(spec, data, weights),
                               resume_unfinished=True, resume_errored=False)
+
+
+def run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str, done: bool):
+    """One experiment of a run (a comparison's step, a sweep's confirming runs) at `path`: its
+    ResultGrid, read back if it finished (`done`), else run, or continued if it started."""
+    needed = {m.weights for m in spec.model_variants()}
+    weights = {setting: w for setting, w in weights.items() if setting in needed}
+    if done:
+        return restore_tuner(spec, data, weights, path).get_results()
+    tuner = (restore_tuner if started(path) else make_tuner)(spec, data, weights, path)
+    return tuner.fit()
+
+
+def started(path: str) -> bool:
+    """Ray Tune saved the step's state (its trials and searcher), not only its tuner.pkl: a Tuner
+    restored from a tuner.pkl alone, killed before its first save, has a HyperOpt without a space."""
+    fs, root = pafs.FileSystem.from_uri(path)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return any(Path(f.path).name.startswith("experiment_state") for f in found)
 
 
 def check_restorable(experiment: str) -> None:
