@@ -330,7 +330,7 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
             "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
             "--set", "search.parameters={lr: {loguniform: [3.0e-4, 3.0e-3]}}",
             "--set", "train.epochs=1",
-            "--set", "compare.repeats=2",
+            "--set", "compare.repeats=2", "--set", "search.confirm_top_k=2",
             "--set", f"compare.arms={{planted: {{model.weights: {path}}}, scratch: {{model.weights: none}}}}"]
     proc = start_cli(*args, tmp_path=tmp_path)
     try:
@@ -347,24 +347,37 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
     # the finished step was read back, not trained again
     assert sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search")) == first
     trials = pd.read_csv(run / "trials.csv")
-    assert len(trials) == 8  # 2 arms x (2 search trials + 2 repeats)
-    assert (trials.groupby(["arm", "phase"]).size() == 2).all()
+    # per arm: 2 search trials (the first: the spec's own lr, 1e-3), both confirmed with seed 1,
+    # 2 repeats of the chosen config, and 2 of the own settings unless they are the choice
+    size = trials.groupby(["arm", "phase"]).size()
+    assert (size.loc[:, "search"] == 2).all() and (size.loc[:, "confirm"] == 2).all()
     assert set(trials["status"]) == {"finished"}
+    for arm, rows in trials[trials["phase"] == "search"].groupby("arm"):
+        assert rows["lr"].iloc[0] == pytest.approx(1e-3)
     by_arm = trials.groupby("arm")["weights"].unique()
     assert len(by_arm["planted"]) == 1
     assert by_arm["planted"][0].startswith(f"file {path} sha256:")
     assert list(by_arm["scratch"]) == ["none (random init)"]
-    repeats = trials[trials["phase"] == "repeats"]
-    assert sorted(repeats["train.seed"]) == [1, 1, 2, 2]  # fresh seeds (the search used 0)
-    assert repeats["test_accuracy"].between(0, 1).all()
-    for arm, rows in repeats.groupby("arm"):  # each arm's repeats re-run its chosen config
-        search = trials[(trials["arm"] == arm) & (trials["phase"] == "search")]
-        assert set(rows["lr"]) == {search.loc[search["val_accuracy"].idxmax(), "lr"]}
+    assert (trials.loc[trials["phase"] == "confirm", "train.seed"] == 1).all()
+    every = trials[trials["phase"] == "repeats"]
+    repeats = every[every["role"] == "chosen"]
+    # fresh seeds: the search used 0, the confirming runs 1
+    assert sorted(repeats["train.seed"]) == [2, 2, 3, 3]
+    assert every["test_accuracy"].between(0, 1).all()
+    for arm, rows in repeats.groupby("arm"):  # each arm's repeats re-run its chosen config: the
+        mine = trials[(trials["arm"] == arm) & trials["phase"].isin(["search", "confirm"])]
+        means = mine.groupby("lr")["val_accuracy"].mean()  # best mean over both seeds
+        assert set(rows["lr"]) == {means.idxmax()}
+        own = every[(every["arm"] == arm) & (every["role"] == "default")]
+        assert len(own) == (0 if means.idxmax() == pytest.approx(1e-3) else 2)
+        assert set(own["train.seed"]) <= {2, 3} and (own["lr"] == 1e-3).all()
 
     table = pd.read_csv(run / "compare.csv").set_index("arm")
     assert list(table.index) == ["planted", "scratch"]
     assert (table["repeats"] == 2).all() and (table["trials"] == 2).all()
-    assert (table["trial_epochs"] == 4).all() and (table["device_s"] > 0).all()
+    assert (table["trial_epochs"] == trials.groupby("arm")["trial_epochs"].sum()).all()
+    assert (table["device_s"] > 0).all() and table["gain_vs_default"].notna().all()
+    assert table["confirm_regret"].notna().all()
     assert (table["test_ci95_low"] <= table["test_mean"]).all()
     assert (table["test_mean"] <= table["test_ci95_high"]).all()
     assert (run / "compare.png").read_bytes().startswith(b"\x89PNG")
@@ -375,13 +388,13 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
         assert (run / "model" / arm / "model.pt").stat().st_size > 40e6
         assert table.loc[arm, "model"] == f"model/{arm}"
     epochs = pd.read_csv(run / "epochs.csv")
-    assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == 8
+    assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == len(trials)
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and len(status["compare"]["done"]) == 4
-    assert status["trials"]["finished"] == 8 and status["cost"]["trial_epochs"] == 8
+    assert status["state"] == "finished" and len(status["compare"]["done"]) == 6
+    assert status["trials"]["finished"] == len(trials) == status["cost"]["trial_epochs"]
     assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]
-    assert " points of test accuracy (paired t, " in last  # both arms' repeats use seeds 1 and 2
+    assert " points of test accuracy (paired t, " in last  # both arms' repeats use seeds 2 and 3
     assert last.endswith(" over 2 seeds, each tuned with 2 trials")
     assert last.startswith(("planted ", "scratch "))
 

@@ -23,6 +23,7 @@ def quick_run(tmp_path_factory):
         "--set", "search.n_initial_points=2",
         "--set", "search.parameters.epochs={choice: [1]}",
         "--set", "search.parameters.batch_size={choice: [64, 128]}",
+        "--set", "search.confirm_top_k=2",
         tmp_path=tmp_path,
     )
     runs = list((tmp_path / "results" / "fashion-quick").glob("*"))
@@ -82,7 +83,8 @@ def test_summaries_and_best(quick_run):
         assert {"mean", "std", "max", "count"} <= set(table.columns) and table["count"].sum() == 3
     best = json.loads((run / "best.json").read_text())
     trials = pd.read_csv(run / "trials.csv")
-    assert best["val_accuracy"] == pytest.approx(trials["val_accuracy"].max())
+    chosen = trials[trials["trial_id"].astype(str) == best["trial_id"]].iloc[0]
+    assert best["val_accuracy"] == pytest.approx(chosen["val_accuracy"])
     assert best["test_images"] == 500
     assert set(best["config"]) == {"epochs", "batch_size", "lr"}
     assert not Path(best["checkpoint"]).is_absolute() and (run / best["checkpoint"]).is_dir()
@@ -100,6 +102,33 @@ def test_summaries_and_best(quick_run):
     assert row["batch_size"] == 64 and row["lr"] == pytest.approx(1e-3)
     assert best["gain_vs_default"] == pytest.approx(best["val_accuracy"] - row["val_accuracy"])
     assert best["gain_vs_default"] >= 0  # the choice is never worse than the spec's own settings
+
+
+def test_the_top_two_configs_were_confirmed_on_another_seed(quick_run):
+    """search.confirm_top_k=2: the two best configs trained again with seed 1; the choice is the
+    best mean over both seeds, and best.json says what one seed would have chosen."""
+    proc, (run,) = quick_run
+    best = json.loads((run / "best.json").read_text())
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
+    selection = best["selection"]
+    assert selection["confirm_top_k"] == 2 and best["trial_id"] == selection["chosen"]
+    top2 = trials.sort_values("val_accuracy", ascending=False)["trial_id"].tolist()[:2]
+    assert [c["trial_id"] for c in selection["candidates"]] == top2
+    assert selection["first_choice"] == top2[0]
+    confirmed = pd.read_csv(run / "confirm.csv")
+    assert len(confirmed) == 2 and (confirmed["status"] == "finished").all()
+    assert (confirmed["train.seed"] == 1).all()  # one fresh seed: the search trained with 0
+    for c in selection["candidates"]:
+        assert len(c["scores"]) == 2 and c["mean"] == pytest.approx(sum(c["scores"]) / 2)
+        assert c["scores"][1] in confirmed["val_accuracy"].tolist()
+    means = {c["trial_id"]: c["mean"] for c in selection["candidates"]}
+    assert means[best["trial_id"]] == max(means.values())
+    mine = next(c for c in selection["candidates"] if c["trial_id"] == best["trial_id"])
+    assert selection["regret"] == pytest.approx(mine["scores"][0] - mine["mean"])
+    status = json.loads((run / "status.json").read_text())
+    assert status["cost"]["trials"] == 5  # the confirming runs are counted
+    assert "selection: the top 2 configs trained again with another seed" in proc.stdout
+    assert not list(run.glob("trials-confirm/*/checkpoint_*"))  # never the model: deleted
 
 
 def test_only_the_chosen_trials_checkpoint_is_kept(quick_run):

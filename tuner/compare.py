@@ -1,13 +1,17 @@
 """Strategies compared on equal terms: the arms of `compare:` in one run directory and one Ray session.
 
-Phase "search": each arm runs the spec's own search (same space, `num_samples` and searcher seed)
-with its overrides. Phase "repeats": each arm's best config (chosen on validation) is trained again
-once per fresh `train.seed`, and each of those runs is tested once. Every step (phase, arm) is its own
-Ray Tune experiment, `<experiment>/<arm>/<phase>`; status.json records the finished steps and the
-test scores, so `--resume` continues with the step it stopped in and never tests a run twice.
+Phase "search": each arm runs the spec's own search (same space and `num_samples`; a searcher seed
+of its own, Spec.arm) with its overrides, the arm's own settings as its first trial. Phase
+"confirm" (search.confirm_top_k): the arm's top configs trained again with a fresh seed, and its
+choice made on the mean (tuner.confirm). Phase "repeats": each arm's chosen config is trained
+again once per fresh `train.seed`, and so are the arm's own settings, with the same seeds; each of
+those runs is tested once. Every step (phase, arm) is its own Ray Tune experiment,
+`<experiment>/<arm>/<phase>`; status.json records the finished steps and the test scores, so
+`--resume` continues with the step it stopped in and never tests a run twice.
 
-Writes trials.csv and epochs.csv (every trial of every step, with `arm` and `phase` columns),
-compare.csv (one row per arm), compare.png, and prints the answer in words.
+Writes trials.csv and epochs.csv (every trial of every step, with `arm` and `phase` columns, and
+`role` for the repeats: chosen or default), compare.csv (one row per arm), compare.png, and prints
+the answer in words.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tuner import results, sweep
+from tuner import confirm, results, sweep
 from tuner.data import Dataset
 from tuner.model import Weights
 from tuner.spec import Spec, param_path, same_point
@@ -33,13 +37,15 @@ from tuner.spec import Spec, param_path, same_point
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"  # the run's status (run.STATUS_FILE); the progress is its "compare" key
-PHASES = ("search", "repeats")
+PHASES = ("search", "confirm", "repeats")
 CONFIDENCE = 0.95
 
 
 def steps(spec: Spec) -> list[tuple[str, str]]:
-    """(phase, arm) in the order they run: every arm's search, then every arm's repeats."""
-    return [(phase, arm) for phase in PHASES for arm in spec.compare.arms]
+    """(phase, arm) in the order they run: every arm's search, then every arm's confirming runs
+    (search.confirm_top_k), then every arm's repeats."""
+    return [(phase, arm) for phase in PHASES for arm in spec.compare.arms
+            if phase != "confirm" or confirm.top_k(spec.arm(arm)) > 0]
 
 
 def seed_key(best: dict) -> str:
@@ -108,13 +114,18 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     trials, epochs, best, seeds = [], [], {}, {}
     defaults = {arm: spec.arm(arm).default_point()[0] for arm in spec.compare.arms}
     search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
+    searched, selections = {}, {}  # arm -> its search's table and records; its selection record
     repeat_records = {}  # arm -> its repeats: the models come from them
     for phase, arm in steps(spec):
         arm_spec = spec.arm(arm)
+        if phase != "search" and arm not in best:
+            log.warning("arm %s: no trial of its search finished; nothing to %s", arm, phase)
+            continue
+        if phase == "confirm":
+            top = confirm.candidates(searched[arm][0], arm_spec, confirm.top_k(arm_spec))
+            arm_spec = confirm.confirm_spec(arm_spec, [confirm.point_of(r, list(
+                arm_spec.search.parameters)) for _, r in top.iterrows()], seeds[arm])
         if phase == "repeats":
-            if arm not in best:
-                log.warning("arm %s: no trial of its search finished; nothing to repeat", arm)
-                continue
             arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats, seeds[arm],
                                     defaults[arm])
         step = f"{phase}:{arm}"
@@ -130,9 +141,17 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         if phase == "search":
             search_records += records
             seeds[arm] = {arm_spec.with_values(r.params).train.seed for r in records}
+            searched[arm] = table, records
             chosen = results.best_trial(table, arm_spec)
             if chosen is not None:
                 best[arm] = next(r.params for r in records if r.trial_id == chosen["trial_id"])
+        elif phase == "confirm":
+            seeds[arm] |= {arm_spec.with_values(r.params).train.seed for r in records}
+            if not interrupted:  # the choice on the mean over both seeds
+                base = spec.arm(arm)
+                chosen, selections[arm] = confirm.choose(base, top, table)
+                best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
+                search_records += records  # never a model: their checkpoints go too
         elif not interrupted:
             table = _tested(table, records, arm_spec, data, progress["tests"].setdefault(arm, {}),
                             status_path, progress)
@@ -150,14 +169,14 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             return 130
         if not done:
             progress["done"].append(step)
-            if phase == "search":  # for a reader of status.json; a resume recomputes it
+            if phase != "repeats":  # for a reader of status.json; a resume recomputes it
                 progress.setdefault("best", {})[arm] = best.get(arm)
             _status(status_path, compare=progress)
     if spec.run.keep_checkpoints == "best":  # the repeats' checkpoints are the tested models
         deleted = sweep.prune_checkpoints(search_records, keep=None)
         log.info("deleted %d search checkpoint(s) (run.keep_checkpoints: best)", deleted)
     return _finish(spec, run_dir, pd.concat(trials, ignore_index=True), best, status_path,
-                   time.perf_counter() - t0, (data, weights, repeat_records))
+                   time.perf_counter() - t0, (data, weights, repeat_records), selections)
 
 
 def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict,
@@ -189,11 +208,16 @@ def _write_tables(run_dir: Path, trials: list[pd.DataFrame], epochs: list[pd.Dat
 
 
 def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_path: Path,
-            wall: float, models: tuple = None) -> int:
-    """`models`: (data, weights, arm -> repeat records), for each arm's model folder."""
+            wall: float, models: tuple = None, selections: dict | None = None) -> int:
+    """`models`: (data, weights, arm -> repeat records), for each arm's model folder;
+    `selections`: arm -> its selection record (search.confirm_top_k)."""
     from tuner import artifact, plots  # noqa: PLC0415  matplotlib only when there is something to draw
 
     table = compare_table(trials, best, spec)
+    regret = {arm: s["regret"] for arm, s in (selections or {}).items()}
+    changed = {arm: s["chosen"] != s["first_choice"] for arm, s in (selections or {}).items()}
+    table["confirm_regret"] = table["arm"].map(regret)  # chosen config's first seed - its mean
+    table["confirm_changed_choice"] = table["arm"].map(changed)
     if models is not None:
         folders = artifact.save_arms(run_dir, spec, *models[:2], trials, models[2])
         table["model"] = table["arm"].map(folders)
@@ -202,7 +226,7 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
         plots.plot_compare(trials, table, spec, run_dir / "compare.png")
     except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
         log.warning("compare.png not written: %s: %s", type(e).__name__, e)
-    planned = len(trials[trials["phase"] == "repeats"]) + len(spec.compare.arms) * \
+    planned = len(trials[trials["phase"] != "search"]) + len(spec.compare.arms) * \
         spec.search.planned_trials()
     _status(status_path, state="finished", phase=None, arm=None,
             trials=results.trial_counts(trials, planned), cost=results.cost_totals(trials),
