@@ -22,7 +22,10 @@ def quick_run(tmp_path_factory):
         "--set", "search.num_samples=3",
         "--set", "search.n_initial_points=2",
         "--set", "search.parameters.epochs={choice: [1]}",
-        "--set", "search.parameters.batch_size={choice: [64, 128]}",
+        # batches of 32 (or 64): enough steps in one epoch for BatchNorm's running statistics,
+        # which evaluation uses, to follow the training
+        "--set", "search.parameters.batch_size={choice: [32, 64]}",
+        "--set", "train.batch_size=32",
         "--set", "search.confirm_top_k=2",
         tmp_path=tmp_path,
     )
@@ -53,7 +56,7 @@ def test_trials_csv(quick_run):
     trials = pd.read_csv(run / "trials.csv")
     assert len(trials) == 3
     assert set(trials["status"]) == {"finished"}
-    assert trials["batch_size"].isin([64, 128]).all() and (trials["epochs"] == 1).all()
+    assert trials["batch_size"].isin([32, 64]).all() and (trials["epochs"] == 1).all()
     assert trials["lr"].between(1e-4, 1e-3).all()
     assert trials["val_accuracy"].between(0, 1).all() and (trials["epochs_completed"] == 1).all()
     # the sandbox has no ImageNet weights: the fallback must be written in every row
@@ -94,13 +97,17 @@ def test_summaries_and_best(quick_run):
     # the test set was looked at once, for the chosen trial, and both files say so
     assert best["test_set_uses"] == status["test_set_uses"] == {"count": 1, "trials": [best["trial_id"]]}
     assert status["trials"]["planned"] == 3
-    # the spec's own settings (epochs 1, batch 64, lr 1e-3) ran as a trial; best.json says what
-    # tuning gained over them, on validation, where the choice was made
+    # the spec's own settings (epochs 1, batch 32, lr 1e-3) ran as a trial; best.json says what
+    # tuning gained over them, on validation, where the choice was made (on the means over both
+    # seeds when they were confirmed too)
     default = best["default_trial"]
-    assert default["config"] == {"epochs": 1, "batch_size": 64, "lr": 1e-3}
+    assert default["config"] == {"epochs": 1, "batch_size": 32, "lr": 1e-3}
     row = trials[trials["trial_id"].astype(str) == default["trial_id"]].iloc[0]
-    assert row["batch_size"] == 64 and row["lr"] == pytest.approx(1e-3)
-    assert best["gain_vs_default"] == pytest.approx(best["val_accuracy"] - row["val_accuracy"])
+    assert row["batch_size"] == 32 and row["lr"] == pytest.approx(1e-3)
+    means = {c["trial_id"]: c["mean"] for c in best["selection"]["candidates"]}
+    expected = (means[best["trial_id"]] - means[default["trial_id"]]
+                if default["trial_id"] in means else best["val_accuracy"] - row["val_accuracy"])
+    assert best["gain_vs_default"] == pytest.approx(expected)
     assert best["gain_vs_default"] >= 0  # the choice is never worse than the spec's own settings
 
 

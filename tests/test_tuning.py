@@ -82,7 +82,8 @@ def test_best_json_says_what_tuning_gained_over_the_specs_own_settings():
                      {"trial_id": "c", "epochs": 2, "batch_size": 64, "lr": 1e-3, "val_accuracy": 0.70}])
     best = results.best_trial(trials, spec)
     got = results.versus_default(trials, spec, best)
-    assert got["default_trial"] == {"trial_id": "a", "config": OWN, "val_accuracy": 0.80}
+    assert got["default_trial"] == {"trial_id": "a", "config": OWN, "val_accuracy": 0.80,
+                                    "basis": "first seed"}
     assert got["gain_vs_default"] == pytest.approx(0.03)
     line = results.gain_line({**got, "trial_id": "b", "val_accuracy": 0.83}, spec)
     assert line.startswith("tuning gained +3.0 points of val_accuracy on validation")
@@ -256,6 +257,12 @@ def test_the_top_configs_are_retrained_with_one_fresh_seed_and_chosen_on_their_m
     assert selection["regret"] == pytest.approx(0.84 - 0.845)
     line = confirm.describe(selection)
     assert "chose trial d" in line and "one seed would have chosen trial b" in line
+    # the own settings among the candidates: the gain over them is on the means, as the choice
+    own = _table([{"trial_id": "b", **OWN, "val_accuracy": 0.86},
+                  {"trial_id": "d", "epochs": 2, "batch_size": 64, "lr": 2e-4, "val_accuracy": 0.84}])
+    gain = results.versus_default(own, spec, own.iloc[1], selection)
+    assert gain["gain_vs_default"] == pytest.approx(0.845 - 0.82)
+    assert gain["default_trial"]["basis"] == "mean over the confirming seeds"
     # a confirming run that failed: the candidate keeps its one score
     confirmed.loc[1, "status"] = "error"
     chosen, selection = confirm.choose(spec, top, confirmed)

@@ -196,20 +196,29 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def versus_default(trials: pd.DataFrame, spec: Spec, best: pd.Series) -> dict[str, Any]:
+def versus_default(trials: pd.DataFrame, spec: Spec, best: pd.Series,
+                   selection: dict | None = None) -> dict[str, Any]:
     """What tuning gained over the spec's own settings, for best.json: the default trial (its id,
     config and metric) and `gain_vs_default`, the chosen trial's metric minus the default's
     (for a metric to minimise, the default's minus the chosen's: positive is better either way).
-    On validation, where the choice was made; with no default trial, the reason."""
+    On validation, where the choice was made; with no default trial, the reason. When the
+    default was among the confirmed candidates (`selection`, tuner.confirm), both are compared on
+    their means over the same seeds, as the choice was made; otherwise every candidate scored at
+    least the default on its first seed, so the gain is never negative."""
     metric = spec.search.metric
     point, why = spec.default_point()
     row = default_trial(trials, spec)
     if row is None:
         why = why or "the trial of the spec's own settings did not finish"
         return {"default_trial": {"config": point, "reason": why}, "gain_vs_default": None}
-    gain = float(best[metric] - row[metric]) * (1 if spec.search.mode == "max" else -1)
+    means = {c["trial_id"]: c["mean"] for c in (selection or {}).get("candidates", [])}
+    ours, theirs, basis = float(best[metric]), float(row[metric]), "first seed"
+    if row["trial_id"] in means and best["trial_id"] in means:
+        ours, theirs = means[best["trial_id"]], means[row["trial_id"]]
+        basis = "mean over the confirming seeds"
+    gain = (ours - theirs) * (1 if spec.search.mode == "max" else -1)
     return {"default_trial": {"trial_id": row["trial_id"], "config": point,
-                              metric: float(row[metric])},
+                              metric: float(row[metric]), "basis": basis},
             "gain_vs_default": gain}
 
 
@@ -227,8 +236,9 @@ def gain_line(chosen: dict, spec: Spec) -> str:
         size = f"{100 * gain:+.1f} points of {metric}"
     else:
         size = f"{abs(gain):.4f} {'lower' if gain >= 0 else 'higher'} {metric}"
+    basis = "" if default.get("basis", "first seed") == "first seed" else f", {default['basis']}"
     return (f"tuning gained {size} on validation over the spec's own settings (trial "
-            f"{default['trial_id']}: {default[metric]:.4f}; chosen: {chosen[metric]:.4f})")
+            f"{default['trial_id']}: {default[metric]:.4f}; chosen: {chosen[metric]:.4f}{basis})")
 
 
 def repeat_rows(trials: pd.DataFrame, arm: str, role: str = "chosen") -> pd.DataFrame:

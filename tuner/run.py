@@ -421,7 +421,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
         "test_set_uses": uses,
-        **results.versus_default(trials, spec, best),  # on validation: no other test-set look
+        **results.versus_default(trials, spec, best, selection),  # on validation only
         **({"selection": selection} if selection else {}),
     }
     results.write_json(run_dir / "best.json", chosen)
