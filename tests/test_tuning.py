@@ -9,7 +9,7 @@ import pytest
 from helpers import ROOT
 
 from tuner import results, sweep
-from tuner.compare import compare_table, gain_lines, repeats_spec, with_roles
+from tuner.compare import compare_table, repeats_spec, with_roles
 from tuner.errors import InputError
 from tuner.space import param_space
 from tuner.spec import load_spec, same_point
@@ -150,7 +150,7 @@ def test_compare_csv_gives_the_gain_over_the_own_settings_paired_by_seed():
     assert a["gain_ci95_low"] > 0  # paired by seed: the seeds' spread cancels
     assert table.loc["B", "gain_vs_default"] == pytest.approx(0)
     assert a["default_trial_epochs"] == 6 and a["trial_epochs"] == 14
-    lines = gain_lines(table.reset_index())
+    lines = results.gain_lines(table.reset_index())
     assert lines[0].startswith("A: tuning gained +2.2 [+1.4, +2.9] points") and "over the arm's own settings" in lines[0]
     # an older comparison, with no runs of the own settings: nothing is claimed
     old = trials[trials["role"].ne("default")].drop(columns="role")

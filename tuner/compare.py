@@ -236,7 +236,7 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
     print(f"\ncomparison finished in {wall:.0f} s; results in {run_dir}")
     print(results.format_table(table[shown]))
     print()
-    for line in gain_lines(table) + verdict(trials, table, spec):
+    for line in results.gain_lines(table) + verdict(trials, table, spec):
         print(line)
     return 0 if table["test_mean"].notna().any() else 1
 
@@ -316,24 +316,6 @@ def _gain(trials: pd.DataFrame, arm: str, own: pd.DataFrame) -> dict:
         d = difference(chosen, theirs)
         out.update(gain_ci95_low=d["low"], gain_ci95_high=d["high"])
     return out
-
-
-def gain_lines(table: pd.DataFrame) -> list[str]:
-    """Per arm, in words: what tuning gained on the test set over the arm's own settings."""
-    lines = []
-    for _, row in table.iterrows():
-        if pd.isna(row.get("gain_vs_default", math.nan)):
-            continue
-        if row["gain_vs_default"] == 0 and row["gain_ci95_low"] == row["gain_ci95_high"] == 0:
-            lines.append(f"{row['arm']}: tuning gained nothing over the arm's own settings: they "
-                         "are its chosen config")
-            continue
-        interval = (f" [{100 * row['gain_ci95_low']:+.1f}, {100 * row['gain_ci95_high']:+.1f}]"
-                    if pd.notna(row["gain_ci95_low"]) else "")
-        lines.append(f"{row['arm']}: tuning gained {100 * row['gain_vs_default']:+.1f}{interval} "
-                     f"points of test accuracy over the arm's own settings "
-                     f"({100 * row['default_test_mean']:.1f}% with the same seeds)")
-    return lines
 
 
 def verdict(trials: pd.DataFrame, table: pd.DataFrame, spec: Spec) -> list[str]:

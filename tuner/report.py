@@ -28,7 +28,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from tuner import plots, results
+from tuner import confirm, plots, results
 from tuner.errors import InputError
 from tuner.spec import Spec, load_spec
 
@@ -175,7 +175,10 @@ def best_section(run: Run, s: dict[str, Any]) -> dict[str, Any] | None:
         b = run.best
         return {"trial_id": b["trial_id"], "config": b["config"], "metric": metric,
                 "val": b.get(metric), "test_accuracy": b.get("test_accuracy"),
-                "test_images": b.get("test_images"), "final": True}
+                "test_images": b.get("test_images"), "final": True,
+                # what tuning gained over the spec's own settings, and how the choice was made
+                "gained": results.gain_line(b, run.spec) if "gain_vs_default" in b else None,
+                "selection": confirm.describe(b["selection"]) if b.get("selection") else None}
     if s["best_trial"] is None:
         return None
     row = run.trials.set_index("trial_id").loc[s["best_trial"]]
@@ -282,6 +285,7 @@ def run_context(run: Run) -> dict[str, Any]:
         "errors": html_table(errors) if not errors.empty else None,
         "figures": figures(run),
         "compare": html_table(run.compare) if run.compare is not None else None,
+        "gains": results.gain_lines(run.compare) if run.compare is not None else [],
         "compare_png": data_uri(run.compare_png) if run.compare_png else None,
         # the model folders (tuner.artifact), relative to the run folder
         "models": sorted(str(p.parent.relative_to(run.path)) for p in run.path.glob("model/**/model.json")),

@@ -7,6 +7,7 @@ Ray; `sweep.collect` builds the records from a Ray Tune ResultGrid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tempfile
@@ -248,6 +249,25 @@ def repeat_rows(trials: pd.DataFrame, arm: str, role: str = "chosen") -> pd.Data
     if "role" in rows:
         return rows[rows["role"] == role]
     return rows if role == "chosen" else rows.iloc[:0]
+
+
+def gain_lines(table: pd.DataFrame) -> list[str]:
+    """Per arm of a comparison (compare.csv's rows), in words: what tuning gained on the test set
+    over the arm's own settings."""
+    lines = []
+    for _, row in table.iterrows():
+        if pd.isna(row.get("gain_vs_default", math.nan)):
+            continue
+        if row["gain_vs_default"] == 0 and row["gain_ci95_low"] == row["gain_ci95_high"] == 0:
+            lines.append(f"{row['arm']}: tuning gained nothing over the arm's own settings: they "
+                         "are its chosen config")
+            continue
+        interval = (f" [{100 * row['gain_ci95_low']:+.1f}, {100 * row['gain_ci95_high']:+.1f}]"
+                    if pd.notna(row["gain_ci95_low"]) else "")
+        lines.append(f"{row['arm']}: tuning gained {100 * row['gain_vs_default']:+.1f}{interval} "
+                     f"points of test accuracy over the arm's own settings "
+                     f"({100 * row['default_test_mean']:.1f}% with the same seeds)")
+    return lines
 
 
 def top_trials(trials: pd.DataFrame, spec: Spec, n: int = 5) -> pd.DataFrame:
