@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from tuner import rayenv, run
+from tuner import rayenv, run, signals
 from tuner.errors import InputError
 from tuner.spec import Spec
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run.handle_sigterm()
+    signals.handle_sigterm()
     try:
         args = parse_args(argv)
         sessions = _sessions(args.run_dir)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return run.stopped_code()
+        return signals.stopped_code()
 
 
 def _sessions(run_dir: Path) -> list[dict]:
@@ -151,7 +151,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         if cluster.connect(args.address, spec.resources):
             stack.callback(ray.shutdown)
             sweep.warm_worker()  # for the test, should the choice change
-        run.handle_sigterm()
+        signals.handle_sigterm()
         cluster.check_resources(spec.resources)
         memory.check_resident(spec, data, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         cluster.check_storage(args.address, spec.run.storage)
@@ -170,7 +170,8 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         # No live tables here: they would show this session's trials alone until it ends.
         tuner = (sweep.restore_tuner(this, data, weights, experiment) if restore
                  else sweep.make_tuner(this, data, weights, experiment))
-        grid = tuner.fit()
+        with signals.fitting():
+            grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, this, data, weights, run_dir, earlier, experiment, grid, wall,
                       sessions, resume)
@@ -213,9 +214,9 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
     if partial:
         run.write_status(run_dir, "partial", earlier[0], resume, counts)
         run.write_report(run_dir)
-        print(f"\nsweep {'terminated' if run._terminated else 'interrupted'} after {wall:.0f} s: "
+        print(f"\nsweep {signals.stopped_word()} after {wall:.0f} s: "
               f"the tables in {run_dir} are partial.\nresume with: {resume}", file=sys.stderr)
-        return run.stopped_code()
+        return signals.stopped_code()
 
     best = results.best_trial(trials, spec)
     previous = _read_json(run_dir / "best.json")

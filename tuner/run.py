@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from tuner import phases, rayenv
+from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
 from tuner.errors import InputError
 from tuner.spec import Spec, dump_spec, load_spec
 
@@ -36,7 +36,6 @@ log = logging.getLogger("tuner")
 
 STATUS_FILE = "status.json"  # {"state": running | partial | finished, "experiment": path, ...}
 LOCK_FILE = ".driver.lock"  # held (flock) by the live driver of a run; the kernel frees it on death
-TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,28 +82,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-_terminated = False  # set by SIGTERM: the run stops as on Ctrl-C, and exits 143
-
-
-def _on_sigterm(signum, frame) -> None:
-    """SIGTERM stops the sweep as Ctrl-C does: Tune's own SIGINT handler while a sweep runs (it
-    stops trials and saves the experiment), KeyboardInterrupt elsewhere."""
-    global _terminated
-    _terminated = True
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-
-
-def handle_sigterm() -> None:
-    """(Re)install the SIGTERM handler: ray.init replaces it with one that exits at once."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def stopped_code() -> int:
-    return TERMINATED if _terminated else 130
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     phases.record("startup", phases.since_start())  # the interpreter and tuner.run's imports
@@ -124,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before or after the sweep itself (Tune handles Ctrl-C within it)
-        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        print(stopped_word(), file=sys.stderr)
         return stopped_code()
 
 
@@ -345,7 +322,8 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             tuner = (sweep.make_tuner(spec, data, weights, experiment,
                                       callbacks=[live.LiveTables(run_dir, spec, labels(weights))])
                      if not args.resume else sweep.restore_tuner(spec, data, weights, experiment))
-            grid = tuner.fit()
+            with fitting():
+                grid = tuner.fit()
         wall = time.perf_counter() - t0
         return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
 
@@ -388,7 +366,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     if partial:
         write_status(run_dir, "partial", experiment, resume, counts)
         write_report(run_dir)
-        print(f"\nsweep {'terminated' if _terminated else 'interrupted'} after {wall:.0f} s: the "
+        print(f"\nsweep {stopped_word()} after {wall:.0f} s: the "
               f"tables in {run_dir} are partial ({grid.num_terminated} of "
               f"{spec.search.planned_trials()} trials finished).\nresume with: {resume}", file=sys.stderr)
         return stopped_code()

@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner import warmstart
+from tuner import signals, warmstart
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
@@ -227,7 +227,8 @@ def run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str, 
     if done:
         return restore_tuner(spec, data, weights, path).get_results()
     tuner = (restore_tuner if started(path) else make_tuner)(spec, data, weights, path)
-    return tuner.fit()
+    with signals.fitting():
+        return tuner.fit()
 
 
 def started(path: str) -> bool:
