@@ -96,6 +96,8 @@ def test_summaries_and_best(quick_run):
     assert best["test_pid"] != status["driver"]["pid"] and best["test_device"] == "cpu"
     # the test set was looked at once, for the chosen trial, and both files say so
     assert best["test_set_uses"] == status["test_set_uses"] == {"count": 1, "trials": [best["trial_id"]]}
+    (look,) = [json.loads(line) for line in (run / "test_set.jsonl").read_text().splitlines()]
+    assert look["trial_id"] == best["trial_id"]  # written before the look, counted from
     assert status["trials"]["planned"] == 3
     # the spec's own settings (epochs 1, batch 32, lr 1e-3) ran as a trial; best.json says what
     # tuning gained over them, on validation, where the choice was made (on the means over both

@@ -222,3 +222,21 @@ def test_sweep_time_best_so_far_and_time_to_best(spec):
     assert best_trial(trials, spec)["trial_id"] == "b"
     assert time_to_best(epochs, trials, spec) == 15.0  # b's first epoch already had its final 0.80
     assert time_to_best(epochs.iloc[:0], trials.iloc[:0], spec) is None
+
+
+def test_each_look_at_the_test_set_is_counted_before_it_is_made(tmp_path):
+    """The ledger is written before each test: a driver that dies after testing but before
+    recording the result has the look counted, and a resume that tests again counts twice."""
+    from tuner.results import TEST_LEDGER, record_test_use, test_set_uses
+
+    assert test_set_uses(tmp_path) == {"count": 0, "trials": []}
+    record_test_use(tmp_path, "t1", "the chosen trial")
+    record_test_use(tmp_path, "t1", "the chosen trial")  # resumed after a crash: tested again
+    with open(tmp_path / TEST_LEDGER, "a") as f:
+        f.write('{"trial_id": "t2"')  # cut short by a crash mid-write: not a look
+    assert test_set_uses(tmp_path) == {"count": 2, "trials": ["t1", "t1"]}
+    # a run from before the ledger: its best.json's record, or its one chosen trial
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "best.json").write_text('{"trial_id": "a1"}')
+    assert test_set_uses(old) == {"count": 1, "trials": ["a1"]}

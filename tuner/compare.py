@@ -186,6 +186,7 @@ def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict
     finished = set(table.loc[table["status"] == "finished", "trial_id"])
     for r in records:
         if r.trial_id in finished and r.trial_id not in tests:
+            results.record_test_use(status_path.parent, r.trial_id, "a repeat")
             tests[r.trial_id] = sweep.test_best(r, spec, data)
             _status(status_path, compare=progress)
     scores = pd.DataFrame([tests.get(t, {}) for t in table["trial_id"]], index=table.index)
@@ -230,6 +231,7 @@ def _finish(spec: Spec, run_dir: Path, trials: pd.DataFrame, best: dict, status_
         spec.search.planned_trials()
     _status(status_path, state="finished", phase=None, arm=None,
             trials=results.trial_counts(trials, planned), cost=results.cost_totals(trials),
+            test_set_uses=results.test_set_uses(run_dir),  # one look per tested repeat
             wall_time_s=round(wall, 1))  # this session's, as a plain sweep's
     shown = ["arm", "test_mean", "test_ci95_low", "test_ci95_high", "val_mean", "repeats",
              "default_test_mean", "gain_vs_default", "trials", "trial_epochs", "device_s"]

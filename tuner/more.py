@@ -220,7 +220,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
 
     best = results.best_trial(trials, spec)
     previous = _read_json(run_dir / "best.json")
-    uses = test_set_uses(previous)
+    uses = results.test_set_uses(run_dir)
     if best is None:
         run.write_status(run_dir, "finished", earlier[0], resume, counts)
         run.write_report(run_dir)
@@ -234,8 +234,12 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
         test = {"test_accuracy": previous["test_accuracy"]}
         print(f"\nthe chosen trial is still {record.trial_id}: not tested again")
     else:
+        if not (run_dir / results.TEST_LEDGER).is_file() and uses["count"]:
+            for trial in uses["trials"]:  # a run from before the ledger: its earlier looks first
+                results.record_test_use(run_dir, trial, "an earlier session's chosen trial")
+        results.record_test_use(run_dir, record.trial_id, "the chosen trial, after more trials")
         test = sweep.test_best(record, spec, data)
-        uses = {"count": uses["count"] + 1, "trials": [*uses["trials"], record.trial_id]}
+        uses = results.test_set_uses(run_dir)
         chosen = {
             "trial_id": record.trial_id, "config": record.params, "metric": metric,
             metric: best[metric], "val_accuracy": best["val_accuracy"],
@@ -262,14 +266,6 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
           f"in this run, for {', '.join(uses['trials'])})")
     print(results.gain_line(chosen, spec))
     return 0
-
-
-def test_set_uses(best: dict | None) -> dict:
-    """How often this run has looked at the test set, and for which trials: from best.json (a run
-    that finished once, before any session, looked once, for its chosen trial)."""
-    if not best:
-        return {"count": 0, "trials": []}
-    return best.get("test_set_uses") or {"count": 1, "trials": [best["trial_id"]]}
 
 
 def write_model(run_dir: Path, spec: Spec, data, weights, record, best, test: dict) -> str | None:

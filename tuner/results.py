@@ -360,6 +360,40 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+TEST_LEDGER = "test_set.jsonl"  # one line per look at the test set, written before the look
+
+
+def record_test_use(run_dir: Path, trial_id: str, why: str) -> None:
+    """Note, before it happens, that `trial_id`'s model is about to be tested: a driver that dies
+    after the test but before it records the result still has it counted (a resume that tests
+    again counts twice). Appended and flushed to disk, one JSON line per look."""
+    line = json.dumps({"trial_id": str(trial_id), "why": why,
+                       "at": datetime.now().astimezone().isoformat(timespec="seconds")})
+    with open(Path(run_dir) / TEST_LEDGER, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_set_uses(run_dir: Path) -> dict[str, Any]:
+    """How often this run has looked at the test set, and for which trials, from its ledger; a
+    run from before the ledger: from its best.json (one look, for its chosen trial)."""
+    ledger = Path(run_dir) / TEST_LEDGER
+    if ledger.is_file():
+        ids = []
+        for line in ledger.read_text().splitlines():
+            try:
+                ids.append(json.loads(line)["trial_id"])
+            except (ValueError, KeyError):
+                continue  # a line cut short by a crash: that look was not made
+        return {"count": len(ids), "trials": ids}
+    best = Path(run_dir) / "best.json"
+    if best.is_file():
+        earlier = json.loads(best.read_text())
+        return earlier.get("test_set_uses") or {"count": 1, "trials": [earlier["trial_id"]]}
+    return {"count": 0, "trials": []}
+
+
 def write_csv(path: Path, table: pd.DataFrame) -> None:
     write_text(path, table.to_csv(index=False))
 

@@ -356,6 +356,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
     record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
     if record is not None:  # the test runs in a Ray worker while the driver draws the figure
         with phases.phase("test"):
+            results.record_test_use(run_dir, record.trial_id, "the chosen trial")
             started = sweep.start_test(record, spec, data)
     write_plot(spec, epochs, trials, run_dir)
     every = trials if confirmed is None else pd.concat([trials, confirmed], ignore_index=True)
@@ -378,7 +379,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         return 1
     with phases.phase("test"):
         test = sweep.tested(record, started)
-    uses = {"count": 1, "trials": [record.trial_id]}  # the one look at the test set (tuner.more adds)
+    uses = results.test_set_uses(run_dir)  # once, unless a driver died after an earlier look
     with phases.phase("model"):
         model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
     metric = spec.search.metric
