@@ -227,7 +227,8 @@ def test_sweep_time_best_so_far_and_time_to_best(spec):
 def test_each_look_at_the_test_set_is_counted_before_it_is_made(tmp_path):
     """The ledger is written before each test: a driver that dies after testing but before
     recording the result has the look counted, and a resume that tests again counts twice."""
-    from tuner.results import TEST_LEDGER, record_test_use, test_set_uses
+    from tuner.results import record_test_use, test_set_uses
+    from tuner.rundir import TEST_LEDGER
 
     assert test_set_uses(tmp_path) == {"count": 0, "trials": []}
     record_test_use(tmp_path, "t1", "the chosen trial")

@@ -40,7 +40,7 @@ from torch import nn
 from tuner import folder
 from tuner.batches import DeviceSplit, train_batches
 from tuner.data import Dataset, Pixels, Split, load_dataset
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 from tuner.fashion_mnist import torchvision_layout
 from tuner.model import Weights, build_model, make_optimizer
 from tuner.spec import Spec
@@ -471,14 +471,8 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as tuner.run does
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m tuner.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tuner.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
@@ -507,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
                         "--repeats times (tuner.overhead)")
     p.add_argument("--image-size", type=_positive, default=224, help="--folder: crop size (224)")
     p.add_argument("--resize", type=_positive, default=256, help="--folder: stored size (256)")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.overhead:
         from tuner import overhead
 
@@ -516,11 +514,12 @@ def main(argv: list[str] | None = None) -> int:
                 *[f"--set={o}" for o in args.set], *([f"--csv={args.csv}"] if args.csv else [])]
         return overhead.main(rest)
     if args.folder:
-        if not (args.folder / "train").is_dir():
-            p.error(f"--folder {args.folder}: no train/ folder there")
-        if args.image_size > args.resize:
-            p.error(f"--image-size {args.image_size} is larger than --resize {args.resize}")
         try:
+            if not (args.folder / "train").is_dir():
+                raise InputError(f"--folder {args.folder}: no train/ folder there")
+            if args.image_size > args.resize:
+                raise InputError(f"--image-size {args.image_size} is larger than --resize "
+                                 f"{args.resize}")
             return compare_folder(args)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)

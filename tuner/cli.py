@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 
 from tuner import __version__
+from tuner.errors import ArgumentParser, InputError
 
 EXIT_CODES = """exit codes:
   0    done
@@ -65,10 +66,10 @@ def _examples(name: str) -> str:
     return "examples:\n" + "\n".join(f"  {e}" for e in COMMANDS[name].examples)
 
 
-def _top_parser() -> argparse.ArgumentParser:
+def _top_parser() -> ArgumentParser:
     lines = [f"  {name:<8} {c.summary}" for name, c in COMMANDS.items()]
     examples = [c.examples[0] for c in (COMMANDS["run"], COMMANDS["resume"], COMMANDS["report"])]
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="tuner", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Hyperparameter sweeps for fine-tuning pretrained image models, on Ray Tune.",
         usage="tuner [--version] COMMAND [ARGS...]   (tuner COMMAND --help for its options)",
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):  # no command: --help, --version, or a mistake
-        args = top.parse_args(argv[:1])
+        try:
+            args = top.parse_args(argv[:1])
+        except InputError as e:
+            _bad_input(f"{e}; tuner --help lists the commands")
         if args.command is None:
             top.print_help(sys.stderr)
             return 2

@@ -32,11 +32,11 @@ from scipy import stats
 from tuner import confirm, results, sweep
 from tuner.data import Dataset
 from tuner.model import Weights
+from tuner.rundir import STATUS_FILE
 from tuner.spec import Spec, param_path, same_point
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"  # the run's status (run.STATUS_FILE); the progress is its "compare" key
 PHASES = ("search", "confirm", "repeats")
 CONFIDENCE = 0.95
 

@@ -1,4 +1,7 @@
-"""The one exception type for bad input: the CLI turns it into `error: ...` and exit 2."""
+"""The one exception type for bad input: the CLI turns it into `error: ...` and exit 2; and the
+argument parser every entry point uses, whose own errors are bad input too."""
+
+import argparse
 
 
 class InputError(Exception):
@@ -6,3 +9,11 @@ class InputError(Exception):
 
     The message is a single line that names what is wrong and how to fix it.
     """
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose own errors (an unknown flag, a bad value) are InputError, so that they end
+    as every other bad input does: one `error: ...` line, exit 2."""
+
+    def error(self, message: str) -> None:
+        raise InputError(message)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from tuner import artifact
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 from tuner.model import CARD_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,8 @@ TOLERANCE = {"pt": 0.0, "torchscript": 1e-4, "pt2": 1e-4, "onnx": 1e-3}
 CHECK_IMAGES = 32  # validation images in the parity check
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise InputError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tuner.export", description="Export a run's model, checked.")
+    p = ArgumentParser(prog="python -m tuner.export", description="Export a run's model, checked.")
     p.add_argument("run_dir", type=Path, help="the run folder (results/<name>/<run id>)")
     p.add_argument("--format", choices=FORMATS, default="pt", help="default: pt")
     p.add_argument("--out", type=Path, help="the file (a folder for pt) to write; default: in the "

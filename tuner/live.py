@@ -19,11 +19,11 @@ import pandas as pd
 from ray import tune
 
 from tuner import results
+from tuner.rundir import STATUS_FILE
 from tuner.spec import Spec
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 _STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused"}  # Ray's -> ours
 
 

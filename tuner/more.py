@@ -26,7 +26,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tuner import rayenv, run, signals
-from tuner.errors import InputError
+from tuner.rundir import STATUS_FILE, TEST_LEDGER
+from tuner.errors import ArgumentParser, InputError
 from tuner.spec import Spec
 
 log = logging.getLogger("tuner")
@@ -47,7 +48,7 @@ exit codes:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = run._Parser(prog="tuner resume", epilog=EPILOG,
+    p = ArgumentParser(prog="tuner resume", epilog=EPILOG,
                     formatter_class=argparse.RawDescriptionHelpFormatter,
                     description="Continue a sweep from its run directory: an interrupted one from "
                                 "where it stopped; with --more N, a finished or interrupted one "
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sessions(run_dir: Path) -> list[dict]:
     try:
-        return json.loads((run_dir / run.STATUS_FILE).read_text()).get(SESSIONS, [])
+        return json.loads((run_dir / STATUS_FILE).read_text()).get(SESSIONS, [])
     except (OSError, ValueError):
         return []  # not a run directory: load_run says so
 
@@ -234,7 +235,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
         test = {"test_accuracy": previous["test_accuracy"]}
         print(f"\nthe chosen trial is still {record.trial_id}: not tested again")
     else:
-        if not (run_dir / results.TEST_LEDGER).is_file() and uses["count"]:
+        if not (run_dir / TEST_LEDGER).is_file() and uses["count"]:
             for trial in uses["trials"]:  # a run from before the ledger: its earlier looks first
                 results.record_test_use(run_dir, trial, "an earlier session's chosen trial")
         results.record_test_use(run_dir, record.trial_id, "the chosen trial, after more trials")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from tuner import artifact
 from tuner.batches import DeviceSplit, eval_batches
 from tuner.data import Pixels, Split
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 from tuner.folder import is_hidden, decode_all
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,8 @@ log = logging.getLogger(__name__)
 CHUNK = 512  # images decoded at a time: memory stays bounded on any folder
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
-        raise InputError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tuner.predict", description="Classify images with a run's model.")
+    p = ArgumentParser(prog="python -m tuner.predict", description="Classify images with a run's model.")
     p.add_argument("model", type=Path, help="a run folder, its model/ folder, or a model.pt")
     p.add_argument("inputs", nargs="+", type=Path,
                    help="image files or folders (searched recursively; an ImageFolder layout "

@@ -14,7 +14,6 @@ Exit 0: the page was written. Exit 2: bad input, one `error: ...` line on stderr
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import logging
@@ -29,7 +28,7 @@ import pandas as pd
 import yaml
 
 from tuner import confirm, plots, results
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 from tuner.spec import Spec, load_spec
 
 REPORT_FILE = "report.html"
@@ -412,13 +411,8 @@ def write_report(run_dirs: list[Path], out: Path, csv: Path | None = None) -> Pa
     return Path(out)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise InputError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m tuner.report",
+    p = ArgumentParser(prog="python -m tuner.report",
                 description="Write a self-contained HTML report of one or more sweep run folders.")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="results/<name>/<run id>")
     p.add_argument("--out", type=Path, help=f"the page (default: RUN_DIR/{REPORT_FILE} for one run; "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuner.rundir import TEST_LEDGER
 from tuner.spec import Spec, get_path, param_path, same_point
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
@@ -360,7 +361,6 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-TEST_LEDGER = "test_set.jsonl"  # one line per look at the test set, written before the look
 
 
 def record_test_use(run_dir: Path, trial_id: str, why: str) -> None:

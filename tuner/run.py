@@ -28,19 +28,13 @@ import yaml
 from filelock import FileLock, Timeout
 
 from tuner import phases, rayenv
+from tuner.rundir import LOCK_FILE, STATUS_FILE
 from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 from tuner.spec import Spec, dump_spec, load_spec
 
 log = logging.getLogger("tuner")
 
-STATUS_FILE = "status.json"  # {"state": running | partial | finished, "experiment": path, ...}
-LOCK_FILE = ".driver.lock"  # held (flock) by the live driver of a run; the kernel frees it on death
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: same one-line form, exit 2
-        raise InputError(message)
 
 
 EPILOG = """examples:
@@ -57,7 +51,7 @@ exit codes:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.",
+    p = ArgumentParser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", help="the sweep YAML file, e.g. sweeps/fashion.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
