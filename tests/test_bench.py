@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
-from helpers import ROOT, cli_env
+from helpers import ROOT, cli_env, needs_fashion
 
 
 def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
@@ -137,3 +137,33 @@ def test_bench_overhead_times_a_trivial_sweep_phase_by_phase(tmp_path):
     assert table["test"] < table["sweep (outside training)"] / 2, table.to_dict()
     assert table["exit"] < 1.0, table.to_dict()
     assert "outside training" in proc.stdout and "ray start" in proc.stdout
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_bench_grid_baseline_runs_a_plain_lr_grid_per_arm(tmp_path):
+    """--grid-baseline: per arm 3 lrs across the searched range, the best on validation re-run
+    with compare.repeats seeds and tested, on the comparison's own images; a row per arm."""
+    out_csv = tmp_path / "grid.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.bench", "--grid-baseline", "--spec", "sweeps/fashion-quick.yaml",
+         "--csv", str(out_csv), "--set", "model.weights=none", "--set", "data.train_subset=300",
+         "--set", "data.test_subset=100", "--set", "compare.repeats=2",
+         "--set", "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^grid baseline: 2 arms, 10 runs, wall \d+ s on ", proc.stdout, re.M)
+    table = pd.read_csv(out_csv).set_index("arm")
+    assert list(table.index) == ["full", "head"] and (table["repeats"] == 2).all()
+    for arm, row in table.iterrows():
+        grid = dict(pair.split(":") for pair in row["grid_val"].split())
+        assert [float(lr) for lr in grid] == pytest.approx([1e-4, 10 ** -3.5, 1e-3], rel=1e-2)
+        assert row["lr"] == pytest.approx(float(max(grid, key=lambda lr: float(grid[lr]))), rel=1e-2)
+        tests = [float(t) for t in row["test_each"].split()]
+        assert len(tests) == 2 and row["test_mean"] == pytest.approx(sum(tests) / 2, abs=1e-4)
+        assert row["trial_epochs"] == 5 and row["weights"].startswith("none")
+    # a spec without arms is bad input
+    bad = subprocess.run([sys.executable, "-m", "tuner.bench", "--grid-baseline", "--spec",
+                          "sweeps/fashion-quick.yaml"], cwd=ROOT, env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --grid-baseline:")

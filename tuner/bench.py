@@ -4,6 +4,7 @@
     python -m tuner.bench --sweep 1,2,4,8 [--set key=value ...]   # the tutorial's sweep at each packing
     python -m tuner.bench --folder PATH [--image-size 224] [--resize 256]  # an image folder vs d2l
     python -m tuner.bench --overhead [--repeats 3]   # a trivial sweep's fixed cost, phase by phase
+    python -m tuner.bench --grid-baseline --spec COMPARE.yaml [--set ...]  # a plain lr grid per arm
 
 (a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
     DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
@@ -437,6 +438,42 @@ def _sample_gpu(samples: list[float], stop: threading.Event) -> None:
             return
 
 
+def grid_baseline(args: argparse.Namespace) -> int:
+    """--grid-baseline: tuner.baseline's plain grid for every arm of the spec's comparison; prints
+    each run and the table, appends the table's rows to --csv. Raises InputError."""
+    from tuner import baseline, results
+    from tuner.data import load_for
+    from tuner.model import check_surgery, resolve_all, weights_label
+    from tuner.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    if spec.compare is None:
+        raise InputError(f"--grid-baseline: {args.spec} has no compare section; give a "
+                         "comparison's spec (its arms are the strategies to run)")
+    weights = resolve_all(spec.model_variants())
+    data = load_for(spec)
+    for m in spec.model_variants():
+        check_surgery(m, weights[m.weights], data.classes)
+    t0 = time.perf_counter()
+    runs = []
+    for arm in spec.compare.arms:
+        runs += baseline.run_arm(spec, arm, weights, data, log=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - t0
+    table = pd.DataFrame(baseline.summary(runs))
+    print(results.format_table(table[["arm", "lr", "test_mean", "test_ci95_low", "test_ci95_high",
+                                      "repeats", "trial_epochs", "wall_s"]]))
+    print(f"grid baseline: {len(spec.compare.arms)} arms, {len(runs)} runs, wall {wall:.0f} s on "
+          f"{machine(torch.device('cpu'))}")
+    if args.csv:
+        for row in table.to_dict("records"):
+            _append_csv(args.csv, {
+                **row, "weights": weights_label(weights), "machine": machine(torch.device("cpu")),
+                "torch": version("torch"), "wall_total_s": round(wall, 1),
+                "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
 def _append_csv(path: Path, row: dict) -> None:
     """Add a row; a file whose columns differ (from another mode or version) is refused, not mixed."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -496,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", type=Path, metavar="PATH",
                    help="an image folder (PATH/train/<class>/...): tuner's resident pipeline against "
                         "the d2l chapter's, alone and with the model (--steps 0: pipelines only)")
+    p.add_argument("--grid-baseline", action="store_true",
+                   help="a plain PyTorch lr grid per arm of --spec's comparison (3 lrs, the arm's "
+                        "fixed epochs; the best on validation re-run with compare.repeats seeds "
+                        "and tested), on the same images: what tuner's arms must beat "
+                        "(tuner.baseline)")
     p.add_argument("--overhead", action="store_true",
                    help="time a trivial sweep (1 trial, 1 epoch, 600 images of --spec) phase by phase, "
                         "--repeats times (tuner.overhead)")
@@ -506,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.grid_baseline:
+        try:
+            return grid_baseline(args)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.overhead:
         from tuner import overhead
 
