@@ -1,0 +1,65 @@
+"""tuner from Python (tuner.api): `tuner.load` and `tuner.run_sweep` on a real sweep, in process."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, needs_fashion
+from PIL import Image
+
+import tuner
+from tuner.errors import InputError
+
+QUICK = str(ROOT / "sweeps" / "fashion-quick.yaml")
+
+
+def test_import_tuner_stays_instant():
+    """`import tuner` loads neither pandas nor torch nor Ray: the CLI's --help stays fast."""
+    code = "import sys, tuner; print(sorted(m for m in ('pandas', 'torch', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_run_sweep_refuses_bad_input_before_anything_runs(tmp_path):
+    with pytest.raises(InputError, match="train.lr"):
+        tuner.run_sweep(QUICK, {"train.lr": -1}, results=tmp_path / "res")
+    assert not (tmp_path / "res").exists()
+    with pytest.raises(InputError):
+        tuner.load(tmp_path)  # not a run folder
+
+
+@needs_fashion
+@pytest.mark.cluster
+def test_a_sweep_run_and_read_from_python(tmp_path):
+    run = tuner.run_sweep(QUICK, {"data.train_subset": 300, "data.test_subset": 100,
+                                  "model.weights": "none", "search.num_samples": 1,
+                                  "search.parameters": {"epochs": {"choice": [1]},
+                                                        "lr": {"choice": [1.0e-3]}}},
+                          results=tmp_path / "res")
+    assert run.state == "finished" and run.path.parent == tmp_path / "res" / "fashion-quick"
+    assert len(run.trials) == 1 and len(run.epochs) == 1
+    assert run.best["trial_id"] == run.trials["trial_id"].iloc[0]
+    assert run.best["config"] == {"epochs": 1, "lr": 1e-3}
+    again = tuner.load(run.path)
+    assert again.best == run.best and again.trials.equals(run.trials)
+    # the chosen model, built from its card, as predict and export build it
+    model = run.model()
+    assert not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert run.card()["classes"][0] == "T-shirt/top"
+    # predict image files and a folder, with a file that is not an image among them
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(pictures / f"{i}.png")
+    (pictures / "notes.txt").write_text("not an image")
+    rows = run.predict([pictures])
+    assert len(rows) == 4
+    read = rows.dropna(subset=["predicted"])
+    assert len(read) == 3 and read["predicted"].isin(run.card()["classes"]).all()
+    assert rows.loc[rows["path"].str.endswith("notes.txt"), "error"].notna().all()
