@@ -305,7 +305,7 @@ def test_tuner_help_is_fast_and_imports_neither_torch_nor_ray():
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "tuner" in imported and not imported & {"torch", "ray", "torchvision", "pandas"}, imported
-    for command in ("run", "resume", "report", "predict", "export", "bench", "cost"):
+    for command in ("run", "resume", "ls", "report", "predict", "export", "bench", "cost"):
         assert f"  {command} " in proc.stdout
     assert "examples:\n  tuner run " in proc.stdout and "exit codes:" in proc.stdout
     assert tuner("-m", "tuner", "--version").stdout == f"tuner {__import__('tuner').__version__}\n"

@@ -50,6 +50,10 @@ COMMANDS = {
     "export": Command("export", "export a run's chosen model for use outside tuner", (
         "tuner export results/fashion-quick/20260101-120000-ab12 --out model.pt",
     )),
+    "ls": Command("ls", "list the runs under a results folder: state, best score, trials, age", (
+        "tuner ls",
+        "tuner ls results/ --limit 0",
+    )),
     "bench": Command("bench", "measure training throughput, or a sweep's fixed cost (--overhead)", (
         "tuner bench --steps 30 --repeats 3",
         "tuner bench --folder data/hotdog --steps 0 --repeats 5",
