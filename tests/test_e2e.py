@@ -1,6 +1,7 @@
 """One real sweep end to end: real Fashion-MNIST files, real Ray Tune and HyperOpt, real training."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,10 @@ def test_sweep_exits_cleanly_and_writes_one_run(quick_run):
     assert f"run directory: {runs[0]}" in proc.stdout
     assert "test_accuracy=" in proc.stdout
     assert "over the spec's own settings" in proc.stdout
+    # a line per trial event (tuner.progress), not Ray Tune's status tables (--verbose has those)
+    assert len(re.findall(r"^trial \w+ started: ", proc.stdout, re.M)) == 5  # 3 + 2 confirming
+    assert len(re.findall(r"^trial \w+ finished: val_accuracy ", proc.stdout, re.M)) == 5
+    assert "Trial status" not in proc.stdout and "╭" not in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

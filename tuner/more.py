@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", default=None,
                    help="join the Ray cluster at host:port (default: $RAY_ADDRESS, else start Ray "
                         "here)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's status tables while trials run (default: a line per trial event)")
     args = p.parse_args(argv)
     if args.more is not None and args.more < 1:
         raise InputError(f"--more {args.more}: give the number of trials to add, 1 or more")
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         sessions = _sessions(args.run_dir)
         if args.more is None and not sessions:  # a plain resume: tuner.run's own
             return run.main(["--resume", str(args.run_dir)]
-                            + (["--address", args.address] if args.address else []))
+                            + (["--address", args.address] if args.address else [])
+                            + (["--verbose"] if args.verbose else []))
         args.address = args.address or os.environ.get("RAY_ADDRESS")
         spec, status = run.load_run(args.run_dir, finished_ok=True)
         check_continuable(spec, status, args)
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 # An interrupted sweep (the first, or a session of added trials) finishes first;
                 # then the new trials come.
                 code = (go_on(spec, status, args) if sessions else
-                        run.run(spec, argparse.Namespace(address=args.address, resume=args.run_dir),
+                        run.run(spec, argparse.Namespace(address=args.address, resume=args.run_dir,
+                                                         verbose=args.verbose),
                                 run_dir=args.run_dir, experiment=status["experiment"],
                                 recorded_weights=status["provenance"]["weights"]))
                 if code != 0 or args.more is None:
@@ -137,6 +141,8 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
     import ray
 
     from tuner import cluster, memory, sweep, warmstart
+
+    sweep.set_verbose(args.verbose)
 
     run_dir = args.run_dir
     sessions = list(status.get(SESSIONS, []))

@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default="results", type=Path, help="results root (default: results)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted sweep from its run directory")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's status tables while trials run (default: a line per trial event)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the resolved spec and search space, start nothing")
     args = p.parse_args(argv)
@@ -265,6 +267,8 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
 
         from tuner import cluster, live, memory, results, sweep
         from tuner.model import weights_label
+
+        sweep.set_verbose(getattr(args, "verbose", False))
 
     # Everything that can be bad input is checked before anything is written.
     weights, data = check_inputs(spec, recorded_weights, run_dir)

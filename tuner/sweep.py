@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner import signals, warmstart
+from tuner import progress, signals, warmstart
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
@@ -29,6 +29,16 @@ from tuner.trainable import checkpoint_weights, test_checkpoint, train_trial
 log = logging.getLogger(__name__)
 
 TRIALS_DIR = "trials"  # Ray Tune's experiment folder inside the run directory
+_verbose = False  # Ray Tune's status tables on the console instead of tuner.progress's lines
+
+
+def set_verbose(on: bool) -> None:
+    """--verbose: Ray Tune's own status tables while trials run, not a line per trial event."""
+    global _verbose
+    _verbose = on
+    # Ray Tune's newer console output prints its experiment box and paths even at verbose 0;
+    # its classic reporter is silent there (and prints the tables at 1, as --verbose asks).
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if on else "0"
 
 
 def initial_points(spec: Spec) -> int:
@@ -205,8 +215,8 @@ def make_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights], experimen
             # Retries resume from the trial's latest checkpoint, not from epoch one.
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # ~135 MB each with Adam state
-            verbose=1,
-            callbacks=list(callbacks),
+            verbose=1 if _verbose else 0,
+            callbacks=[*callbacks, *([] if _verbose else [progress.ConsoleProgress(spec)])],
         ),
     )
 
