@@ -267,3 +267,10 @@ def test_the_top_configs_are_retrained_with_one_fresh_seed_and_chosen_on_their_m
     confirmed.loc[1, "status"] = "error"
     chosen, selection = confirm.choose(spec, top, confirmed)
     assert chosen == "d" and selection["candidates"][1]["scores"] == [0.84]
+
+
+def test_the_mode_follows_the_metric():
+    assert load_spec(QUICK, ["search.metric=val_loss"]).search.mode == "min"
+    assert load_spec(QUICK).search.mode == "max"
+    with pytest.raises(InputError, match="mode must be min for val_loss"):
+        load_spec(QUICK, ["search.metric=val_loss", "search.mode=max"])

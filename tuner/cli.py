@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv_from_console:  # the module then sees its own arguments (spec.yaml records them)
         sys.argv[1:] = rest
     help_asked = name not in ("run", "resume") and any(a in ("-h", "--help") for a in rest)
+    ArgumentParser.command = f"tuner {name}"  # its usage line: as typed
     try:
         code = module.main(rest)
     except SystemExit as e:  # argparse's --help and errors exit by themselves

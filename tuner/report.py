@@ -147,7 +147,8 @@ def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
     # The driver's wall time covers its last session only (a resume starts the clock again); the
     # last report's sweep time spans every session.
     last = f"last report at {s['last_report_s']:.0f} s of sweep time" if s["last_report_s"] else ""
-    wall = (f"{s['wall_time_s']:.0f} s (the driver's last session); {last}".rstrip("; ")
+    wall = (f"{s['wall_time_s']:.0f} s (Tune's fit() in the driver's last session; the whole "
+            f"command's time is status.json's command_s); {last}".rstrip("; ")
             if s["wall_time_s"] is not None else f"(not finished) {last}")
     return [
         ("spec", spec.name),
@@ -159,7 +160,7 @@ def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
         ("machine", f"{p.get('machine', '?')}; Ray: {p.get('address', '?')}"),
         ("per trial", f"{spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU"),
         ("started", p.get("started", "?")),
-        ("wall time", wall),
+        ("sweep wall time", wall),
         ("trial-epochs", s["trial_epochs"]),
         ("device-seconds", s["device_s"]),
         ("time to best", "-" if s["time_to_best_s"] is None else f"{s['time_to_best_s']:.0f} s"),

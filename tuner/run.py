@@ -38,9 +38,9 @@ log = logging.getLogger("tuner")
 
 
 EPILOG = """examples:
-  python -m tuner.run sweeps/fashion-quick.yaml
-  python -m tuner.run sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt
-  python -m tuner.run --resume results/fashion-quick/RUN_ID
+  {prog} sweeps/fashion-quick.yaml
+  {prog} sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt
+  {resume} results/fashion-quick/RUN_ID
 
 exit codes:
   0    the sweep ran and at least one trial finished
@@ -52,7 +52,9 @@ exit codes:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m tuner.run", description="Run a hyperparameter sweep from a YAML spec.",
-                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog = EPILOG.format(prog=p.prog, resume="tuner resume" if p.prog == "tuner run"
+                             else f"{p.prog} --resume")
     p.add_argument("spec", nargs="?", help="the sweep YAML file, e.g. sweeps/fashion.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.lr=0.001 (repeatable)")
@@ -61,8 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", help="where trial checkpoints live: a folder every node sees, or a "
                                      "URI such as s3://bucket/path (sets run.storage)")
     p.add_argument("--results", default="results", type=Path, help="results root (default: results)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue an interrupted sweep from its run directory")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",  # tuner run: tuner resume does it
+                   help=argparse.SUPPRESS if p.prog == "tuner run" else
+                   "continue an interrupted sweep from its run directory")
     p.add_argument("--verbose", action="store_true",
                    help="Ray Tune's status tables while trials run (default: a line per trial event)")
     p.add_argument("--dry-run", action="store_true",
@@ -276,8 +279,9 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     folder = [run_dir] if run_dir else []  # where the driver's phases go, once there is a folder
     with ExitStack() as stack:
         # Registered first, so it runs last: the timeline includes Ray's shutdown.
-        stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE,
-                                                              {"phases_s": phases.seconds()}))
+        # command_s: the whole command, from the interpreter's start (wall_time_s is fit()'s)
+        stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE, {
+            "phases_s": phases.seconds(), "command_s": round(phases.since_start(), 1)}))
         with phases.phase("ray start"):
             started = cluster.connect(args.address, spec.resources)
         if started:  # the embedded Ray we started: no process left behind

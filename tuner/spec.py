@@ -353,7 +353,7 @@ class Search(_Section):
     searcher: Literal["hyperopt", "random", "grid"] = "hyperopt"
     num_samples: PositiveInt = 10
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = "max"  # follows the metric when not given (val_loss: min)
     seed: int = 0
     n_initial_points: PositiveInt | None = None  # random trials before TPE; default num_samples // 2
     max_concurrent: PositiveInt | None = None  # None: as many as the cluster fits
@@ -379,6 +379,8 @@ class Search(_Section):
     def _grid_once(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and raw.get("searcher") == "grid" and "num_samples" not in raw:
             raw = {**raw, "num_samples": 1}  # the grid, once
+        if isinstance(raw, dict) and raw.get("mode") is None and raw.get("metric") == "val_loss":
+            raw = {**raw, "mode": "min"}  # the mode follows the metric
         return raw
 
     @field_validator("warm_start")
