@@ -328,3 +328,15 @@ def test_tuner_run_is_tuner_dot_run():
     proc = tuner("-m", "tuner", "launch")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown command" in proc.stderr
 
+
+
+def test_imagenet_weights_that_cannot_be_had_are_one_error_line(tmp_path):
+    """Offline, with no cached file: one `error:` line, not torch hub's "Downloading" before it."""
+    from helpers import run_cli
+
+    proc = run_cli("sweeps/fashion.yaml", "--dry-run", "--results", str(tmp_path / "res"),
+                   tmp_path=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: model.weights: imagenet: could not load ")
+    assert proc.stderr.count("\n") == 1 and "Downloading" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "res").exists()

@@ -7,11 +7,14 @@ before any trial starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +68,12 @@ def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(imagenet.url)
         # torch checks the hash in the name only when it downloads: check a cached file here.
         digest = check_hub_file(cache) if cache.is_file() else None
+        said = io.StringIO()  # torch hub's "Downloading: ..." line: shown only if it downloaded
         try:
             # torchvision's own API: reads the torch hub cache, downloads (hash-checked) when absent.
-            state = imagenet.get_state_dict(progress=False, check_hash=True)
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+                state = imagenet.get_state_dict(progress=False, check_hash=True)
+            sys.stderr.write(said.getvalue())
         except Exception as e:  # URLError, OSError, a truncated file...
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
             if spec.weights_fallback == "none":
