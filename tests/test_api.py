@@ -50,7 +50,16 @@ def test_a_sweep_run_and_read_from_python(tmp_path):
     assert not model.training
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    assert run.card()["classes"][0] == "T-shirt/top"
+    card = run.card()
+    assert card["classes"][0] == "T-shirt/top"
+    # the card alone says how to call the model: its input and output, its first and last layers
+    assert card["input"]["shape"] == [None, 1, 28, 28] and card["input"]["layout"] == "NCHW"
+    assert card["output"]["shape"] == [None, 10] and card["output"]["kind"].startswith("logits")
+    state = model.state_dict()
+    assert [list(state[k].shape) for k in card["layers"]] == list(card["layers"].values())
+    # readable tables: the trial's rank, the lr each epoch ended at
+    assert run.trials["rank"].tolist() == [1]
+    assert run.epochs["learning_rate"].tolist() == [pytest.approx(1e-3)]
     # predict image files and a folder, with a file that is not an image among them
     pictures = tmp_path / "pictures"
     pictures.mkdir()

@@ -73,12 +73,22 @@ def make_card(spec: Spec, data: Dataset, *, trial_id: str, config: dict, scores:
     if arm is not None:
         chosen = (f"arm {arm}: the repeat of its best config that scored best on validation "
                   f"({spec.search.metric}), tested once")
+    side = data.pixels.crop or int(data.train.images.shape[-1])
     return {
         "format": CARD_FORMAT,
         "weights_file": MODEL_FILE,
         "architecture": {"arch": trial.model.arch, "in_channels": data.in_channels,
                          "small_input_stem": trial.model.small_input_stem,
                          "num_classes": data.num_classes},
+        # enough to rebuild and call the model without tuner: torchvision's resnet18 with conv1
+        # and fc of these shapes (conv1 stride 1 and no max-pool for small_input_stem: stride1)
+        "input": {"shape": [None, data.in_channels, side, side], "dtype": "float32",
+                  "layout": "NCHW", "channels": "grayscale" if data.in_channels == 1 else "RGB",
+                  "values": "normalised: (pixel / 255 - mean) / std, per channel"},
+        "output": {"shape": [None, data.num_classes], "kind": "logits (softmax gives "
+                   "probabilities), in the order of classes"},
+        "layers": {"conv1.weight": [64, data.in_channels, 7, 7],
+                   "fc.weight": [data.num_classes, 512]},
         "classes": list(data.classes),
         "preprocessing": preprocessing(spec, data),
         "fine_tuned_from": {"label": started_from, "sha256": digest},

@@ -134,6 +134,10 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
     table = pd.DataFrame(rows)
     if "stopped_at_epoch" in table:
         table = table.astype({"stopped_at_epoch": "Int64"})  # blank, not 1.0, in the CSV
+    # 1 for the best final metric among the trials that did not fail; blank for the rest
+    metric = spec.search.metric
+    scored = table[metric].where(table["status"] != "error")
+    table["rank"] = scored.rank(ascending=spec.search.mode == "min", method="min").astype("Int64")
     return table
 
 

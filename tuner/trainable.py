@@ -150,6 +150,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             "epoch_time_s": time.perf_counter() - t0,  # train + validation, seconds
             "train_images": seen,  # images trained on this epoch
             "images_per_s": seen / train_s,  # training images per second
+            # where the lr schedule left train.lr at the epoch's end (the base group's lr)
+            "learning_rate": spec.train.lr * optimizer.param_groups[0]["lr"] / scheduler.base_lrs[0],
             "device": str(device),
             "weights": started_from,  # what this trial really started from, and how
             **node,
