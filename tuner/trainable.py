@@ -122,7 +122,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # a last epoch's checkpoint has none: nothing trains after it
+            optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:  # checkpoints from before schedules have none: constant lr
             scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"]
@@ -167,8 +168,11 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             continue
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / CHECKPOINT_FILE
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1}, path)
+            state = {"model": model.state_dict(), "scheduler": scheduler.state_dict(),
+                     "epoch": epoch + 1}
+            if not last:  # the optimizer's state (Adam's: twice the model) only where training
+                state["optimizer"] = optimizer.state_dict()  # can go on from this checkpoint
+            torch.save(state, path)
             metrics["checkpoint_bytes"] = path.stat().st_size  # written to storage this epoch
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
