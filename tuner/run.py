@@ -265,7 +265,9 @@ def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
     if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
         raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
                          f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
-    status = json.loads(status_file.read_text())
+    from tuner.results import read_json  # pandas: not for --help
+
+    status = read_json(status_file)
     if status.get("more") and not finished_ok:  # tuner.more's sessions: it resumes them itself
         raise InputError(f"--resume {run_dir}: trials were added to this sweep; continue it with "
                          f"tuner resume {shlex.quote(str(run_dir))}")

@@ -1,0 +1,80 @@
+"""A run folder's files survive crashes: every replacement is synced to disk before it takes the
+old file's place, and a file damaged anyway (a truncated status.json) is bad input naming it, for
+every command that reads it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, cli_env, needs_fashion
+from test_report import make_run
+
+from tuner import results
+from tuner.errors import InputError
+
+
+def test_a_replacement_is_synced_before_it_takes_the_files_place(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))),
+                                                     real_replace(a, b))[1])
+    path = tmp_path / "status.json"
+    results.write_json(path, {"state": "running"})
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    assert Path(events[0][1]).name.startswith(".status.json.")  # the temporary file
+    assert events[2][1] == str(tmp_path)  # then the folder, so the rename itself is durable
+    assert results.read_json(path) == {"state": "running"}
+
+
+@pytest.mark.parametrize("text", ['{"state": "runn', "", "[1, 2]", "\udcff".encode(
+    "utf-8", "surrogateescape").decode("latin-1")])
+def test_a_damaged_json_file_is_bad_input_naming_it(tmp_path, text):
+    path = tmp_path / "status.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match=r"status.json: damaged, .*restore it") as e:
+        results.read_json(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="status.json: damaged"):
+        results.update_json(path, {"state": "finished"})  # never overwritten with half its keys
+
+
+def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", [
+    ["tuner.run", "--resume", "{run}"],
+    ["tuner", "resume", "{run}"],
+    ["tuner", "resume", "{run}", "--more", "1"],
+    ["tuner", "report", "{run}"],
+    pytest.param(["tuner", "export", "{run}"], marks=needs_fashion),
+])
+def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, command):
+    run = make_run(tmp_path / "run", finished=True)
+    status = run / "status.json"
+    status.write_text(status.read_text()[:40])  # a crash mid-write, before writes were synced
+    before = {p: p.read_bytes() for p in run.rglob("*")}
+    proc = tool(*[a.format(run=run) for a in command], tmp_path=tmp_path)
+    out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 2, out
+    assert "Traceback" not in proc.stderr, out
+    assert proc.stderr.startswith(f"error: {status}: damaged, not valid JSON"), out
+    assert proc.stderr.count("\n") == 1, out
+    assert "restore it from a copy of the run folder" in proc.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*")} == before  # nothing written
+
+
+def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path):
+    """predict reads the model folder only: a damaged status.json is no reason to refuse."""
+    run = make_run(tmp_path / "run", finished=True)
+    (run / "status.json").write_text("{")
+    (tmp_path / "x.png").write_bytes(b"")
+    proc = tool("tuner", "predict", str(run), str(tmp_path / "x.png"), tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no model/model.pt here" in proc.stderr
