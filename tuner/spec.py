@@ -36,7 +36,12 @@ FIXED = ("model.arch",)
 # Weights are resolved and checked in the driver before anything runs, so only a list of them can
 # be searched (each one resolved up front), never a range.
 CHOICE_ONLY = ("model.weights",)
-ARM_NAME = r"^[A-Za-z0-9_.-]+$"  # an arm's name is a folder name (trials/<arm>/)
+# A spec's and an arm's name is a folder name (results/<name>/, trials/<arm>/, model/<arm>/): a
+# letter or digit first, so never '.', '..' or a hidden folder, and no separator to leave the
+# folder it is made in.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ARM_NAME = NAME
+NAME_RULE = "a letter or digit first, then letters, digits, '_', '.' and '-' only"
 FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
@@ -444,15 +449,15 @@ class Compare(_Section):
     @classmethod
     def _arm_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         problems = [] if len(v) >= 2 else [f"give at least two arms to compare (got {len(v)})"]
-        problems += [f"arm {name!r}: an arm's name is a folder name: use letters, digits, '_', "
-                     "'.' and '-' only" for name in v if not re.fullmatch(ARM_NAME, name)]
+        problems += [f"arm {name!r}: an arm's name is a folder name: {NAME_RULE}"
+                     for name in v if not re.fullmatch(ARM_NAME, name)]
         if problems:
             raise ValueError("; ".join(problems))
         return v
 
 
 class Spec(_Section):
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # results/<name>/<run id>/
+    name: str = "sweep"  # results/<name>/<run id>/
     data: Data = Data()
     model: Model = Model()
     train: Train = Train()
@@ -460,6 +465,13 @@ class Spec(_Section):
     resources: Resources = Resources()
     run: Run = Run()
     compare: Compare | None = None  # None: a plain sweep
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(NAME, v):
+            raise ValueError(f"the run folder's name (results/<name>/): {NAME_RULE}")
+        return v
 
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:
