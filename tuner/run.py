@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from tuner import phases, rayenv
 from tuner.errors import InputError
-from tuner.spec import Spec, dump_spec, load_spec
+from tuner.spec import Spec, dump_spec, load_spec, redact
 
 log = logging.getLogger("tuner")
 
@@ -66,7 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join the Ray cluster at host:port (default: $RAY_ADDRESS, else start Ray here)")
     p.add_argument("--storage", help="where trial checkpoints live: a folder every node sees, or a "
-                                     "URI such as s3://bucket/path (sets run.storage)")
+                                     "URI such as s3://bucket/path (sets run.storage); credentials "
+                                     "in the URI are used but never printed or written, so a resume "
+                                     "needs them in the environment")
     p.add_argument("--results", default="results", type=Path, help="results root (default: results)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted sweep from its run directory")
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(spec, args)
         return run(spec, args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)  # a storage URI's credentials never shown
         return 2
     except KeyboardInterrupt:  # before or after the sweep itself (Tune handles Ctrl-C within it)
         print("terminated" if _terminated else "interrupted", file=sys.stderr)
@@ -400,7 +402,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "test_images": len(data.test),
         "classes": list(data.classes),
         "model": model_dir,  # model.pt and model.json, relative to the run folder
-        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment, run_dir),
+        "checkpoint": redact(sweep.checkpoint_location(record.checkpoint, experiment, run_dir)),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
@@ -456,10 +458,12 @@ def write_report(run_dir: Path) -> None:
 
 def write_status(run_dir: Path, state: str, experiment: str, resume: str,
                  extra: dict | None = None) -> None:
-    """status.json; `extra`: counts of trials by status and the cost totals, once known."""
+    """status.json; `extra`: counts of trials by status and the cost totals, once known. The
+    experiment's URI is stored without credentials (redact)."""
     from tuner.results import update_json
 
-    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
+    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": redact(experiment),
+                                        "resume": resume,
                                         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
                                         **(extra or {})})
@@ -494,7 +498,7 @@ def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace,
         **({"weights_tensors": loaded} if loaded else {}),
         "data": data.source,
         **data.record,  # the classes, and any images skipped
-        "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),
+        "command": redact(shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]])),
         "address": args.address or "embedded",
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu_names()}",
         "python": platform.python_version(),

@@ -42,6 +42,11 @@ CHOICE_ONLY = ("model.weights",)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ARM_NAME = NAME
 NAME_RULE = "a letter or digit first, then letters, digits, '_', '.' and '-' only"
+# A URI anywhere in a text (a storage URI, alone, in `--set run.storage=...`, or in a message).
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# Query keys whose values are credentials (pyarrow's S3 access_key, secret_key, session_token; any
+# other filesystem's key, token or password).
+SECRET_QUERY = re.compile(r"key|secret|token|passw|credential|signature", re.IGNORECASE)
 FREEZE_HELP = "none, head, gradual or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
@@ -807,9 +812,30 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def redact(text: str) -> str:
+    """`text` with the credentials taken out of every URI in it: user:password before the host,
+    and query values that are keys, tokens or passwords (s3://KEY:SECRET@bucket/p?secret_key=S&
+    scheme=http is s3://bucket/p?scheme=http). Whatever is printed or written to a run folder goes
+    through it; the real URI stays in memory, for Ray. What is left still names the storage, so a
+    resume reaches it with credentials from the environment."""
+    def clean(match: re.Match) -> str:
+        scheme, _, rest = match.group(0).partition("://")
+        where, mark, query = rest.partition("?")
+        # Up to the last '@': a secret with an unescaped '/' would otherwise end the host early.
+        where = where.rpartition("@")[2]
+        query = "&".join(part for part in query.split("&")
+                         if part and not SECRET_QUERY.search(part.split("=", 1)[0]))
+        return f"{scheme}://{where}" + (f"?{query}" if query else "")
+
+    return URI.sub(clean, text)
+
+
 def dump_spec(spec: Spec) -> str:
-    """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml."""
+    """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml; a storage URI
+    without its credentials (redact)."""
     raw = spec.model_dump(mode="json")
+    if raw["run"]["storage"]:
+        raw["run"]["storage"] = redact(raw["run"]["storage"])
     if raw["compare"] is None:
         del raw["compare"]  # a plain sweep's spec.yaml looks as it always did
     for path in (p for d, fields in DATASET_DEFAULTS.items() if d != spec.data.dataset for p in fields):
