@@ -78,3 +78,56 @@ def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path):
     proc = tool("tuner", "predict", str(run), str(tmp_path / "x.png"), tmp_path=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no model/model.pt here" in proc.stderr
+
+
+def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch):
+    """The driver's lock covers everything it writes: Ray's shutdown and the final status.json
+    update (the driver's timeline) come before it is released, so a `--resume` that takes the run
+    over never races them. The sweep itself is faked: only the driver's bookkeeping runs."""
+    import fcntl
+    from types import SimpleNamespace
+
+    import ray
+
+    from tuner import cluster, live, memory, model, run, sweep
+    from tuner.spec import validate
+
+    def locked() -> bool:
+        (lock,) = tmp_path.glob("results/*/*/.driver.lock")
+        with open(lock) as f:  # a new open file: flock conflicts with the driver's own
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    seen = []
+    data = SimpleNamespace(train=[0], val=[0], test=[0], source="fake")
+    monkeypatch.setattr(run, "check_inputs", lambda *a, **k: ({}, data))
+    monkeypatch.setattr(model, "weights_label", lambda w: "none")
+    monkeypatch.setattr(cluster, "connect", lambda *a: True)  # as if it started Ray here
+    for name in ("check_resources", "check_storage"):
+        monkeypatch.setattr(cluster, name, lambda *a: None)
+    monkeypatch.setattr(cluster, "describe_cluster", lambda: "fake")
+    monkeypatch.setattr(memory, "check_resident", lambda *a: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.append(("shutdown", locked())))
+    monkeypatch.setattr(sweep, "warm_worker", lambda: None)
+    monkeypatch.setattr(sweep, "make_tuner", lambda *a, **k: SimpleNamespace(fit=lambda: None))
+    monkeypatch.setattr(live, "LiveTables", lambda *a: None)
+    monkeypatch.setattr(run, "spec_record", lambda *a: "name: x\n")
+    monkeypatch.setattr(run, "surgeries", lambda *a: {})
+    monkeypatch.setattr(run, "finish", lambda *a: seen.append(("finish", locked())) or 0)
+    real_update = results.update_json
+
+    def update_json(path, fields):
+        if "phases_s" in fields:  # the driver's last write
+            seen.append(("last status write", locked()))
+        return real_update(path, fields)
+
+    monkeypatch.setattr(results, "update_json", update_json)
+    args = SimpleNamespace(address=None, results=tmp_path / "results", resume=None)
+    assert run.run(validate({"name": "x"}), args) == 0
+    assert seen == [("finish", True), ("shutdown", True), ("last status write", True)]
+    assert not locked()  # and released once the driver is done

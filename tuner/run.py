@@ -297,7 +297,10 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     label = weights_label(weights)
     folder = [run_dir] if run_dir else []  # where the driver's phases go, once there is a folder
     with ExitStack() as stack:
-        # Registered first, so it runs last: the timeline includes Ray's shutdown.
+        # Entered first, so left last: the run folder's lock (taken below, once there is a folder)
+        # is held through Ray's shutdown and the last status write.
+        locked = stack.enter_context(ExitStack())
+        # Registered before Ray starts, so it runs after Ray's shutdown, which the timeline includes.
         stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE,
                                                               {"phases_s": phases.seconds()}))
         with phases.phase("ray start"):
@@ -312,7 +315,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
-            stack.enter_context(driver_lock(run_dir))
+            locked.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             folder.append(run_dir)
             with phases.phase("run folder"):
