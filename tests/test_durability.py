@@ -1,12 +1,14 @@
 """A run folder's files survive crashes: every replacement is synced to disk before it takes the
-old file's place, and a file damaged anyway (a truncated status.json) is bad input naming it, for
-every command that reads it."""
+old file's place, a file damaged anyway (a truncated status.json) is bad input naming it for every
+command that reads it, and the driver's lock covers all it writes. A run folder names its trials
+relative to itself, so a copy never writes into the original."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import ROOT, cli_env, needs_fashion
 from test_report import make_run
@@ -131,3 +133,66 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
     assert run.run(validate({"name": "x"}), args) == 0
     assert seen == [("finish", True), ("shutdown", True), ("last status write", True)]
     assert not locked()  # and released once the driver is done
+
+
+# --- a run folder is where it is now: copied or moved, it names its own trials -------------------
+
+
+def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
+    from tuner import run
+    from tuner.spec import validate
+
+    spec, folder = validate({"name": "x"}), tmp_path / "run"
+    (folder / "trials").mkdir(parents=True)
+    assert run.stored(str(folder / "trials"), folder) == "trials"
+    assert run.stored(str(folder / "trials-more1"), folder) == "trials-more1"
+    assert run.stored("/shared/sweeps/x-1", folder) == "/shared/sweeps/x-1"  # a --storage folder
+    assert run.located("trials", folder, spec) == str(folder / "trials")
+    copy = tmp_path / "copy"
+    assert run.located("trials-more1", copy, spec) == str(copy / "trials-more1")
+    for outside in ("../run/trials", str(folder / "trials"), "/elsewhere/trials"):
+        with pytest.raises(InputError, match=r"copy/status.json: the trials it names, .* are outside "
+                                             r"this run folder \(was it copied\?\)"):
+            run.located(outside, copy, spec)
+    shared = validate({"name": "x", "run": {"storage": "/shared/sweeps"}})
+    assert run.located("/shared/sweeps/x-1", copy, shared) == "/shared/sweeps/x-1"
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(tmp_path):
+    import hashlib
+    import shutil
+
+    from helpers import QUICK, run_cli
+
+    results_root = tmp_path / "results"
+    first = run_cli(*QUICK, "--results", str(results_root), "--set", "model.weights=none",
+                    "--set", "data.test_subset=100", "--set", "search.num_samples=1",
+                    "--set", "search.n_initial_points=1", "--set", "search.parameters.epochs={choice: [1]}",
+                    tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (original,) = [p.parent for p in results_root.glob("*/*/status.json")]
+
+    def snapshot(folder):
+        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in folder.rglob("*") if p.is_file()}
+
+    before = snapshot(original)
+    copy = original.with_name(original.name + "-copy")
+    shutil.copytree(original, copy, symlinks=True)
+    more = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert snapshot(original) == before  # not a file of the original changed, added or deleted
+    assert results.read_json(original / "status.json")["experiment"] == "trials"
+    status = results.read_json(copy / "status.json")
+    assert [s["experiment"] for s in status["more"]] == ["trials-more1"]
+    assert (copy / "trials-more1").is_dir() and len(pd.read_csv(copy / "trials.csv")) == 2
+
+    # a status.json that names another run's trials is refused, not followed
+    status["experiment"] = str(original / "trials")
+    results.write_json(copy / "status.json", status)
+    proc = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "are outside this run folder" in proc.stderr
+    assert snapshot(original) == before

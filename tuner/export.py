@@ -96,7 +96,9 @@ def best_so_far(run_dir: Path, spec, data) -> Path:
         best["trial_id"] = tested["trial_id"]
     if best is None:
         raise InputError(f"{run_dir}: no trial has a validation score yet; nothing to export")
-    experiment = results.read_json(run_dir / "status.json")["experiment"]
+    from tuner.run import STATUS_FILE, located
+
+    experiment = located(results.read_json(run_dir / STATUS_FILE)["experiment"], run_dir, spec)
     analysis = ExperimentAnalysis(experiment)
     trial = next((t for t in analysis.trials if t.trial_id == best["trial_id"]), None)
     if trial is None or trial.checkpoint is None:

@@ -34,7 +34,9 @@ from tuner.spec import Spec, dump_spec, load_spec, redact
 
 log = logging.getLogger("tuner")
 
-STATUS_FILE = "status.json"  # {"state": running | partial | finished, "experiment": path, ...}
+# {"state": running | partial | finished, "experiment": path (relative to the run folder when
+# inside it) or URI, ...}
+STATUS_FILE = "status.json"
 LOCK_FILE = ".driver.lock"  # held (flock) by the live driver of a run; the kernel frees it on death
 TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
@@ -278,7 +280,41 @@ def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
                          f"{run_dir}. Add trials with tuner resume {shlex.quote(str(run_dir))} "
                          "--more N, or start a new run")
     status["provenance"] = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]
-    return load_spec(run_dir / "spec.yaml"), status
+    spec = load_spec(run_dir / "spec.yaml")
+    status["experiment"] = located(status["experiment"], run_dir, spec)
+    for session in status.get("more", []):  # tuner.more's sessions, each an experiment of its own
+        session["experiment"] = located(session["experiment"], run_dir, spec)
+    return spec, status
+
+
+def stored(location: str, run_dir: Path) -> str:
+    """A Ray Tune experiment's location as status.json keeps it: relative to the run folder when
+    inside it, so a copied or moved run folder names its own trials, not the original's; else as it
+    is (a --storage folder or URI), without credentials (redact)."""
+    if "://" in location:
+        return redact(location)
+    try:
+        return Path(location).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return location
+
+
+def located(location: str, run_dir: Path, spec: Spec) -> str:
+    """An experiment's location from status.json (see `stored`), as a path from where the run
+    folder is now. Raises InputError for one that leads outside the run folder where the trials
+    must be inside it (no run.storage): a run folder copied from one that kept absolute paths, or
+    a status.json edited by hand; resuming it would write into another run."""
+    if "://" in location:
+        return location
+    path = Path(location)
+    if path.is_absolute() and spec.run.storage:  # a --storage folder: its own place
+        return location
+    full = (run_dir / path).resolve()  # an absolute path stays as it is
+    if not full.is_relative_to(run_dir.resolve()):
+        raise InputError(f"{run_dir / STATUS_FILE}: the trials it names, {location}, are outside "
+                         f"this run folder (was it copied?); resuming would write into another run."
+                         f" Resume the run that holds them, or start a new run")
+    return str(full)
 
 
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
@@ -462,14 +498,18 @@ def write_report(run_dir: Path) -> None:
 def write_status(run_dir: Path, state: str, experiment: str, resume: str,
                  extra: dict | None = None) -> None:
     """status.json; `extra`: counts of trials by status and the cost totals, once known. The
-    experiment's URI is stored without credentials (redact)."""
+    experiment's location is stored relative to the run folder, a URI without credentials
+    (`stored`)."""
     from tuner.results import update_json
 
-    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": redact(experiment),
+    extra = dict(extra or {})
+    if "more" in extra:  # tuner.more's sessions: their experiments kept as the first one is
+        extra["more"] = [{**s, "experiment": stored(s["experiment"], run_dir)} for s in extra["more"]]
+    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": stored(experiment, run_dir),
                                         "resume": resume,
                                         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                                        **(extra or {})})
+                                        **extra})
 
 
 def gpu_names() -> str:
