@@ -820,7 +820,7 @@ def redact(text: str) -> str:
     resume reaches it with credentials from the environment."""
     def clean(match: re.Match) -> str:
         scheme, _, rest = match.group(0).partition("://")
-        where, mark, query = rest.partition("?")
+        where, _, query = rest.partition("?")
         # Up to the last '@': a secret with an unescaped '/' would otherwise end the host early.
         where = where.rpartition("@")[2]
         query = "&".join(part for part in query.split("&")
