@@ -256,3 +256,48 @@ def test_each_export_is_checked_against_the_eager_model_before_it_is_written(tmp
         with pytest.raises(ValueError, match=f"{fmt}: the exported model's logits differ"):
             export.write_checked(model, x, fmt, tmp_path / f"n{export.SUFFIX[fmt]}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_predict_names_that_are_not_utf8_and_a_folder_it_cannot_read(tmp_path):
+    """A file name in another system's encoding is a row like any other (its undecodable bytes as
+    \\xNN); a folder where no file is an image is a failure (exit 1), not an empty success."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, cli_env
+
+    card = fashion_card([f"c{i}" for i in range(10)])
+    folder = artifact.write_model(tmp_path / "model", artifact.state_bytes(artifact.build(card)), card)
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    draw_picture("red", (90, 60), rng).save(images / "a.jpg")
+    latin1 = os.fsdecode(os.fsencode(images) + b"/caf\xe9.jpg")  # café.jpg from a Latin-1 system
+    draw_picture("blue", (40, 40), rng).save(latin1, format="JPEG")
+    out = tmp_path / "p.csv"
+
+    def predict_cli(*inputs):
+        return subprocess.run([sys.executable, "-m", "tuner", "predict", str(folder), *map(str, inputs),
+                               "--out", str(out)], cwd=ROOT, env=cli_env(tmp_path),
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    proc = predict_cli(images)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 image(s) classified" in proc.stdout
+    rows = pd.read_csv(out, encoding="utf-8").set_index("path")
+    assert sorted(rows.index) == [str(images / "a.jpg"), str(images / "caf\\xe9.jpg")]
+    assert rows["predicted"].notna().all() and rows["error"].isna().all()
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.jpg").write_bytes(b"not an image")
+    (junk / "y.png").write_bytes(b"")
+    out.unlink()
+    proc = predict_cli(junk)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: none of the 2 file(s) could be read as an image, nothing "
+                           f"classified; the rows of {out} say why (first: {junk / 'x.jpg'}: ")
+    assert "Traceback" not in proc.stderr
+    assert pd.read_csv(out)["error"].notna().all()  # the CSV says why for each file

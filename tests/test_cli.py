@@ -78,6 +78,8 @@ SPEC_CASES = [
     ("set_of_a_searched_field", "sweeps/fashion-quick.yaml", ["--set", "train.epochs=3"],
      ["--set train.epochs", "searched", "search.parameters.epochs", "{choice: [1, 2]}"]),
     ("bare_set_key", FASHION, ["--set", "lr=0.1"], ["unknown key 'lr'", "did you mean train.lr?"]),
+    # results/<name>/ stays inside the results root
+    ("set_name_dot_dot", FASHION, ["--set", "name=..", "--dry-run"], ["name: ", "(got '..')"]),
 ]
 
 

@@ -67,6 +67,10 @@ def test_arms_give_their_own_specs():
     ({"arms": {"a b": {}}, "repeats": 0},  # every problem at once
      ["at least two arms to compare (got 1)", "'a b'", "folder name", "compare.repeats"]),
     ({"arms": {"a": {}, "b": {}}, "seeds": 3}, ["compare.seeds", "unknown key", "arms, repeats"]),
+    # an arm's name is a folder of its own under trials/ and model/: never '.', '..' or a path
+    ({"arms": {".": {}, "..": {}, "b": {}}},
+     ["arm '.': an arm's name is a folder name", "arm '..'", "letter or digit first"]),
+    ({"arms": {"a/b": {}, "...": {}, ".hidden": {}}}, ["arm 'a/b'", "arm '...'", "arm '.hidden'"]),
 ])
 def test_bad_arms(compare, pieces):
     raw = {"search": {"parameters": {"lr": {"uniform": [1e-4, 1e-3]}}}, "compare": compare}

@@ -227,6 +227,14 @@ BAD = [
      ["search.points_to_evaluate[1].lr", "1e-05 lies outside"]),
     ("gpu_above_one", {"resources": {"gpu": 2}}, ["resources.gpu", "at most 1", "one device"]),
     ("bad_name", {"name": "my sweep"}, ["name", "my sweep"]),
+    # a name is one folder inside the results root: never the root's parent or beside it
+    ("name_dot_dot", {"name": ".."}, ["name: ", "letter or digit first", "(got '..')"]),
+    ("name_dot", {"name": "."}, ["name: ", "(got '.')"]),
+    ("name_dots_only", {"name": "..."}, ["name: ", "(got '...')"]),
+    ("name_hidden", {"name": ".sweep"}, ["name: ", "(got '.sweep')"]),
+    ("name_with_separator", {"name": "a/../../b"}, ["name: ", "(got 'a/../../b')"]),
+    ("name_backslash", {"name": "a\\b"}, ["name: "]),
+    ("name_dash_first", {"name": "-rf"}, ["name: ", "(got '-rf')"]),
 ]
 
 

@@ -204,3 +204,72 @@ def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
     prefix = f"runs/fashion-quick-{run.name}/"
     folders = {k.rsplit("/", 1)[0] for k in keys(s3.client, prefix) if "/checkpoint_" in k}
     assert folders == {best["checkpoint"].split("?")[0].removeprefix(f"s3://{BUCKET}/")}
+
+
+# Credentials in a storage URI (pyarrow reads them from there): used, never printed or written.
+KEY_ID, SECRET = "AKIAFAKEKEY0001", "FakeSecretValue0001"
+
+
+def test_credentials_are_taken_out_of_every_uri_in_a_text():
+    from tuner.spec import redact
+
+    assert redact(f"s3://{KEY_ID}:{SECRET}@b/runs?endpoint_override=127.0.0.1:9&scheme=http") == (
+        "s3://b/runs?endpoint_override=127.0.0.1:9&scheme=http")
+    assert redact(f"s3://b/r?access_key={KEY_ID}&secret_key={SECRET}&session_token=T&region=x") == (
+        "s3://b/r?region=x")
+    assert redact(f"python -m tuner.run q.yaml --set run.storage=s3://{KEY_ID}:{SECRET}@b/r "
+                  f"--storage 'gs://{SECRET}@b'") == (
+        "python -m tuner.run q.yaml --set run.storage=s3://b/r --storage 'gs://b'")
+    assert redact(f"s3://{KEY_ID}:Fake/{SECRET}@b/r") == "s3://b/r"  # an unescaped '/' in it
+    assert redact("/shared/sweeps and file:///tmp/x") == "/shared/sweeps and file:///tmp/x"
+
+
+def no_secret(*texts: str) -> None:
+    for text in texts:
+        assert SECRET not in text and KEY_ID not in text, text[-3000:]
+
+
+@pytest.mark.cluster
+def test_credentials_in_a_storage_uri_are_never_shown(s3, tmp_path):
+    uri = f"s3://{KEY_ID}:{SECRET}@{BUCKET}/runs{s3.query}"
+    results = tmp_path / "results"
+    plan = run_cli(*QUICK, "--dry-run", "--set", "model.weights=none", "--storage", uri,
+                   "--results", str(results), tmp_path=tmp_path, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert f"storage: 's3://{BUCKET}/runs{s3.query}'" in plan.stdout  # where, not how
+    no_secret(plan.stdout, plan.stderr)
+
+    missing = f"s3://{KEY_ID}:{SECRET}@no-such-bucket/runs{s3.query}"
+    # a run (Ray started, then the storage checked) and a dry run, the URI given either way
+    for args in (["--storage", missing], ["--dry-run", "--set", f"run.storage={missing}"]):
+        proc = run_cli(*QUICK, *args, "--set", "model.weights=none", "--results", str(results),
+                       tmp_path=tmp_path, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.splitlines()[-1] == (
+            f"error: --storage s3://no-such-bucket/runs{s3.query}: there is no bucket "
+            "'no-such-bucket'; create it first (tuner and Ray do not create buckets)")
+        no_secret(proc.stdout, proc.stderr)
+    assert not results.exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_run_with_credentials_in_its_storage_uri_writes_them_nowhere(s3, tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # the URI's are the only credentials
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    uri = f"s3://{KEY_ID}:{SECRET}@{BUCKET}/runs{s3.query}"
+    results = tmp_path / "results"
+    proc = run_cli(*QUICK, "--storage", uri, "--results", str(results), "--set", "model.weights=none",
+                   "--set", "data.test_subset=100", "--set", "search.num_samples=1",
+                   "--set", "search.n_initial_points=1",
+                   "--set", "search.parameters.epochs={choice: [1]}", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    no_secret(proc.stdout, proc.stderr)
+    (run,) = [p.parent for p in results.glob("*/*/status.json")]
+    assert keys(s3.client, f"runs/fashion-quick-{run.name}/")  # the trials did use the bucket
+    status = json.loads((run / "status.json").read_text())
+    assert status["experiment"] == f"s3://{BUCKET}/runs/fashion-quick-{run.name}{s3.query}"
+    assert {"spec.yaml", "status.json", "best.json", "report.html"} <= {p.name for p in run.iterdir()}
+    for path in results.rglob("*"):
+        if path.is_file():
+            no_secret(path.read_bytes().decode("latin-1"))

@@ -20,7 +20,12 @@ EXIT_CODES = """exit codes:
        partial, and the resume command is printed"""
 TOOL_EXIT_CODES = """exit codes:
   0    done
-  2    bad input: one `error: ...` line on stderr, nothing written"""
+{one}  2    bad input: one `error: ...` line on stderr, nothing written"""
+# A tool's exit 1, for those that have one: it ran, but could not do its job.
+EXIT_ONE = {
+    "predict": "no file could be read as an image, nothing classified (the CSV's rows say why)",
+    "export": "the exported file failed its check against the model: nothing written",
+}
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse's --help and errors exit by themselves
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if help_asked and code == 0:  # the module's own help, then what every tuner command shows
-        print(f"\n{_examples(name)}\n\n{TOOL_EXIT_CODES}")
+        one = f"  1    {EXIT_ONE[name]}\n" if name in EXIT_ONE else ""
+        print(f"\n{_examples(name)}\n\n{TOOL_EXIT_CODES.format(one=one)}")
     if argv_from_console and name in ("run", "resume"):  # a sweep's driver: skip the slow teardown
         from tuner.fastexit import exit_now
 

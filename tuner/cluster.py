@@ -13,7 +13,7 @@ from ray._private import ray_constants
 
 from tuner.errors import InputError
 from tuner.rayenv import split_address
-from tuner.spec import Resources
+from tuner.spec import Resources, redact
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,9 @@ def check_storage_uri(storage: str) -> None:
         found = fs.get_file_info(bucket if fs.type_name in BUCKET_STORES else path)
     except (ValueError, OSError) as e:  # ArrowInvalid is a ValueError; network, auth: OSError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"--storage {storage}: {first}") from None
+        raise InputError(redact(f"--storage {storage}: {first}")) from None
     if fs.type_name in BUCKET_STORES and found.type == pafs.FileType.NotFound:
-        raise InputError(f"--storage {storage}: there is no bucket {bucket!r}; create it first "
+        raise InputError(f"--storage {redact(storage)}: there is no bucket {bucket!r}; create it first "
                          "(tuner and Ray do not create buckets)")
 
 

@@ -108,7 +108,7 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     """Run (or continue) every step, write the tables and figure, and print the answer.
     Exit code: 0 answered, 1 no arm has a test score, 130 interrupted (resume with `resume`)."""
     status_path = run_dir / STATUS_FILE
-    progress = json.loads(status_path.read_text()).get("compare") or {"done": [], "tests": {}}
+    progress = results.read_json(status_path).get("compare") or {"done": [], "tests": {}}
     labels = {setting: w.label for setting, w in weights.items()}
     t0 = time.perf_counter()
     trials, epochs, best, seeds = [], [], {}, {}

@@ -19,7 +19,6 @@ Exit 0: exported. Exit 1: the check failed (nothing written). Exit 2: bad input,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -86,13 +85,15 @@ def best_so_far(run_dir: Path, spec, data) -> Path:
     trials = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str}) \
         if (run_dir / "trials.csv").is_file() else pd.DataFrame()
     best = results.best_trial(trials, spec) if spec.search.metric in trials else None
-    tested = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").is_file() else None
+    tested = results.read_json(run_dir / "best.json") if (run_dir / "best.json").is_file() else None
     if tested is not None:
         best = trials.set_index("trial_id").loc[tested["trial_id"]].copy()
         best["trial_id"] = tested["trial_id"]
     if best is None:
         raise InputError(f"{run_dir}: no trial has a validation score yet; nothing to export")
-    experiment = json.loads((run_dir / "status.json").read_text())["experiment"]
+    from tuner.run import STATUS_FILE, located
+
+    experiment = located(results.read_json(run_dir / STATUS_FILE)["experiment"], run_dir, spec)
     analysis = ExperimentAnalysis(experiment)
     trial = next((t for t in analysis.trials if t.trial_id == best["trial_id"]), None)
     if trial is None or trial.checkpoint is None:

@@ -8,7 +8,6 @@ one. The sweep's final write at the end (from Ray's ResultGrid) is the authorita
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -135,14 +134,11 @@ class LiveTables(tune.Callback):
             log.warning("live tables not written: %s: %s", type(e).__name__, e)
 
     def _write_status(self, table: pd.DataFrame) -> None:
-        path = self.run_dir / STATUS_FILE
-        status = json.loads(path.read_text()) if path.is_file() else {}  # keep run.py's fields
-        status.update(
-            trials=results.trial_counts(table, self.spec.search.planned_trials()),
-            cost=results.cost_totals(table),
-            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        results.write_json(path, status)
+        results.update_json(self.run_dir / STATUS_FILE, {  # keeping run.py's fields
+            "trials": results.trial_counts(table, self.spec.search.planned_trials()),
+            "cost": results.cost_totals(table),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
 
 
 def _ray_error(trial) -> str | None:

@@ -26,9 +26,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tuner import rayenv, run, signals
-from tuner.rundir import STATUS_FILE, TEST_LEDGER
 from tuner.errors import ArgumentParser, InputError
-from tuner.spec import Spec
+from tuner.rundir import STATUS_FILE, TEST_LEDGER
+from tuner.spec import Spec, redact
 
 log = logging.getLogger("tuner")
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec, status = run.load_run(args.run_dir, finished_ok=True)
             return go_on(spec, status, args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -252,7 +252,7 @@ def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[s
             metric: best[metric], "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"], "epochs_completed": int(best["epochs_completed"]),
             **test, "test_images": len(data.test), "classes": list(data.classes),
-            "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment, run_dir),
+            "checkpoint": redact(sweep.checkpoint_location(record.checkpoint, experiment, run_dir)),
             "weights": best["weights"],
             "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
         }

@@ -10,7 +10,12 @@ a file that cannot be decoded is a row with its error. On an ImageFolder-layout 
 folders are the model's classes, also the accuracy and a confusion matrix (CSV and PNG beside the
 output).
 
-Exit 0: predictions written (bad files are rows with an error). Exit 2: bad input, one line.
+A file name that is not valid UTF-8 (bytes from another system's encoding) is written with its
+undecodable bytes as \\xNN escapes, so the CSV stays UTF-8.
+
+Exit 0: predictions written (bad files are rows with an error). Exit 1: no file could be read as an
+image, so nothing was classified (the CSV is written: its rows say why). Exit 2: bad input, one
+line, nothing written.
 """
 
 from __future__ import annotations
@@ -39,8 +44,13 @@ log = logging.getLogger(__name__)
 CHUNK = 512  # images decoded at a time: memory stays bounded on any folder
 
 
+EPILOG = """A file name that is not valid UTF-8 is written to the CSV with its undecodable bytes as
+\\xNN. Exit 1: no file could be read as an image, nothing classified (the CSV's rows say why)."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m tuner.predict", description="Classify images with a run's model.")
+    p = ArgumentParser(prog="python -m tuner.predict", description="Classify images with a run's model.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="a run folder, its model/ folder, or a model.pt")
     p.add_argument("inputs", nargs="+", type=Path,
                    help="image files or folders (searched recursively; an ImageFolder layout "
@@ -89,6 +99,12 @@ def gather(inputs: list[Path], classes: list[str]) -> tuple[list[Path], list[int
     return files, labels, notes, hidden
 
 
+def shown(path: Path | str) -> str:
+    """A path as text that can be printed and written as UTF-8: a name that is not valid UTF-8
+    (os.fsdecode's surrogates) gets its undecodable bytes as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def preprocess(images: np.ndarray, card: dict) -> np.ndarray:
     """Decoded RGB uint8 [N, 3, S, S] as the model's input images: grayscale [N, 1, 28, 28] for a
     Fashion-MNIST model (decode resized to 28 already), else as they are."""
@@ -132,11 +148,13 @@ def table(files: list[Path], labels: list[int], probs: np.ndarray, errors: dict[
     k = min(top_k, len(classes))
     rows = []
     for f, label, p in zip(files, labels, probs, strict=True):
-        row = {"path": str(f)}
+        row = {"path": shown(f)}
         if any(lbl >= 0 for lbl in labels):
             row["label"] = classes[label] if label >= 0 else None
         if np.isnan(p).any():
-            row.update({"predicted": None, "probability": None, "error": errors.get(str(f))})
+            error = errors.get(str(f))
+            row.update({"predicted": None, "probability": None,
+                        "error": None if error is None else shown(error)})
         else:
             order = np.argsort(-p)[:k]
             row.update({"predicted": classes[order[0]], "probability": round(float(p[order[0]]), 6)})
@@ -181,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         classes = card["classes"]
         files, labels, notes, hidden = gather(args.inputs, classes)
         if not files:
-            raise InputError(f"no files to classify in {', '.join(map(str, args.inputs))}")
+            raise InputError(f"no files to classify in {', '.join(map(shown, args.inputs))}")
         if not args.out.parent.is_dir():
             raise InputError(f"--out {args.out}: no folder {args.out.parent}")
     except InputError as e:
@@ -190,27 +208,32 @@ def main(argv: list[str] | None = None) -> int:
     from tuner import plots, results  # matplotlib only when there is something to draw
 
     prep = card["preprocessing"]
-    print(f"model: {folder} ({len(classes)} classes; trial {card.get('trial_id')}"
+    print(f"model: {shown(folder)} ({len(classes)} classes; trial {card.get('trial_id')}"
           f"{', PARTIAL sweep: best so far' if card.get('partial') else ''})")
     print(f"preprocessing: {prep.get('steps', prep)}")
     if prep["mode"] == "grayscale":
         print("note: a Fashion-MNIST model: every image is converted to grayscale and resized to "
               "28x28, as its training images were (white garments on black work best)")
     for note in notes:
-        print(f"note: {note}")
+        print(f"note: {shown(note)}")
     t0 = time.perf_counter()
     probs, errors = predict(model, card, files, device, args.batch_size)
     seconds = time.perf_counter() - t0
     rows = table(files, labels, probs, errors, classes, args.top_k)
     results.write_csv(args.out, rows)
     read = len(files) - len(errors)
+    first = f"{shown(next(iter(errors)))}: {shown(next(iter(errors.values())))}" if errors else ""
+    if not read:  # every file failed to decode: a user expects a failure, not an empty success
+        print(f"error: none of the {len(files)} file(s) could be read as an image, nothing "
+              f"classified; the rows of {shown(args.out)} say why (first: {first})", file=sys.stderr)
+        return 1
     print(f"{read} image(s) classified in {seconds:.1f} s ({read / seconds:.1f} images/s on "
-          f"{device}); predictions: {args.out}")
+          f"{device}); predictions: {shown(args.out)}")
     if hidden:
         print(f"skipped {hidden} hidden file(s) (.DS_Store, Thumbs.db and the like)")
     if errors:
         print(f"{len(errors)} file(s) could not be read as images (their rows say why), first: "
-              f"{next(iter(errors))}: {next(iter(errors.values()))}")
+              f"{first}")
     if "label" in rows and rows["label"].notna().any():
         labelled = rows.dropna(subset=["label", "predicted"])
         correct = int((labelled["label"] == labelled["predicted"]).sum())

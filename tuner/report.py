@@ -57,8 +57,8 @@ class Run:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError) as e:
+        return results.read_json(path) if path.is_file() else None
+    except OSError as e:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuner.errors import InputError
 from tuner.rundir import TEST_LEDGER
 from tuner.spec import Spec, get_path, param_path, same_point
 
@@ -354,15 +355,36 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably: a crash or power loss leaves the old file
+    or the new one, never a truncated one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            # on disk before the rename: else a power loss can leave the new name on empty blocks
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable; where a folder cannot be opened or synced (some
+    network file systems), the file's own fsync is what there is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 
@@ -406,10 +428,27 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file of a run (status.json, best.json). Raises InputError naming the file if it is
+    damaged (truncated by a crash or a full disk, edited by hand) or not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        problem = f"not text ({e.reason})"
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"not a JSON object (a {type(data).__name__})"
+    raise InputError(f"{path}: damaged, {problem}; restore it from a copy of the run folder, "
+                     "or start the sweep again in a new run")
+
+
 def update_json(path: Path, fields: dict) -> dict:
     """Set these keys of a JSON file, keeping its others (a comparison's progress in status.json);
-    the file's new content."""
-    data = json.loads(path.read_text()) if path.exists() else {}
+    the file's new content. Raises InputError if the file is damaged (read_json)."""
+    data = read_json(path) if path.exists() else {}
     data.update(fields)
     write_json(path, data)
     return data

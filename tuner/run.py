@@ -28,10 +28,10 @@ import yaml
 from filelock import FileLock, Timeout
 
 from tuner import phases, rayenv
+from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import LOCK_FILE, STATUS_FILE
 from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
-from tuner.errors import ArgumentParser, InputError
-from tuner.spec import Spec, dump_spec, load_spec
+from tuner.spec import Spec, dump_spec, load_spec, redact
 
 log = logging.getLogger("tuner")
 
@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join the Ray cluster at host:port (default: $RAY_ADDRESS, else start Ray here)")
     p.add_argument("--storage", help="where trial checkpoints live: a folder every node sees, or a "
-                                     "URI such as s3://bucket/path (sets run.storage)")
+                                     "URI such as s3://bucket/path (sets run.storage); credentials "
+                                     "in the URI are used but never printed or written, so a resume "
+                                     "needs them in the environment")
     p.add_argument("--results", default="results", type=Path, help="results root (default: results)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",  # tuner run: tuner resume does it
                    help=argparse.SUPPRESS if p.prog == "tuner run" else
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(spec, args)
         return run(spec, args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)  # a storage URI's credentials never shown
         return 2
     except KeyboardInterrupt:  # before or after the sweep itself (Tune handles Ctrl-C within it)
         print(stopped_word(), file=sys.stderr)
@@ -248,7 +250,9 @@ def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
     if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
         raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
                          f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
-    status = json.loads(status_file.read_text())
+    from tuner.results import read_json  # pandas: not for --help
+
+    status = read_json(status_file)
     if status.get("more") and not finished_ok:  # tuner.more's sessions: it resumes them itself
         raise InputError(f"--resume {run_dir}: trials were added to this sweep; continue it with "
                          f"tuner resume {shlex.quote(str(run_dir))}")
@@ -257,7 +261,41 @@ def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
                          f"{run_dir}. Add trials with tuner resume {shlex.quote(str(run_dir))} "
                          "--more N, or start a new run")
     status["provenance"] = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]
-    return load_spec(run_dir / "spec.yaml"), status
+    spec = load_spec(run_dir / "spec.yaml")
+    status["experiment"] = located(status["experiment"], run_dir, spec)
+    for session in status.get("more", []):  # tuner.more's sessions, each an experiment of its own
+        session["experiment"] = located(session["experiment"], run_dir, spec)
+    return spec, status
+
+
+def stored(location: str, run_dir: Path) -> str:
+    """A Ray Tune experiment's location as status.json keeps it: relative to the run folder when
+    inside it, so a copied or moved run folder names its own trials, not the original's; else as it
+    is (a --storage folder or URI), without credentials (redact)."""
+    if "://" in location:
+        return redact(location)
+    try:
+        return Path(location).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return location
+
+
+def located(location: str, run_dir: Path, spec: Spec) -> str:
+    """An experiment's location from status.json (see `stored`), as a path from where the run
+    folder is now. Raises InputError for one that leads outside the run folder where the trials
+    must be inside it (no run.storage): a run folder copied from one that kept absolute paths, or
+    a status.json edited by hand; resuming it would write into another run."""
+    if "://" in location:
+        return location
+    path = Path(location)
+    if path.is_absolute() and spec.run.storage:  # a --storage folder: its own place
+        return location
+    full = (run_dir / path).resolve()  # an absolute path stays as it is
+    if not full.is_relative_to(run_dir.resolve()):
+        raise InputError(f"{run_dir / STATUS_FILE}: the trials it names, {location}, are outside "
+                         f"this run folder (was it copied?); resuming would write into another run."
+                         f" Resume the run that holds them, or start a new run")
+    return str(full)
 
 
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
@@ -278,8 +316,12 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     label = weights_label(weights)
     folder = [run_dir] if run_dir else []  # where the driver's phases go, once there is a folder
     with ExitStack() as stack:
-        # Registered first, so it runs last: the timeline includes Ray's shutdown.
-        # command_s: the whole command, from the interpreter's start (wall_time_s is fit()'s)
+        # Entered first, so left last: the run folder's lock (taken below, once there is a folder)
+        # is held through Ray's shutdown and the last status write.
+        locked = stack.enter_context(ExitStack())
+        # Registered before Ray starts, so it runs after Ray's shutdown, which the timeline
+        # includes. command_s: the whole command, from the interpreter's start (wall_time_s is
+        # fit()'s).
         stack.callback(lambda: folder and results.update_json(folder[0] / STATUS_FILE, {
             "phases_s": phases.seconds(), "command_s": round(phases.since_start(), 1)}))
         with phases.phase("ray start"):
@@ -294,7 +336,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             cluster.check_storage(args.address, spec.run.storage)
         if run_dir is None:
             run_dir = results.new_run_dir(args.results, spec.name)
-            stack.enter_context(driver_lock(run_dir))
+            locked.enter_context(driver_lock(run_dir))
             experiment = sweep.experiment_path(spec, run_dir)
             folder.append(run_dir)
             with phases.phase("run folder"):
@@ -397,7 +439,7 @@ def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall
         "test_images": len(data.test),
         "classes": list(data.classes),
         "model": model_dir,  # model.pt and model.json, relative to the run folder
-        "checkpoint": sweep.checkpoint_location(record.checkpoint, experiment, run_dir),
+        "checkpoint": redact(sweep.checkpoint_location(record.checkpoint, experiment, run_dir)),
         "weights": best["weights"],
         "sweep_wall_time_s": round(wall, 1),
         "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
@@ -490,13 +532,19 @@ def write_report(run_dir: Path) -> None:
 
 def write_status(run_dir: Path, state: str, experiment: str, resume: str,
                  extra: dict | None = None) -> None:
-    """status.json; `extra`: counts of trials by status and the cost totals, once known."""
+    """status.json; `extra`: counts of trials by status and the cost totals, once known. The
+    experiment's location is stored relative to the run folder, a URI without credentials
+    (`stored`)."""
     from tuner.results import update_json
 
-    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": experiment, "resume": resume,
+    extra = dict(extra or {})
+    if "more" in extra:  # tuner.more's sessions: their experiments kept as the first one is
+        extra["more"] = [{**s, "experiment": stored(s["experiment"], run_dir)} for s in extra["more"]]
+    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": stored(experiment, run_dir),
+                                        "resume": resume,
                                         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                                        **(extra or {})})
+                                        **extra})
 
 
 def gpu_names() -> str:
@@ -528,7 +576,7 @@ def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace,
         **({"weights_tensors": loaded} if loaded else {}),
         "data": data.source,
         **data.record,  # the classes, and any images skipped
-        "command": shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]]),
+        "command": redact(shlex.join(["python", "-m", "tuner.run", *sys.argv[1:]])),
         "address": args.address or "embedded",
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {gpu_names()}",
         "python": platform.python_version(),

@@ -36,7 +36,17 @@ FIXED = ("model.arch",)
 # Weights are resolved and checked in the driver before anything runs, so only a list of them can
 # be searched (each one resolved up front), never a range.
 CHOICE_ONLY = ("model.weights",)
-ARM_NAME = r"^[A-Za-z0-9_.-]+$"  # an arm's name is a folder name (trials/<arm>/)
+# A spec's and an arm's name is a folder name (results/<name>/, trials/<arm>/, model/<arm>/): a
+# letter or digit first, so never '.', '..' or a hidden folder, and no separator to leave the
+# folder it is made in.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ARM_NAME = NAME
+NAME_RULE = "a letter or digit first, then letters, digits, '_', '.' and '-' only"
+# A URI anywhere in a text (a storage URI, alone, in `--set run.storage=...`, or in a message).
+URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# Query keys whose values are credentials (pyarrow's S3 access_key, secret_key, session_token; any
+# other filesystem's key, token or password).
+SECRET_QUERY = re.compile(r"key|secret|token|passw|credential|signature", re.IGNORECASE)
 FREEZE_HELP = "none, head, gradual, lp-ft or until:<stage> with stage one of " + ", ".join(STAGES)
 
 
@@ -461,15 +471,15 @@ class Compare(_Section):
     @classmethod
     def _arm_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         problems = [] if len(v) >= 2 else [f"give at least two arms to compare (got {len(v)})"]
-        problems += [f"arm {name!r}: an arm's name is a folder name: use letters, digits, '_', "
-                     "'.' and '-' only" for name in v if not re.fullmatch(ARM_NAME, name)]
+        problems += [f"arm {name!r}: an arm's name is a folder name: {NAME_RULE}"
+                     for name in v if not re.fullmatch(ARM_NAME, name)]
         if problems:
             raise ValueError("; ".join(problems))
         return v
 
 
 class Spec(_Section):
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # results/<name>/<run id>/
+    name: str = "sweep"  # results/<name>/<run id>/
     data: Data = Data()
     model: Model = Model()
     train: Train = Train()
@@ -477,6 +487,13 @@ class Spec(_Section):
     resources: Resources = Resources()
     run: Run = Run()
     compare: Compare | None = None  # None: a plain sweep
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(NAME, v):
+            raise ValueError(f"the run folder's name (results/<name>/): {NAME_RULE}")
+        return v
 
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:
@@ -849,9 +866,30 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def redact(text: str) -> str:
+    """`text` with the credentials taken out of every URI in it: user:password before the host,
+    and query values that are keys, tokens or passwords (s3://KEY:SECRET@bucket/p?secret_key=S&
+    scheme=http is s3://bucket/p?scheme=http). Whatever is printed or written to a run folder goes
+    through it; the real URI stays in memory, for Ray. What is left still names the storage, so a
+    resume reaches it with credentials from the environment."""
+    def clean(match: re.Match) -> str:
+        scheme, _, rest = match.group(0).partition("://")
+        where, _, query = rest.partition("?")
+        # Up to the last '@': a secret with an unescaped '/' would otherwise end the host early.
+        where = where.rpartition("@")[2]
+        query = "&".join(part for part in query.split("&")
+                         if part and not SECRET_QUERY.search(part.split("=", 1)[0]))
+        return f"{scheme}://{where}" + (f"?{query}" if query else "")
+
+    return URI.sub(clean, text)
+
+
 def dump_spec(spec: Spec) -> str:
-    """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml."""
+    """The resolved spec as YAML (paths as strings), for --dry-run and spec.yaml; a storage URI
+    without its credentials (redact)."""
     raw = spec.model_dump(mode="json")
+    if raw["run"]["storage"]:
+        raw["run"]["storage"] = redact(raw["run"]["storage"])
     if raw["compare"] is None:
         del raw["compare"]  # a plain sweep's spec.yaml looks as it always did
     for path in (p for d, fields in DATASET_DEFAULTS.items() if d != spec.data.dataset for p in fields):
