@@ -80,3 +80,10 @@ def test_the_readme_spec_is_a_valid_spec(tmp_path):
     path.write_text(block)
     spec = load_spec(path)
     assert spec.search.scheduler == "asha" and set(spec.search.parameters) == {"lr", "batch_size"}
+
+
+def test_the_layout_in_internals_names_every_module_and_nothing_else():
+    layout = (ROOT / "docs" / "internals.md").read_text().split("## Layout\n", 1)[1].split("\n## ")[0]
+    named = set(re.findall(r"`(?:tuner/)?(\w+)\.py`", layout))
+    modules = {p.stem for p in (ROOT / "tuner").glob("*.py")}
+    assert named == modules, (sorted(modules - named), sorted(named - modules))
