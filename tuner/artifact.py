@@ -108,27 +108,55 @@ def make_card(spec: Spec, data: Dataset, *, trial_id: str, config: dict, scores:
 
 def write_model(folder: Path, weights: bytes, card: dict[str, Any]) -> Path:
     """Write model.pt and model.json into `folder` atomically: both are written in a fresh folder
-    beside it, which then takes its place, so a reader finds the old pair, the new pair, or none."""
+    beside it, which then takes its place, so a reader finds the old pair or the new pair, also
+    after an interrupt (the old folder is put back). Anything else in the old folder (exports made
+    from the old model) is kept, moved to `<folder>-exports-<its trial id>` beside it: never
+    destroyed, and never left beside a model it was not made from."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     card = {**card, "weights_sha256": hashlib.sha256(weights).hexdigest(),
             "weights_bytes": len(weights)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; this is an ordinary result folder
+    old = None
     try:
         (tmp / MODEL_FILE).write_bytes(weights)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
-        old = None
-        if folder.exists():  # a re-export: the old folder moves aside, then goes
+        if folder.exists():  # a rewrite: the old folder moves aside, then goes
             old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
             os.replace(folder, old)
         os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and not folder.exists():
+            os.replace(old, folder)  # interrupted between the two renames: the old pair is back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        keep_exports(old, folder)
+        shutil.rmtree(old, ignore_errors=True)
     log.info("model written: %s (%s %.1f MB, %s)", folder, MODEL_FILE, len(weights) / 1e6, CARD_FILE)
     return folder
+
+
+def keep_exports(old: Path, folder: Path) -> Path | None:
+    """Move what an old model folder holds besides model.pt and model.json (its exports) to
+    `<folder>-exports-<the old model's trial id>` beside `folder`. Returns that folder, if any."""
+    extra = [p for p in old.iterdir() if p.name not in (MODEL_FILE, CARD_FILE)]
+    if not extra:
+        return None
+    try:
+        trial = json.loads((old / CARD_FILE).read_text()).get("trial_id", "earlier")
+    except (OSError, ValueError):
+        trial = "earlier"
+    keep = folder.with_name(f"{folder.name}-exports-{trial}")
+    keep.mkdir(exist_ok=True)
+    for p in extra:
+        target = keep / p.name
+        if target.exists():  # never overwrite: a second copy gets its own name
+            target = keep / f"{p.stem}.{os.getpid()}{p.suffix}"
+        os.replace(p, target)
+    log.warning("%s: the exports of the model it held before (trial %s) moved to %s", folder,
+                trial, keep)
+    return keep
 
 
 def save_best(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weights], record,

@@ -25,9 +25,11 @@ import shutil
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from tuner import artifact
 from tuner.errors import ArgumentParser, InputError
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="the file (a folder for pt) to write; default: in the "
                                             "run's model folder")
     p.add_argument("--arm", help="a comparison's arm")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out (or the default file) if it exists; without it an existing "
+                        "file is never overwritten")
     return p.parse_args(argv)
 
 
@@ -185,6 +190,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         spec = run_spec(args.run_dir, args.arm)
+        with run_lock(args.run_dir):
+            return export(args, spec)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """The run folder's lock, held while exporting: a sweep's driver holds it while it lives, and
+    could be writing model/ itself. Raises InputError if a driver holds it."""
+    from tuner.rundir import LOCK_FILE
+
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"{run_dir}: the sweep is still running; export when its driver has "
+                         "ended (it writes model/ itself when it finishes)") from None
+    except OSError:  # a read-only run folder: no driver can be writing in it
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def export(args: argparse.Namespace, spec) -> int:
+    """The export itself, under the run's lock; returns the exit code. Raises InputError."""
+    try:
         from tuner.data import load_dataset
 
         data = load_dataset(spec.data)  # the run's own validation images, for the check
@@ -199,17 +235,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "pt":
             out = args.out or folder
             if out.resolve() != folder.resolve():
+                if out.exists() and not args.force:
+                    raise InputError(f"--out {out}: exists already; give another --out, or "
+                                     "--force to replace it")
+                if out.is_dir() and not (out / CARD_FILE).is_file():
+                    raise InputError(f"--out {out}: a folder that is not a model folder (no "
+                                     f"{CARD_FILE}); --force replaces only a model folder")
                 if out.exists():
-                    raise InputError(f"--out {out}: exists already")
+                    shutil.rmtree(out) if out.is_dir() else out.unlink()
                 shutil.copytree(folder, out)
             # the copy, loaded back as a user would, against the model in memory
             diff = write_pt_check(model, x, out)
         else:
             out = args.out or folder / f"{Path(MODEL_FILE).stem}{SUFFIX[args.format]}"
+            if out.exists() and not args.force:
+                raise InputError(f"{out}: exists already (an earlier export); give another --out, "
+                                 "or --force to replace it")
             diff = write_checked(model, x, args.format, out)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
