@@ -43,6 +43,7 @@ def test_a_sweep_run_and_read_from_python(tmp_path):
     assert len(run.trials) == 1 and len(run.epochs) == 1
     assert run.best["trial_id"] == run.trials["trial_id"].iloc[0]
     assert run.best["config"] == {"epochs": 1, "lr": 1e-3}
+    assert (run.path / "split.npz").is_file()  # what a run starting from this one checks
     again = tuner.load(run.path)
     assert again.best == run.best and again.trials.equals(run.trials)
     # the chosen model, built from its card, as predict and export build it

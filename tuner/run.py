@@ -112,6 +112,7 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     with phases.phase("imports"):
         from tuner import sweep  # imports Ray: only when needed
         from tuner.data import load_for
+        from tuner import leakage
         from tuner.model import check_surgery, resolve_all, weights_label
 
     with phases.phase("checks"):
@@ -126,6 +127,7 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
     with phases.phase("checks"):
         for m in spec.model_variants():
             check_surgery(m, weights[m.weights], data.classes)
+        leakage.check(spec, data)  # no start from a run that saw this run's test images
     return weights, data
 
 
@@ -306,7 +308,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
     with phases.phase("imports"):
         import ray
 
-        from tuner import cluster, live, memory, results, sweep
+        from tuner import cluster, leakage, live, memory, results, sweep
         from tuner.model import weights_label
 
         sweep.set_verbose(getattr(args, "verbose", False))
@@ -342,6 +344,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             with phases.phase("run folder"):
                 results.write_text(run_dir / "spec.yaml", spec_record(spec, label, data, args,
                                                                       surgeries(spec, weights, data)))
+                leakage.write_split(run_dir, data)  # what a later run starting from this one checks
         elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
