@@ -245,8 +245,11 @@ def read_card(folder: Path) -> dict[str, Any]:
     """model.json, checked for what a loader needs. Raises InputError."""
     try:
         card = json.loads((folder / CARD_FILE).read_text())
-        arch, classes = card["architecture"], card["classes"]
-        card["preprocessing"]["mean"], card["preprocessing"]["std"]  # noqa: B018  present
+        arch, classes, prep = card["architecture"], card["classes"], card["preprocessing"]
+        missing = [f"architecture.{k}" for k in ("in_channels", "num_classes") if k not in arch]
+        missing += [f"preprocessing.{k}" for k in ("mean", "std", "mode", "resize") if k not in prep]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{folder / CARD_FILE}: not a tuner model card ({type(e).__name__}: {e})") from None
     if not isinstance(classes, list) or len(classes) != arch.get("num_classes") or len(classes) < 2:
@@ -258,7 +261,7 @@ def read_card(folder: Path) -> dict[str, Any]:
 def build(card: dict[str, Any]) -> nn.Module:
     """The card's architecture with fresh weights (build_model's, so it is the trained one)."""
     arch = card["architecture"]
-    spec = Model(weights="none", conv1="reinit", small_input_stem=arch["small_input_stem"])
+    spec = Model(weights="none", conv1="reinit", small_input_stem=arch.get("small_input_stem", False))
     return build_model(spec, Weights(None, "from model.pt"), arch["in_channels"], arch["num_classes"])
 
 

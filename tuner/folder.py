@@ -18,10 +18,13 @@ import io
 import json
 import logging
 import os
+import re
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +128,8 @@ def list_folder(root: Path) -> dict[str, Listing]:
     if not (root / "train").is_dir():
         raise InputError(f"data.root: {root} has no train/ folder; expected {root}/train/<class>/"
                          "<images> (torchvision's ImageFolder layout), optionally val/ and test/")
-    listings = {s: list_split(root, s) for s in SPLITS if (root / s).is_dir()}
+    seen: dict[tuple[int, int], tuple[str, str]] = {}  # a file's (device, inode) -> split, class
+    listings = {s: list_split(root, s, seen) for s in SPLITS if (root / s).is_dir()}
     classes = listings["train"].classes
     for split, lst in listings.items():
         if lst.classes != classes:
@@ -154,8 +158,36 @@ def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[
     return out
 
 
-def list_split(root: Path, split: str) -> Listing:
-    """Class folders (sorted names, hidden ones left out) and their image files, in sorted order."""
+def walk(top: Path, hidden: list[Path] | None = None) -> Iterator[Path]:
+    """The files under `top` in a fixed order (sorted, depth first), hidden ones (added to
+    `hidden`, if given) and hidden folders left out, following links to folders but entering each
+    folder once (by device and inode), so that a link back up ends instead of listing without end."""
+    entered: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in entered:
+            dirnames[:] = []  # reached again through a link: listed already
+            continue
+        entered.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if not is_hidden(name):
+                yield Path(dirpath, name)
+            elif hidden is not None:
+                hidden.append(Path(dirpath, name))
+
+
+def is_image_name(name: str) -> bool:
+    """A file name training reads as an image (by extension, any case)."""
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_split(root: Path, split: str,
+               seen: dict[tuple[int, int], tuple[str, str]] | None = None) -> Listing:
+    """Class folders (sorted names, hidden ones left out) and their image files, in sorted order,
+    each file once: one reached again through a link is counted once, and one file under two
+    classes, or in two splits (`seen`, shared by the splits), is bad input."""
+    seen = {} if seen is None else seen
     top = root / split
     classes = tuple(sorted(d.name for d in top.iterdir() if d.is_dir() and not is_hidden(d.name)))
     if not classes:
@@ -164,16 +196,24 @@ def list_split(root: Path, split: str) -> Listing:
     files, labels, skipped = [], [], [str(p.relative_to(root)) for p in top.iterdir() if p.is_file()]
     for label, name in enumerate(classes):
         found = 0
-        for dirpath, dirnames, filenames in os.walk(top / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-            for fname in sorted(filenames):
-                path = Path(dirpath, fname).relative_to(root)
-                if is_hidden(fname) or not fname.lower().endswith(IMG_EXTENSIONS):
-                    skipped.append(str(path))
-                    continue
-                files.append(path)
-                labels.append(label)
-                found += 1
+        hidden: list[Path] = []
+        for full in walk(top / name, hidden):
+            path = full.relative_to(root)
+            if not is_image_name(full.name):
+                skipped.append(str(path))
+                continue
+            st = os.stat(full)
+            where = seen.setdefault((st.st_dev, st.st_ino), (split, name, str(path)))
+            if where[:2] == (split, name) and where[2] != str(path):
+                continue  # the same file again through a link: counted once
+            if where[:2] != (split, name):
+                raise InputError(f"data.root: {path} and {where[2]} are the same file (a link), "
+                                 f"in {split}/{name} and {where[0]}/{where[1]}: one image cannot "
+                                 "be in two classes or two splits; remove one")
+            files.append(path)
+            labels.append(label)
+            found += 1
+        skipped += [str(h.relative_to(root)) for h in hidden]
         if not found:
             raise InputError(f"data.root: class folder {top / name} has no images (files ending in "
                              f"{', '.join(IMG_EXTENSIONS)}, any case)")
@@ -201,6 +241,7 @@ def decode_depth(path: Path, size: int) -> tuple[np.ndarray, str | None]:
     data = path.read_bytes()
     if not data:
         raise ValueError("empty file")
+    check_pixels(data)
     try:  # libjpeg-turbo / libpng / libwebp / giflib through torchvision: JPEG, PNG, WebP, GIF
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.RGB, apply_exif_orientation=True)
@@ -254,6 +295,31 @@ def to_8bit(pixels: np.ndarray) -> tuple[np.ndarray, str]:
     return scaled.astype(np.float32), kind
 
 
+# The most pixels an image may have: PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS,
+# 89,478,485: 0.25 GB of RGB), which torchvision.io's decoders do not apply. Every decoding
+# thread may hold one such image at full size before it is resized.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def check_pixels(data: bytes, limit: int = MAX_PIXELS) -> None:
+    """Raise ValueError for an image whose header gives more than `limit` pixels, before any
+    decoder allocates them; a header PIL cannot read is left to the decoders to judge."""
+    try:
+        with warnings.catch_warnings():  # PIL warns from its limit on, and refuses from twice it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                width, height = im.size
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{str(e).split(' pixels')[0].removeprefix('Image size (')} pixels, more "
+                         f"than the {limit:,} an image may have (decoding it could exhaust "
+                         "memory)") from None
+    except Exception:  # noqa: BLE001  not for this check to decide
+        return
+    if width * height > limit:
+        raise ValueError(f"{width} x {height} pixels, more than the {limit:,} an image may have "
+                         "(decoding it could exhaust memory)")
+
+
 def _decode_pil(data: bytes) -> tuple[torch.Tensor, str | None]:
     """[3, H, W]: uint8, or float32 on the 0..255 scale for modes of more than 8 bits (I;16*, I, F)."""
     try:
@@ -264,7 +330,9 @@ def _decode_pil(data: bytes) -> tuple[torch.Tensor, str | None]:
                 return torch.from_numpy(gray).expand(3, *gray.shape).contiguous(), kind
             rgb = np.asarray(im.convert("RGB"))  # decodes the whole file: a truncated one raises
     except Exception as e:  # noqa: BLE001  PIL raises many kinds for files that are not images
-        raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        said = str(e).splitlines()[0] if str(e) else ""
+        said = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", said)  # PIL names its buffer
+        raise ValueError(f"{type(e).__name__}: {said}") from None
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1), None
 
 

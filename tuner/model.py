@@ -95,7 +95,10 @@ def resolve_weights(spec: Model, imagenet: WeightsEnum = IMAGENET) -> Weights:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"model.weights: {path}: not a torch state_dict file ({e})") from None
+        said = " ".join(str(e).split())  # torch's message runs to many lines: the gist, in one
+        raise InputError(f"model.weights: {path}: not a torch state_dict file of tensors "
+                         f"({type(e).__name__}: {said[:200]}{'...' if len(said) > 200 else ''})"
+                         ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state, kind = state["model"], "tuner checkpoint"
     _check_fits(state, f"model.weights: {path}", path)

@@ -37,7 +37,7 @@ from tuner import artifact
 from tuner.batches import DeviceSplit, eval_batches
 from tuner.data import Pixels, Split
 from tuner.errors import ArgumentParser, InputError
-from tuner.folder import is_hidden, decode_all
+from tuner.folder import IMG_EXTENSIONS, decode_all, is_hidden, is_image_name, walk
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,17 @@ def gather(inputs: list[Path], classes: list[str]) -> tuple[list[Path], list[int
         if subdirs and not own and not layout:
             notes.append(f"{path}: its folders [{', '.join(subdirs)}] are not all the model's "
                          f"classes [{', '.join(classes)}]: no accuracy, predictions only")
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-            for name in sorted(filenames):
-                if is_hidden(name):
-                    hidden += 1
-                    continue
-                f = Path(dirpath, name)
-                files.append(f)
-                labels.append(index[f.relative_to(path).parts[0]] if layout else -1)
+        found, skipped = [], 0
+        for f in walk(path, found):  # the training loader's rules: links followed once
+            if not is_image_name(f.name):
+                skipped += 1
+                continue
+            files.append(f)
+            labels.append(index[f.relative_to(path).parts[0]] if layout else -1)
+        hidden += len(found)
+        if skipped:
+            notes.append(f"{path}: {skipped} file(s) not named as images (training reads "
+                         f"{', '.join(IMG_EXTENSIONS)}, any case) left out")
     return files, labels, notes, hidden
 
 
