@@ -93,3 +93,11 @@ def test_a_file_that_is_no_image_says_so_without_the_decoders_buffer(tmp_path):
     ok = tmp_path / "ok.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(ok)
     assert folder.decode(ok, 4).shape == (3, 4, 4)
+
+
+def test_a_folder_whose_decoded_images_cannot_fit_is_refused_before_decoding():
+    folder.check_decoded_fits(1000, 256, available=10**9)  # 0.2 GB of 1 GB: fine
+    with pytest.raises(InputError, match=r"decoding 100000 images at 256x256 needs 19.7 GB, and "
+                                         r"this machine has 1.0 GB available"):
+        folder.check_decoded_fits(100_000, 256, available=10**9)
+    assert folder.available_memory() > 0  # Linux: /proc/meminfo

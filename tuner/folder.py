@@ -79,6 +79,7 @@ def read_folder(spec: Data) -> Found:
         listings = only_classes(listings, spec.classes)
     classes = listings["train"].classes
     files = [f for lst in listings.values() for f in lst.files]
+    check_decoded_fits(len(files), spec.resize)
     images, bad, scaled, how = _decoded(root, files, spec.resize, spec.cache, spec.skip_bad_images)
     if bad and not spec.skip_bad_images:
         first = next(iter(bad))
@@ -139,6 +140,30 @@ def list_folder(root: Path) -> dict[str, Listing]:
         raise InputError(f"data.root: {root}/train has one class folder ({classes[0]}); a classifier "
                          "needs at least 2")
     return listings
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give now (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_decoded_fits(n: int, size: int, available: int | None = None) -> None:
+    """The decoded images (n x 3 x size x size bytes) must fit in 80% of the memory available,
+    checked before decoding begins: a folder too large ends in one line, not in the OOM killer."""
+    need = n * 3 * size * size
+    available = available_memory() if available is None else available
+    if available is not None and need > 0.8 * available:
+        raise InputError(f"data: decoding {n} images at {size}x{size} needs {need / 1e9:.1f} GB, "
+                         f"and this machine has {available / 1e9:.1f} GB available; lower "
+                         "data.resize, keep fewer images (data.classes, data.train_subset), or use "
+                         "a machine with more memory")
 
 
 def only_classes(listings: dict[str, Listing], wanted: list[str | int]) -> dict[str, Listing]:
