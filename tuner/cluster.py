@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import ray
 from pyarrow import fs as pafs
-from ray._private import ray_constants
 
+from tuner import raycompat
 from tuner.errors import InputError
 from tuner.rayenv import split_address
 from tuner.spec import Resources, redact
@@ -36,7 +36,7 @@ def connect(address: str | None, resources: Resources) -> bool:
                              + _explain(e)) from None
         return False
     check_fits_here(resources)
-    if ray_constants.ENABLE_RAY_CLUSTER:
+    if raycompat.cluster_enabled():
         log.warning("Ray was imported before tuner.rayenv.prepare() ran: the embedded Ray may "
                     "listen on this machine's network address, not only on loopback")
     # "local": a Ray of our own, even where `ray start` left one running on this machine (which
@@ -62,17 +62,7 @@ def adopt_prestarted_workers() -> None:
     whose nodes need them. Should Ray Tune rename these, trials start as before, only later (a
     test checks it).
     """
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:
-        return
-    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
-    if not isinstance(defaults, dict) or not hasattr(class_cache, "ENV_VARS_TO_PROPAGATE"):
-        return
-    for name, value in defaults.items():
-        os.environ.setdefault(name, value)
-    defaults.clear()
-    class_cache.ENV_VARS_TO_PROPAGATE = frozenset()
+    raycompat.adopt_tune_env_vars()
 
 
 @contextmanager

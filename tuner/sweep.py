@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner import progress, signals, warmstart
+from tuner import progress, raycompat, signals, warmstart
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
@@ -118,7 +118,7 @@ def stop_epochs(scheduler) -> frozenset[int]:
     if not isinstance(scheduler, ASHAScheduler):
         return frozenset()
     # Ray keeps the rungs in its brackets only; a milestone is reached at the first epoch >= it.
-    return frozenset(math.ceil(m) for b in scheduler._brackets for m, _ in b._rungs)
+    return frozenset(math.ceil(m) for m in raycompat.asha_milestones(scheduler))
 
 
 def check_buildable(spec: Spec) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 from hyperopt import JOB_STATE_DONE, STATUS_OK
 from hyperopt.fmin import generate_trial
-from ray.tune.search.hyperopt import HyperOptSearch
 
 from tuner.errors import InputError
+from tuner.raycompat import HookedHyperOptSearch
 from tuner.spec import Spec, load_spec, param_path, parse_yaml
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def run_points(run_dir: Path, spec: Spec) -> list[Point]:
     return points
 
 
-class PrimedHyperOptSearch(HyperOptSearch):
+class PrimedHyperOptSearch(HookedHyperOptSearch):
     """HyperOptSearch that starts from earlier trials (Ray 2.60's HyperOptSearch has no
     `evaluated_rewards`; this implements Ray's Searcher.add_evaluated_point hook for it)."""
 
@@ -90,8 +90,7 @@ class PrimedHyperOptSearch(HyperOptSearch):
         self._evidence = list(evidence)
         super().__init__(**kwargs)
 
-    def _setup_hyperopt(self) -> None:
-        super()._setup_hyperopt()  # Tune calls it once it has given the space, metric and mode
+    def after_setup(self) -> None:  # Tune has given the space, metric and mode
         for point in self._evidence:
             self.add_evaluated_point(point.config, point.value)
         if self._evidence:
@@ -101,10 +100,10 @@ class PrimedHyperOptSearch(HyperOptSearch):
                             pruned: bool = False, intermediate_values=None) -> None:
         """Record a trial evaluated elsewhere, as HyperOptSearch records its own finished ones."""
         config = dict(parameters)
-        self._convert_categories_to_indices(config)  # HyperOpt stores a choice's index
-        (tid,) = self._hpopt_trials.new_trial_ids(1)
+        self.to_indices(config)  # HyperOpt stores a choice's index
+        (tid,) = self.hyperopt_trials.new_trial_ids(1)
         doc = generate_trial(tid, config)
         doc["state"] = JOB_STATE_DONE
         doc["result"] = {"loss": self.metric_op * value, "status": STATUS_OK}
-        self._hpopt_trials.insert_trial_docs([doc])
-        self._hpopt_trials.refresh()
+        self.hyperopt_trials.insert_trial_docs([doc])
+        self.hyperopt_trials.refresh()
