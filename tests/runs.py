@@ -58,23 +58,34 @@ class QuickSweep:
 
 
 # Four trials, every one a given point (so which trial does what never depends on the searcher's
-# draws), two at a time, under ASHA:
+# draws), two at a time, under ASHA (grace period 2: it may stop a 2-epoch trial only at its end, so
+# the planted trials finish whatever the order their first epochs end in):
 #   learner: ImageNet weights (here: the loud fallback to random init), one epoch, learns;
 #   diverging: SGD at lr 1e4, its loss becomes nan in epoch 1 and the sweep goes on;
-#   planted, planted_slow: the planted state_dict, unfrozen gradually, two epochs (ASHA may stop
-#   one of them after its first).
-# Model and data settings every trial shares: conv1 summed, the small-input stem, a 10x head lr,
-# crop and flip augmentation.
+#   planted, planted_slow: the planted state_dict, unfrozen gradually, two epochs, with the
+#   controlled variables the quick sweep otherwise leaves at their defaults: conv1 summed, the
+#   small-input stem, a 10x head lr, crop and flip augmentation.
+PLAIN = {"model.conv1": "reinit", "model.small_input_stem": False, "model.head_lr_multiplier": 1,
+         "data.augment.crop_padding": 0, "data.augment.hflip": False}
+CONTROLLED = {"model.conv1": "sum", "model.small_input_stem": True, "model.head_lr_multiplier": 10,
+              "data.augment.crop_padding": 2, "data.augment.hflip": True}
 QUICK_POINTS = {
     "learner": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "adam",
-                "epochs": 1, "batch_size": 64, "lr": 1.0e-3},
-    "diverging": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "sgd",
-                  "epochs": 2, "batch_size": 128, "lr": 1.0e+4},
+                "epochs": 1, "batch_size": 64, "lr": 1.0e-3, **PLAIN},
     "planted": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
-                "epochs": 2, "batch_size": 64, "lr": 1.0e-3},
+                "epochs": 2, "batch_size": 64, "lr": 1.0e-3, **CONTROLLED},
+    "diverging": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "sgd",
+                  "epochs": 2, "batch_size": 128, "lr": 1.0e+4, **PLAIN},
     "planted_slow": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
-                     "epochs": 2, "batch_size": 128, "lr": 1.0e-4},
+                     "epochs": 2, "batch_size": 128, "lr": 1.0e-4, **CONTROLLED},
 }
+QUICK_SPACE = {"model.weights": {"choice": ["imagenet", "PLANTED"]},
+               "model.freeze": {"choice": ["none", "gradual"]},
+               "optimizer": {"choice": ["adam", "sgd"]},
+               "epochs": {"choice": [1, 2]},
+               "batch_size": {"choice": [64, 128]},
+               "lr": {"loguniform": [1.0e-4, 1.0e+4]},
+               **{k: {"choice": [PLAIN[k], CONTROLLED[k]]} for k in PLAIN}}
 
 
 def flow(value) -> str:
@@ -83,6 +94,8 @@ def flow(value) -> str:
         return "{" + ", ".join(f"{k}: {flow(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(flow(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:.1e}".replace("e+0", "e+").replace("e-0", "e-")
     return str(value)
@@ -92,20 +105,16 @@ def flow(value) -> str:
 def quick_sweep(tmp_path_factory) -> QuickSweep:
     tmp_path = tmp_path_factory.mktemp("quick-sweep")
     weights, _ = planted_weights(tmp_path)
-    points = {name: {k: (str(weights) if v == "PLANTED" else v) for k, v in p.items()}
+    planted = {"PLANTED": str(weights)}
+    points = {name: {k: planted.get(v, v) if isinstance(v, str) else v for k, v in p.items()}
               for name, p in QUICK_POINTS.items()}
-    space = {"model.weights": {"choice": ["imagenet", str(weights)]},
-             "model.freeze": {"choice": ["none", "gradual"]},
-             "optimizer": {"choice": ["adam", "sgd"]},
-             "epochs": {"choice": [1, 2]},
-             "batch_size": {"choice": [64, 128]},
-             "lr": {"loguniform": [1.0e-4, 1.0e+4]}}
+    space = {k: {"choice": [planted.get(c, c) if isinstance(c, str) else c for c in v["choice"]]}
+             if "choice" in v else v for k, v in QUICK_SPACE.items()}
     proc = run_cli(
         "sweeps/fashion-quick.yaml", "--results", str(tmp_path / "results"),
         *sets("data.train_subset=700", "data.test_subset=500",
-              "model.conv1=sum", "model.small_input_stem=true", "model.head_lr_multiplier=10",
-              "data.augment={crop_padding: 2, hflip: true}",
-              "search.scheduler=asha", "search.num_samples=4", "search.n_initial_points=2",
+              "search.scheduler=asha", "search.grace_period=2",
+              "search.num_samples=4", "search.n_initial_points=2",
               f"search.parameters={flow(space)}",
               f"search.points_to_evaluate={flow(list(points.values()))}"),
         tmp_path=tmp_path)

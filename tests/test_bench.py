@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
-from helpers import ROOT, cli_env
+from helpers import ROOT, call_main, cli_env
 
 
 def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
@@ -61,9 +61,12 @@ def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
     assert set(table["run_dir"]) == {str(r) for r in runs}
 
 
-def test_bench_sweep_counts_are_checked(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tuner.bench", "--sweep", "0,2"], cwd=ROOT,
-                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+def test_bench_sweep_counts_are_checked(tmp_path, capsys, monkeypatch):
+    """tuner.bench's main in this process (test_bench_folder_mode_checks_the_folder runs the real
+    command on bad input)."""
+    from tuner import bench
+
+    proc = call_main(bench.main, ["--sweep", "0,2"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: argument --sweep: expected trial counts like 1,2,4,8")
     assert len(proc.stderr.splitlines()) == 1
