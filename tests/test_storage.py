@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from helpers import QUICK, run_cli, start_cli, stop_group, wait_for
+from helpers import QUICK, call_main, run_cli, start_cli, stop_group, wait_for
 
 from tuner.errors import InputError
 
@@ -95,8 +95,7 @@ def test_storage_uri_paths_keep_the_query_at_the_end():
     assert sweep.checkpoint_location(local, "/tmp/run/trials", Path("/tmp/other")) == local.path
 
 
-@pytest.mark.cluster
-def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
+def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path, capsys, monkeypatch):
     from tuner.cluster import check_storage
 
     check_storage(None, s3.uri)  # the bucket exists and answers
@@ -110,8 +109,11 @@ def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
 
     results = tmp_path / "results"
     missing = f"s3://no-such-bucket/runs{s3.query}"
-    proc = run_cli(*QUICK, "--dry-run", "--set", "model.weights=none", "--storage", missing,
-                   "--results", str(results), tmp_path=tmp_path, timeout=300)
+    from tuner import run  # its main in this process: a dry run starts no Ray and trains nothing
+
+    proc = call_main(run.main, [*QUICK, "--dry-run", "--set", "model.weights=none", "--storage",
+                                missing, "--results", str(results)], capsys, monkeypatch, tmp_path,
+                     NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.splitlines() == [
         f"error: --storage {missing}: there is no bucket 'no-such-bucket'; create it first "
