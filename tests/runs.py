@@ -58,26 +58,28 @@ class QuickSweep:
 
 
 # Four trials, every one a given point (so which trial does what never depends on the searcher's
-# draws), two at a time, under ASHA (grace period 2: it may stop a 2-epoch trial only at its end, so
-# the planted trials finish whatever the order their first epochs end in):
-#   learner: ImageNet weights (here: the loud fallback to random init), one epoch, learns;
-#   diverging: SGD at lr 1e4, its loss becomes nan in epoch 1 and the sweep goes on;
+# draws), two at a time, under ASHA (its one rung at epoch 1, of 2):
 #   planted, planted_slow: the planted state_dict, unfrozen gradually, two epochs, with the
 #   controlled variables the quick sweep otherwise leaves at their defaults: conv1 summed, the
-#   small-input stem, a 10x head lr, crop and flip augmentation.
+#   small-input stem, a 10x head lr, crop and flip augmentation. They start first, so the first of
+#   them at the rung has no result to be compared with and finishes; ASHA may stop the other.
+#   learner: ImageNet weights (here: the loud fallback to random init), one epoch, learns;
+#   diverging: SGD at lr 1e4, its loss becomes nan in epoch 1 and the sweep goes on.
+# (search.grace_period stays 1: a grace period above a trial's own epochs fails that trial's spec,
+# see the report of this change.)
 PLAIN = {"model.conv1": "reinit", "model.small_input_stem": False, "model.head_lr_multiplier": 1,
          "data.augment.crop_padding": 0, "data.augment.hflip": False}
 CONTROLLED = {"model.conv1": "sum", "model.small_input_stem": True, "model.head_lr_multiplier": 10,
               "data.augment.crop_padding": 2, "data.augment.hflip": True}
 QUICK_POINTS = {
-    "learner": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "adam",
-                "epochs": 1, "batch_size": 64, "lr": 1.0e-3, **PLAIN},
     "planted": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
                 "epochs": 2, "batch_size": 64, "lr": 1.0e-3, **CONTROLLED},
-    "diverging": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "sgd",
-                  "epochs": 2, "batch_size": 128, "lr": 1.0e+4, **PLAIN},
     "planted_slow": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
                      "epochs": 2, "batch_size": 128, "lr": 1.0e-4, **CONTROLLED},
+    "learner": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "adam",
+                "epochs": 1, "batch_size": 64, "lr": 1.0e-3, **PLAIN},
+    "diverging": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "sgd",
+                  "epochs": 2, "batch_size": 128, "lr": 1.0e+4, **PLAIN},
 }
 QUICK_SPACE = {"model.weights": {"choice": ["imagenet", "PLANTED"]},
                "model.freeze": {"choice": ["none", "gradual"]},
@@ -113,7 +115,7 @@ def quick_sweep(tmp_path_factory) -> QuickSweep:
     proc = run_cli(
         "sweeps/fashion-quick.yaml", "--results", str(tmp_path / "results"),
         *sets("data.train_subset=700", "data.test_subset=500",
-              "search.scheduler=asha", "search.grace_period=2",
+              "search.scheduler=asha",
               "search.num_samples=4", "search.n_initial_points=2",
               f"search.parameters={flow(space)}",
               f"search.points_to_evaluate={flow(list(points.values()))}"),

@@ -268,6 +268,7 @@ def object_store_bytes() -> int:
 
 
 @needs_fashion
+@pytest.mark.cluster
 def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store(tmp_path):
     """Three arms, six steps (six Tuners) in one driver: the dataset and the weights are put in
     Ray's object store once and passed by reference, so what it holds does not grow per step."""
