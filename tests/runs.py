@@ -60,16 +60,20 @@ class QuickSweep:
 # Four trials, every one a given point (so which trial does what never depends on the searcher's
 # draws), two at a time, under ASHA (its one rung at epoch 1, of 2):
 #   planted, planted_slow: the planted state_dict, unfrozen gradually, two epochs, with the
-#   controlled variables the quick sweep otherwise leaves at their defaults: conv1 summed, the
-#   small-input stem, a 10x head lr, crop and flip augmentation. They start first, so the first of
-#   them at the rung has no result to be compared with and finishes; ASHA may stop the other.
-#   learner: ImageNet weights (here: the loud fallback to random init), one epoch, learns;
+#   controlled variables the quick sweep otherwise leaves at their defaults: conv1 summed, a 10x
+#   head lr, crop and flip augmentation. They start first, so the first of them at the rung has no
+#   result to be compared with and finishes; ASHA may stop the other.
+#   learner: ImageNet weights (here: the loud fallback to random init), one epoch: the config
+#   that did best in the quick sweep test_e2e.py ran before (HyperOpt's draw with search.seed 0;
+#   val 0.50, test 0.448 on these subsets: one epoch at batch 64 stays near chance on validation,
+#   its batch-norm statistics too raw);
 #   diverging: SGD at lr 1e4, its loss becomes nan in epoch 1 and the sweep goes on.
-# (search.grace_period stays 1: a grace period above a trial's own epochs fails that trial's spec,
-# see the report of this change.)
-PLAIN = {"model.conv1": "reinit", "model.small_input_stem": False, "model.head_lr_multiplier": 1,
+# Two package bugs shape this (see docs/testing.md): search.grace_period stays 1 (a grace period
+# above a trial's own epochs fails that trial's spec once the sweep ends), and
+# model.small_input_stem is not searched (False beside stride1 breaks the summary tables).
+PLAIN = {"model.conv1": "reinit", "model.head_lr_multiplier": 1,
          "data.augment.crop_padding": 0, "data.augment.hflip": False}
-CONTROLLED = {"model.conv1": "sum", "model.small_input_stem": True, "model.head_lr_multiplier": 10,
+CONTROLLED = {"model.conv1": "sum", "model.head_lr_multiplier": 10,
               "data.augment.crop_padding": 2, "data.augment.hflip": True}
 QUICK_POINTS = {
     "planted": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
@@ -77,7 +81,7 @@ QUICK_POINTS = {
     "planted_slow": {"model.weights": "PLANTED", "model.freeze": "gradual", "optimizer": "adam",
                      "epochs": 2, "batch_size": 128, "lr": 1.0e-4, **CONTROLLED},
     "learner": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "adam",
-                "epochs": 1, "batch_size": 64, "lr": 1.0e-3, **PLAIN},
+                "epochs": 1, "batch_size": 128, "lr": 0.0009581594376299178, **PLAIN},
     "diverging": {"model.weights": "imagenet", "model.freeze": "none", "optimizer": "sgd",
                   "epochs": 2, "batch_size": 128, "lr": 1.0e+4, **PLAIN},
 }
@@ -99,7 +103,7 @@ def flow(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.1e}".replace("e+0", "e+").replace("e-0", "e-")
+        return repr(value)
     return str(value)
 
 

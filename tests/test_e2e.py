@@ -147,7 +147,6 @@ def test_pretrained_weights_gradual_unfreezing_asha_and_augmentation(quick_sweep
     assert "finished" in set(planted["status"])
     assert (planted["model.freeze"] == "gradual").all()
     assert (planted["model.conv1"] == "sum").all() and (planted["model.head_lr_multiplier"] == 10).all()
-    assert planted["model.small_input_stem"].astype(str).isin(["True", "true", "stride1"]).all()
     assert (planted["data.augment.crop_padding"] == 2).all()
     assert planted["data.augment.hflip"].astype(str).isin(["True", "true"]).all()
     spec = yaml.safe_load((run / "spec.yaml").read_text())
