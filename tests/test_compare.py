@@ -268,6 +268,7 @@ def object_store_bytes() -> int:
 
 
 @needs_fashion
+@pytest.mark.slow  # 71 s alone on 2 idle cores (six Tuners in one driver)
 @pytest.mark.cluster
 def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store(tmp_path):
     """Three arms, six steps (six Tuners) in one driver: the dataset and the weights are put in
@@ -317,6 +318,7 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
 
 
 @needs_fashion
+@pytest.mark.slow  # the comparison fixture: over a minute (two drivers, eight trials)
 @pytest.mark.cluster
 def test_a_comparison_runs_is_interrupted_and_resumes(comparison):
     """runs.py's comparison: two arms (planted weights / none), killed once arm planted's search

@@ -103,6 +103,7 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
     shutil.rmtree(ray_tmp, ignore_errors=True)  # its session folder: nothing left behind
 
 
+@pytest.mark.slow  # 70 s alone on 2 idle cores
 @pytest.mark.cluster
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"

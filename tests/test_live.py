@@ -37,6 +37,7 @@ def live_tables(results, proc):
     return (*tables, status, run)
 
 
+@pytest.mark.slow  # 124 s alone on 2 idle cores (a sweep, its resume and --more)
 def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_path, capsys,
                                                                           monkeypatch):
     results = tmp_path / "results"

@@ -122,6 +122,7 @@ def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path, capsys, monke
     assert not results.exists()
 
 
+@pytest.mark.slow  # 116 s alone on 2 idle cores
 @pytest.mark.cluster
 def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
         s3, tmp_path, monkeypatch):

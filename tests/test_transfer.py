@@ -34,6 +34,7 @@ def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_t
 
 
 @needs_fashion
+@pytest.mark.slow  # runs.py's comparison (over a minute) and a folder sweep
 @pytest.mark.cluster
 def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(comparison, tmp_path):
     """runs.py's comparison (transfer-target.yaml's five classes): arm planted trains on 10 images
