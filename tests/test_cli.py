@@ -219,7 +219,13 @@ def gpu_request(tmp_path_factory):
     if not _data_available():
         pytest.skip("Fashion-MNIST is not on this machine; data is checked before resources")
     results = tmp_path_factory.mktemp("gpu") / "res"
-    return cli_process(FASHION, "--set", "model.weights=none", results=results, timeout=180), results
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
+    try:
+        proc = cli_process(FASHION, "--set", "model.weights=none", results=results, timeout=180,
+                           RAY_TMPDIR=ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)  # the local Ray's session folder
+    return proc, results
 
 
 @pytest.mark.cluster
