@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -298,6 +299,9 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
     reset_auth_token_state()
     # "local": a Ray of its own, never one another test left running on this machine
     ray_tmp = short_tmpdir()
+    # Ray and Tune install their own SIGINT and SIGTERM handlers in this process: put pytest's
+    # back afterwards, or Ctrl-C would no longer stop the test run
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, _temp_dir=str(ray_tmp))
     try:
@@ -308,6 +312,8 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
     finally:
         ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)  # Ray's session folder and spill
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     print(f"object store: {before} bytes before, {after} after 6 steps; one copy of the data "
           f"and weights pickles to {one_copy} bytes")
     assert code == 0
