@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 from helpers import write_fake_split_files  # noqa: E402
+# The real runs several tests read, each started once per session when first asked for (runs.py).
+from runs import comparison, folder_sweep, quick_sweep  # noqa: E402, F401
 
 
 def one_ray_token() -> None:

@@ -78,17 +78,69 @@ def cli_env(tmp_path: Path, **extra: str | None) -> dict:
 
 
 def run_cli(*args, tmp_path: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
-                          env=cli_env(tmp_path, **env), capture_output=True, text=True,
-                          timeout=timeout)
+    """`python -m tuner.run ARGS`, offline, to its end. Unless the test gives RAY_TMPDIR, an
+    embedded Ray gets a short temporary folder of its own, removed afterwards (its session folder
+    and spill with it): nothing is left under /tmp/ray."""
+    own = None
+    if "RAY_TMPDIR" not in env:
+        own = short_tmpdir()
+        env["RAY_TMPDIR"] = str(own)
+    try:
+        return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
+                              env=cli_env(tmp_path, **env), capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def start_cli(*args, tmp_path: Path, **env) -> subprocess.Popen:
-    """The CLI in its own process group, so a test can signal it and clean up all it started."""
+    """The CLI in its own process group, so a test can signal it and clean up all it started
+    (stop_group also removes the short RAY_TMPDIR given here unless the test gave its own)."""
+    own = None
+    if "RAY_TMPDIR" not in env:
+        own = short_tmpdir()
+        env["RAY_TMPDIR"] = str(own)
     log = open(tmp_path / "cli.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=ROOT,
                             env=cli_env(tmp_path, **env), stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    proc.ray_tmp = own
+    return proc
+
+
+class Ran:
+    """What an in-process `main(argv)` call gave: its exit code and what it printed (the fields
+    a subprocess.CompletedProcess has, so checks written for the real CLI read it as well)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def call_main(main, argv: list, capsys, monkeypatch, tmp_path: Path, **env: str | None) -> Ran:
+    """A CLI module's `main(argv)` in this process, as `python -m` would run it from the
+    repository's root with cli_env's environment (offline; None removes a variable): bad input and
+    dry runs without paying a subprocess's torch import. SystemExit (argparse) is an exit code;
+    the process-wide state main touches (SIGTERM's handler, the environment) is restored."""
+    import signal
+
+    for key, value in {**OFFLINE, "TORCH_HOME": str(tmp_path / "torch-home"),
+                       "RAY_AUTH_MODE": None, **env}.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(ROOT)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()  # what came before is not this call's
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
 
 
 def reports(root: Path) -> list[dict]:
@@ -146,6 +198,8 @@ def stop_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=60)
+    if getattr(proc, "ray_tmp", None) is not None:
+        shutil.rmtree(proc.ray_tmp, ignore_errors=True)
 
 
 # --- image folders ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import ROOT, needs_fashion
@@ -35,14 +36,36 @@ def test_run_sweep_refuses_bad_input_before_anything_runs(tmp_path):
 @pytest.mark.cluster
 def test_a_sweep_run_and_read_from_python(tmp_path):
     run = tuner.run_sweep(QUICK, {"data.train_subset": 300, "data.test_subset": 100,
-                                  "model.weights": "none", "search.num_samples": 1,
+                                  "model.weights": "none", "search.num_samples": 2,
+                                  "search.n_initial_points": 1, "search.confirm_top_k": 2,
                                   "search.parameters": {"epochs": {"choice": [1]},
-                                                        "lr": {"choice": [1.0e-3]}}},
+                                                        "lr": {"choice": [1.0e-3, 5.0e-4]}}},
                           results=tmp_path / "res")
     assert run.state == "finished" and run.path.parent == tmp_path / "res" / "fashion-quick"
-    assert len(run.trials) == 1 and len(run.epochs) == 1
-    assert run.best["trial_id"] == run.trials["trial_id"].iloc[0]
-    assert run.best["config"] == {"epochs": 1, "lr": 1e-3}
+    assert len(run.trials) == 2 and len(run.epochs) == 2
+    assert run.best["trial_id"] in set(run.trials["trial_id"])
+    assert set(run.best["config"]) == {"epochs", "lr"}
+    # the spec's own settings (lr 1e-3) were a trial, and best.json says what tuning gained
+    own = run.trials.set_index("trial_id").loc[run.best["default_trial"]["trial_id"]]
+    assert own["lr"] == pytest.approx(1e-3) and run.best["gain_vs_default"] >= 0
+    # search.confirm_top_k=2: both configs trained again with seed 1, the choice on the mean
+    selection = run.best["selection"]
+    assert selection["confirm_top_k"] == 2 and run.best["trial_id"] == selection["chosen"]
+    ranked = run.trials.sort_values("val_accuracy", ascending=False, kind="stable")["trial_id"]
+    assert [c["trial_id"] for c in selection["candidates"]] == ranked.tolist()
+    assert selection["first_choice"] == ranked.iloc[0]
+    confirmed = pd.read_csv(run.path / "confirm.csv")
+    assert len(confirmed) == 2 and (confirmed["train.seed"] == 1).all()
+    for c in selection["candidates"]:
+        assert len(c["scores"]) == 2 and c["mean"] == pytest.approx(sum(c["scores"]) / 2)
+        assert c["scores"][1] in confirmed["val_accuracy"].tolist()
+    means = {c["trial_id"]: c["mean"] for c in selection["candidates"]}
+    assert means[run.best["trial_id"]] == max(means.values())
+    mine = means[run.best["trial_id"]]
+    first = next(c for c in selection["candidates"] if c["trial_id"] == run.best["trial_id"])
+    assert selection["regret"] == pytest.approx(first["scores"][0] - mine)
+    assert run.status["cost"]["trials"] == 4  # the confirming runs are counted
+    assert not list(run.path.glob("trials-confirm/*/checkpoint_*"))  # never the model: deleted
     assert (run.path / "split.npz").is_file()  # what a run starting from this one checks
     again = tuner.load(run.path)
     assert again.best == run.best and again.trials.equals(run.trials)
@@ -58,9 +81,10 @@ def test_a_sweep_run_and_read_from_python(tmp_path):
     assert card["output"]["shape"] == [None, 10] and card["output"]["kind"].startswith("logits")
     state = model.state_dict()
     assert [list(state[k].shape) for k in card["layers"]] == list(card["layers"].values())
-    # readable tables: the trial's rank, the lr each epoch ended at
-    assert run.trials["rank"].tolist() == [1]
-    assert run.epochs["learning_rate"].tolist() == [pytest.approx(1e-3)]
+    # readable tables: the trials' ranks, the lr each epoch ended at (constant schedule)
+    assert sorted(run.trials["rank"].tolist()) in ([1, 2], [1, 1])
+    by_trial = run.trials.set_index("trial_id")["lr"]
+    assert (run.epochs["learning_rate"] == run.epochs["trial_id"].map(by_trial)).all()
     # predict image files and a folder, with a file that is not an image among them
     pictures = tmp_path / "pictures"
     pictures.mkdir()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from helpers import FOLDER_QUICK, draw_picture, make_image_folder, run_cli, short_tmpdir
+from helpers import FOLDER_QUICK, draw_picture, run_cli
 
 from tuner import artifact, export, predict
 from tuner.errors import InputError
@@ -150,18 +150,17 @@ def test_predict_reads_any_image_as_its_model_was_trained_and_reports_bad_input(
 # --- the round trip, end to end --------------------------------------------------------------------
 
 
-def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
-    """A folder sweep leaves its model; predicting its own test/ folder gives best.json's test
-    accuracy exactly; TorchScript export matches; a second sweep on other classes starts from the
-    first run's backbone."""
-    root = make_image_folder(tmp_path / "imgs", train_per_class=16, test_per_class=6, odd_files=False)
+@pytest.mark.cluster
+def test_sweep_model_predict_export_and_fine_tune_again(folder_sweep, tmp_path, capsys):
+    """A folder sweep (runs.py's folder_sweep, copied here: export writes into the run) leaves its
+    model; predicting its own test/ folder gives best.json's test accuracy exactly; TorchScript
+    export matches; a second sweep on other classes starts from the first run's backbone."""
+    assert folder_sweep.proc.returncode == 0, folder_sweep.proc.stderr[-3000:]
+    root = folder_sweep.root
+    run = Path(shutil.copytree(folder_sweep.run, tmp_path / "r1" / "folder-quick" / "run"))
     one = ["--set", "search.num_samples=1", "--set", "search.n_initial_points=1",
            "--set", "search.parameters={epochs: {choice: [1]}, lr: {loguniform: [1.0e-3, 2.0e-3]}}",
            "--set", "data.cache=false"]
-    proc = run_cli(*FOLDER_QUICK, *one, "--set", f"data.root={root}",
-                   "--results", str(tmp_path / "r1"), tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (tmp_path / "r1").glob("*/*")
     best = json.loads((run / "best.json").read_text())
     assert best["model"] == "model" and not Path(best["checkpoint"]).is_absolute()
     assert (run / best["checkpoint"] / "checkpoint.pt").is_file()
@@ -179,11 +178,11 @@ def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
     out = tmp_path / "test.csv"
     assert predict.main([str(run), str(root / "test"), "--out", str(out)]) == 0
     rows = pd.read_csv(out)
-    assert len(rows) == best["test_images"] == 18
+    assert len(rows) == best["test_images"] == 24
     assert (rows["label"] == rows["predicted"]).mean() == best["test_accuracy"]
     assert f"accuracy: {best['test_accuracy']:.4f}" in capsys.readouterr().out
     matrix = pd.read_csv(tmp_path / "test_confusion.csv").set_index("true")
-    assert matrix.to_numpy().sum() == 18 and (tmp_path / "test_confusion.png").is_file()
+    assert matrix.to_numpy().sum() == 24 and (tmp_path / "test_confusion.png").is_file()
 
     # held-back new images, a flat folder: predictions only
     new = tmp_path / "new"
@@ -209,8 +208,7 @@ def test_sweep_model_predict_export_and_fine_tune_again(tmp_path, capsys):
     two = tmp_path / "two"
     shutil.copytree(root, two, ignore=shutil.ignore_patterns("red"))
     proc = run_cli(*FOLDER_QUICK, *one, "--set", f"data.root={two}", "--set", f"model.weights={run}",
-                   "--set", "model.freeze=head", "--results", str(tmp_path / "r2"), tmp_path=tmp_path,
-                   RAY_TMPDIR=str(short_tmpdir()))
+                   "--set", "model.freeze=head", "--results", str(tmp_path / "r2"), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run2,) = (tmp_path / "r2").glob("*/*")
     second = torch.load(run2 / "model" / "model.pt", weights_only=True)

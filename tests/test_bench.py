@@ -1,12 +1,13 @@
 """`python -m tuner.bench` runs both loops on the CPU and reports in the documented form."""
 
 import re
+import shutil
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from helpers import ROOT, cli_env, needs_fashion
+from helpers import ROOT, call_main, cli_env, needs_fashion, short_tmpdir
 
 
 def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
@@ -35,13 +36,18 @@ def test_bench_runs_both_loops_and_ends_with_the_speedup_line(tmp_path):
 @pytest.mark.cluster
 def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
     out_csv = tmp_path / "sweeps.csv"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuner.bench", "--sweep", "1,2", "--spec", "sweeps/fashion-quick.yaml",
-         "--results", str(tmp_path / "res"), "--csv", str(out_csv),
-         "--set", "data.train_subset=300", "--set", "data.test_subset=200",
-         "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
-         "--set", "search.parameters.epochs={choice: [1]}"],
-        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    ray_tmp = short_tmpdir()  # the sweeps' embedded Rays: their session folders go with it
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tuner.bench", "--sweep", "1,2", "--spec",
+             "sweeps/fashion-quick.yaml", "--results", str(tmp_path / "res"), "--csv", str(out_csv),
+             "--set", "data.train_subset=300", "--set", "data.test_subset=200",
+             "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
+             "--set", "search.parameters.epochs={choice: [1]}"],
+            cwd=ROOT, env=cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp)), capture_output=True,
+            text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("sweep: ")]
     pattern = (r"sweep: {n} trials on \d+ CPU cores, exit 0, wall [\d.]+ s, 2 trials, "
@@ -61,9 +67,12 @@ def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
     assert set(table["run_dir"]) == {str(r) for r in runs}
 
 
-def test_bench_sweep_counts_are_checked(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tuner.bench", "--sweep", "0,2"], cwd=ROOT,
-                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)
+def test_bench_sweep_counts_are_checked(tmp_path, capsys, monkeypatch):
+    """tuner.bench's main in this process (test_bench_folder_mode_checks_the_folder runs the real
+    command on bad input)."""
+    from tuner import bench
+
+    proc = call_main(bench.main, ["--sweep", "0,2"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: argument --sweep: expected trial counts like 1,2,4,8")
     assert len(proc.stderr.splitlines()) == 1
@@ -120,9 +129,15 @@ def test_bench_folder_mode_checks_the_folder(tmp_path):
 @pytest.mark.cluster
 def test_bench_overhead_times_a_trivial_sweep_phase_by_phase(tmp_path):
     out_csv = tmp_path / "overhead.csv"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuner", "bench", "--overhead", "--repeats", "1", "--csv", str(out_csv)],
-        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    ray_tmp = short_tmpdir()  # the timed sweep's embedded Ray: its session folder goes with it
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tuner", "bench", "--overhead", "--repeats", "1", "--csv",
+             str(out_csv)],
+            cwd=ROOT, env=cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp)), capture_output=True,
+            text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(out_csv).set_index("phase")["median_s"]
     for phase in ("startup", "imports", "weights", "data", "ray start", "sweep (outside training)",

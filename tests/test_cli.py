@@ -1,4 +1,7 @@
-"""The CLI on bad input, as a real subprocess: exit 2, one `error: ...` line on stderr, nothing written."""
+"""The CLI on bad input: exit 2, one `error: ...` line on stderr, nothing written. Most cases call
+tuner.run's `main(argv)` in this process (the checks are the same code a subprocess runs, without
+its torch import); test_bad_input_through_a_real_process, the GPU request, --help and the `tuner`
+command run real subprocesses, for the exit codes and the console script."""
 
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from helpers import call_main  # noqa: E402
+
 from tuner.errors import InputError  # noqa: E402
 
 FASHION = "sweeps/fashion.yaml"
 
 
-def cli(*args: str, results: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+def cli_process(*args: str, results: Path, timeout: float = 120,
+                **extra: str) -> subprocess.CompletedProcess:
+    """`python -m tuner.run ARGS --results RESULTS` as a real subprocess."""
     env = {**os.environ, **extra}
     for var in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # the default environment of a user
         env.pop(var, None)
@@ -29,6 +36,19 @@ def cli(*args: str, results: Path, timeout: float = 120, **extra: str) -> subpro
         [sys.executable, "-m", "tuner.run", *args, "--results", str(results)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """cli(*ARGS, results=RESULTS): tuner.run's main(ARGS + --results RESULTS) in this process,
+    from the repository's root, in a user's default environment (no RAY_ADDRESS)."""
+    from tuner import run
+
+    def call(*args: str, results: Path, timeout: float = 120, **extra: str):
+        return call_main(run.main, [*args, "--results", str(results)], capsys, monkeypatch,
+                         tmp_path, RAY_ADDRESS=None, **extra)
+
+    return call
 
 
 def check_bad_input(proc: subprocess.CompletedProcess, results: Path, *pieces: str) -> str:
@@ -84,7 +104,7 @@ SPEC_CASES = [
 
 
 @pytest.mark.parametrize("text, extra, pieces", [c[1:] for c in SPEC_CASES], ids=[c[0] for c in SPEC_CASES])
-def test_bad_spec(tmp_path, text, extra, pieces):
+def test_bad_spec(tmp_path, cli, text, extra, pieces):
     if text is None:
         spec = tmp_path / "missing.yaml"
     elif text == "/":
@@ -101,24 +121,36 @@ def test_bad_spec(tmp_path, text, extra, pieces):
         assert str(spec) in line  # the file is named
 
 
-def test_binary_spec(tmp_path):
+def test_binary_spec(tmp_path, cli):
     spec = tmp_path / "binary.yaml"
     spec.write_bytes(b"\xff\xfe\x00\x01binary")
     results = tmp_path / "res"
     check_bad_input(cli(str(spec), results=results), results, str(spec))
 
 
+def test_bad_input_through_a_real_process(tmp_path):
+    """The in-process cases' checks hold for the real command: exit code 2, stderr exactly one
+    `error: ` line (nothing else a real process prints, such as logging, gets there), nothing
+    written."""
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("train:\n  learning_rate: 0.1\n")
+    results = tmp_path / "res"
+    line = check_bad_input(cli_process(str(spec), results=results), results,
+                           "train.learning_rate", "unknown key", "lr")
+    assert str(spec) in line
+
+
 # --- weights: these import torch (a few seconds each) -----------------------------------------
 
 
-def test_weights_path_missing(tmp_path):
+def test_weights_path_missing(tmp_path, cli):
     missing = tmp_path / "nowhere" / "resnet.pt"
     results = tmp_path / "res"
     proc = cli(FASHION, "--set", f"model.weights={missing}", results=results)
     check_bad_input(proc, results, "model.weights", str(missing), "no such file")
 
 
-def test_weights_not_a_resnet18_state_dict(tmp_path):
+def test_weights_not_a_resnet18_state_dict(tmp_path, cli):
     import torch
 
     bad = tmp_path / "small.pt"
@@ -165,7 +197,7 @@ def _has_gpu() -> bool:
 
 
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["run", "dry_run"])
-def test_unreachable_address_is_bad_input_before_any_ray_process(tmp_path, dry_run):
+def test_unreachable_address_is_bad_input_before_any_ray_process(tmp_path, cli, dry_run):
     """No Ray process starts (none writes a session folder), so there is nothing to wait for: the
     error comes at once rather than after Ray's own long connection retries."""
     if not _data_available():
@@ -189,9 +221,16 @@ def gpu_request(tmp_path_factory):
     if not _data_available():
         pytest.skip("Fashion-MNIST is not on this machine; data is checked before resources")
     results = tmp_path_factory.mktemp("gpu") / "res"
-    return cli(FASHION, "--set", "model.weights=none", results=results, timeout=180), results
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
+    try:
+        proc = cli_process(FASHION, "--set", "model.weights=none", results=results, timeout=180,
+                           RAY_TMPDIR=ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)  # the local Ray's session folder
+    return proc, results
 
 
+@pytest.mark.cluster
 def test_gpu_request_without_gpu_exits_2_naming_gpu(gpu_request):
     proc, results = gpu_request
     out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -203,6 +242,7 @@ def test_gpu_request_without_gpu_exits_2_naming_gpu(gpu_request):
     assert not results.exists()
 
 
+@pytest.mark.cluster
 def test_gpu_request_stderr_is_one_error_line(gpu_request):
     proc, results = gpu_request
     check_bad_input(proc, results, "GPU")
@@ -223,7 +263,7 @@ DRY_RUN_CASES = [
 
 @pytest.mark.parametrize("overrides, pieces", [c[1:] for c in DRY_RUN_CASES],
                          ids=[c[0] for c in DRY_RUN_CASES])
-def test_dry_run_checks_what_can_be_checked_without_training(tmp_path, overrides, pieces):
+def test_dry_run_checks_what_can_be_checked_without_training(tmp_path, cli, overrides, pieces):
     if "1 GPU" in pieces and _has_gpu():
         pytest.skip("this machine has a GPU")
     raw = tmp_path / "FashionMNIST" / "raw"  # data.root={tmp}: the four files, one of them bad
@@ -238,7 +278,7 @@ def test_dry_run_checks_what_can_be_checked_without_training(tmp_path, overrides
         assert proc.stdout.startswith("name: fashion\n") and "search space (" in proc.stdout
 
 
-def test_dry_run_says_how_many_trials_run_at_once_and_why(tmp_path):
+def test_dry_run_says_how_many_trials_run_at_once_and_why(tmp_path, cli):
     if not _data_available():
         pytest.skip("Fashion-MNIST is not on this machine")
     proc = cli("--dry-run", FASHION, "--set", "model.weights=none", "--set", "resources.gpu=0",
@@ -253,7 +293,7 @@ def test_dry_run_says_how_many_trials_run_at_once_and_why(tmp_path):
     assert "data: 54000 train / 6000 val / 10000 test, 10 classes" in proc.stdout
 
 
-def test_dry_run_prints_the_search_space(tmp_path):
+def test_dry_run_prints_the_search_space(tmp_path, cli):
     if not _data_available():
         pytest.skip("Fashion-MNIST is not on this machine; the dry run checks the data")
     results = tmp_path / "res"
@@ -314,8 +354,10 @@ def test_tuner_help_is_fast_and_imports_neither_torch_nor_ray():
 
 
 @pytest.mark.parametrize("command", ["run", "resume", "report"])
-def test_each_command_help_shows_examples_and_exit_codes(command):
-    proc = tuner("-m", "tuner", command, "--help")
+def test_each_command_help_shows_examples_and_exit_codes(command, capsys, monkeypatch, tmp_path):
+    from tuner import cli as tuner_cli
+
+    proc = call_main(tuner_cli.main, [command, "--help"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: ")
     examples = proc.stdout.split("examples:\n", 1)[1]

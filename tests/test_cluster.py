@@ -23,28 +23,36 @@ from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.cluster
 
-@pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    """Head (1 CPU) + worker node (1 CPU), token authentication on with a token of our own."""
-    token = tmp_path / "auth_token"
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (1 CPU) + worker node (1 CPU), token authentication on with a token of our own; one
+    for the module: the tests that only need it to exist come first, and the one that loses the
+    worker node comes last (file order)."""
+    token = tmp_path_factory.mktemp("cluster") / "auth_token"
     token.write_text(generate_new_authentication_token())
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    reset_auth_token_state()  # Ray caches its config and token per process: re-read them
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        c.worker = c.add_node(num_cpus=1)
-        c.token = token
-        yield c
-    finally:
-        c.shutdown()
+    ray_tmp = short_tmpdir()  # the nodes' session folders, removed with the cluster
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        reset_auth_token_state()  # Ray caches its config and token per process: re-read them
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            c.worker = c.add_node(num_cpus=1)
+            c.token, c.ray_tmp = token, str(ray_tmp)
+            yield c
+        finally:
+            c.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        reset_auth_token_state()
 
 
 def test_client_without_the_token_is_refused(cluster, tmp_path):
     proc = run_cli(*QUICK, "--address", cluster.address, "--results", str(tmp_path / "res"),
-                   tmp_path=tmp_path, timeout=180, RAY_AUTH_TOKEN="0" * 64)
+                   tmp_path=tmp_path, timeout=180, RAY_AUTH_TOKEN="0" * 64,
+                   RAY_TMPDIR=cluster.ray_tmp)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: --address") and "token" in errors[0]
@@ -52,7 +60,25 @@ def test_client_without_the_token_is_refused(cluster, tmp_path):
     assert not (tmp_path / "res").exists()
 
 
+def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path):
+    """--dry-run --address joins, compares the per-trial request with the nodes, and leaves."""
+    results = tmp_path / "res"
+    fits = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--results", str(results),
+                   tmp_path=tmp_path, timeout=180, RAY_AUTH_MODE=None,
+                   RAY_TMPDIR=cluster.ray_tmp)
+    assert fits.returncode == 0, fits.stderr[-2000:]
+    assert "trials at once: 2 (2 node(s), 2 CPU, 0 GPU fits 2 at 1 CPU and 0 GPU each;" in fits.stdout
+    too_big = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--set",
+                      "resources.cpu=2", "--results", str(results), tmp_path=tmp_path,
+                      timeout=180, RAY_AUTH_MODE=None, RAY_TMPDIR=cluster.ray_tmp)
+    assert too_big.returncode == 2
+    assert too_big.stderr.splitlines()[-1].startswith(
+        "error: resources: a trial needs 2 CPU and 0 GPU on one node, but the cluster has 2 node(s)")
+    assert not results.exists()
+
+
 def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_path):
+    """Last of the tests on the module's cluster: it loses the worker node for good."""
     results = tmp_path / "results"
     # RAY_AUTH_MODE is left unset for the client: tuner must switch token mode on itself when it
     # has a token (here through RAY_AUTH_TOKEN_PATH).
@@ -62,7 +88,8 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
                      "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
                      "--set", "search.max_concurrent=2", "--set", "run.max_failures=2",
                      "--set", "search.parameters.epochs={choice: [2]}",
-                     tmp_path=tmp_path, RAY_AUTH_MODE=None)
+                     tmp_path=tmp_path, RAY_AUTH_MODE=None,
+                     RAY_TMPDIR=cluster.ray_tmp)
     worker = cluster.worker.node_id
     try:
         on_worker = wait_for(
@@ -86,22 +113,6 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     assert moved.loc[2, "node_id"] == cluster.head_node.node_id  # retried on the head
     assert set(trials["node_id"]) == {cluster.head_node.node_id}  # where each trial ended
     assert (trials["node_ip"] == "127.0.0.1").all()
-
-
-def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path):
-    """--dry-run --address joins, compares the per-trial request with the nodes, and leaves."""
-    results = tmp_path / "res"
-    fits = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--results", str(results),
-                   tmp_path=tmp_path, timeout=180, RAY_AUTH_MODE=None)
-    assert fits.returncode == 0, fits.stderr[-2000:]
-    assert "trials at once: 2 (2 node(s), 2 CPU, 0 GPU fits 2 at 1 CPU and 0 GPU each;" in fits.stdout
-    too_big = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--set",
-                      "resources.cpu=2", "--results", str(results), tmp_path=tmp_path,
-                      timeout=180, RAY_AUTH_MODE=None)
-    assert too_big.returncode == 2
-    assert too_big.stderr.splitlines()[-1].startswith(
-        "error: resources: a trial needs 2 CPU and 0 GPU on one node, but the cluster has 2 node(s)")
-    assert not results.exists()
 
 
 # --- the embedded Ray: a trial starts in a worker Ray started with the cluster ---------------
@@ -157,7 +168,9 @@ def test_an_embedded_trial_actor_starts_in_a_worker_ray_started_with_the_cluster
     ray_tmp = short_tmpdir()
     try:
         proc = subprocess.run([sys.executable, "-c", PRESTARTED], cwd=ROOT,
-                              env=cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp)), capture_output=True,
+                              env=cli_env(tmp_path, RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE=None,
+                                           RAY_AUTH_TOKEN_PATH=None),  # not the cluster's
+                              capture_output=True,
                               text=True, timeout=300)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from helpers import (ROOT, needs_fashion, reports, run_cli, short_tmpdir, start_cli, stop_group,
-                     wait_for)
+from helpers import ROOT, call_main, needs_fashion, reports, short_tmpdir
 from scipy import stats
 
 from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
@@ -98,16 +97,23 @@ def test_weights_are_searchable_by_choice_only():
         validate({"search": {"parameters": {"model.weights": {"uniform": [0, 1]}}}})
 
 
-def test_the_cli_rejects_a_bad_comparison_before_writing(tmp_path):
-    proc = run_cli(str(QUICK), "--results", str(tmp_path / "results"),
-                   "--set", "compare.arms={a: {lr: 0.01}, b: {}}", tmp_path=tmp_path, timeout=120)
+def run_main(argv, capsys, monkeypatch, tmp_path):
+    """tuner.run's main(argv) in this process (call_main): bad input and dry runs, no subprocess."""
+    from tuner import run
+
+    return call_main(run.main, argv, capsys, monkeypatch, tmp_path)
+
+
+def test_the_cli_rejects_a_bad_comparison_before_writing(tmp_path, capsys, monkeypatch):
+    proc = run_main([str(QUICK), "--results", str(tmp_path / "results"),
+                     "--set", "compare.arms={a: {lr: 0.01}, b: {}}"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "train.lr is also searched" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "results").exists()
 
 
-def test_dry_run_lists_the_arms(tmp_path):
-    proc = run_cli(str(QUICK), "--dry-run", "--set", ARMS, tmp_path=tmp_path, timeout=120)
+def test_dry_run_lists_the_arms(tmp_path, capsys, monkeypatch):
+    proc = run_main([str(QUICK), "--dry-run", "--set", ARMS], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "re-run with 3 seeds" in proc.stdout and "head             model.freeze=head" in proc.stdout
 
@@ -130,11 +136,11 @@ def test_each_arm_gets_the_weights_it_names(tmp_path):
         assert torch.equal(model.layer1[0].conv1.weight, planted["layer1.0.conv1.weight"]) is same
 
 
-def test_missing_weights_stop_a_comparison_before_anything_runs(tmp_path):
-    proc = run_cli(str(QUICK), "--results", str(tmp_path / "results"),
-                   "--set", "model.weights_fallback=null",
-                   "--set", "compare.arms={tuned: {model.weights: imagenet}, scratch: {model.weights: none}}",
-                   tmp_path=tmp_path, timeout=120)
+def test_missing_weights_stop_a_comparison_before_anything_runs(tmp_path, capsys, monkeypatch):
+    proc = run_main([str(QUICK), "--results", str(tmp_path / "results"),
+                     "--set", "model.weights_fallback=null",
+                     "--set", "compare.arms={tuned: {model.weights: imagenet}, scratch: {model.weights: none}}"],
+                    capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2 and "model.weights: imagenet: could not load" in proc.stderr
     assert not (tmp_path / "results").exists()
 
@@ -248,16 +254,6 @@ def test_within_noise_only_when_the_interval_holds_zero():
 # --- one real comparison, interrupted and resumed ---------------------------------------------
 
 
-def _step_done(run_dir: list[Path], step: str):
-    for status in Path(run_dir[0]).glob("*/*/status.json"):
-        try:
-            if step in json.loads(status.read_text()).get("compare", {}).get("done", []):
-                return status.parent
-        except (json.JSONDecodeError, FileNotFoundError):
-            pass
-    return None
-
-
 def object_store_bytes() -> int:
     """Bytes in use in the object store of the Ray session this process is connected to: its
     object_store_memory resource less what is available, once two readings a second apart agree
@@ -280,6 +276,8 @@ def object_store_bytes() -> int:
 
 
 @needs_fashion
+@pytest.mark.slow  # 71 s alone on 2 idle cores (six Tuners in one driver)
+@pytest.mark.cluster
 def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store(tmp_path):
     """Three arms, six steps (six Tuners) in one driver: the dataset and the weights are put in
     Ray's object store once and passed by reference, so what it holds does not grow per step."""
@@ -307,8 +305,12 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
     # be what this new local cluster is asked for
     reset_auth_token_state()
     # "local": a Ray of its own, never one another test left running on this machine
+    ray_tmp = short_tmpdir()
+    # Ray and Tune install their own SIGINT and SIGTERM handlers in this process: put pytest's
+    # back afterwards, or Ctrl-C would no longer stop the test run
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, _temp_dir=str(short_tmpdir()))
+             log_to_driver=False, _temp_dir=str(ray_tmp))
     try:
         before = object_store_bytes()
         code = compare.run_comparison(spec, data, weights, run_dir,
@@ -316,6 +318,9 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
         after = object_store_bytes()
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)  # Ray's session folder and spill
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     print(f"object store: {before} bytes before, {after} after 6 steps; one copy of the data "
           f"and weights pickles to {one_copy} bytes")
     assert code == 0
@@ -326,27 +331,14 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
 
 
 @needs_fashion
-def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
-    path, _ = pretrained_file(tmp_path)
-    results = tmp_path / "results"
-    args = [str(QUICK), "--results", str(results),
-            "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-            "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
-            "--set", "search.parameters={lr: {loguniform: [3.0e-4, 3.0e-3]}}",
-            "--set", "train.epochs=1",
-            "--set", "compare.repeats=2", "--set", "search.confirm_top_k=2",
-            "--set", f"compare.arms={{planted: {{model.weights: {path}}}, scratch: {{model.weights: none}}}}"]
-    proc = start_cli(*args, tmp_path=tmp_path)
-    try:
-        run = wait_for(lambda: _step_done([results], "search:planted"), 300,
-                       "the first arm's search to finish", proc)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies (and its embedded Ray with it)
-    finally:
-        stop_group(proc)
-    first = sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search"))
-    assert json.loads((run / "status.json").read_text())["state"] == "running"
-
-    resumed = run_cli("--resume", str(run), tmp_path=tmp_path)
+@pytest.mark.slow  # the comparison fixture: over a minute (two drivers, eight trials)
+@pytest.mark.cluster
+def test_a_comparison_runs_is_interrupted_and_resumes(comparison):
+    """runs.py's comparison: two arms (planted weights / none), killed once arm planted's search
+    was done, then resumed."""
+    run, path, first, resumed = (comparison.run, comparison.weights, comparison.first,
+                                 comparison.resumed)
+    assert comparison.state_after_kill == "running"
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the finished step was read back, not trained again
     assert sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search")) == first
@@ -404,21 +396,16 @@ def test_a_comparison_runs_is_interrupted_and_resumes(tmp_path):
 
 
 @needs_fashion
-def test_a_plain_sweep_searches_the_weights(tmp_path):
-    path, _ = pretrained_file(tmp_path)
-    results = tmp_path / "results"
-    proc = run_cli(str(QUICK), "--results", str(results),
-                   "--set", "data.train_subset=600", "--set", "data.test_subset=300",
-                   "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
-                   "--set", f"search.parameters={{model.weights: {{choice: [{path}, none]}}, "
-                            "epochs: {choice: [1]}}",
-                   "--set", f"search.points_to_evaluate=[{{model.weights: {path}, epochs: 1}}, "
-                            "{model.weights: none, epochs: 1}]",
-                   tmp_path=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = results.glob("*/*")
-    trials = pd.read_csv(run / "trials.csv").set_index("model.weights")
-    assert trials.loc[str(path), "weights"].startswith(f"file {path} sha256:")
-    assert trials.loc["none", "weights"] == "none (random init)"
-    best = json.loads((run / "best.json").read_text())
-    assert best["weights"] == trials.loc[best["config"]["model.weights"], "weights"]
+@pytest.mark.cluster
+def test_a_plain_sweep_searches_the_weights(quick_sweep):
+    """runs.py's quick_sweep searches model.weights (imagenet, which falls back to random init
+    here, and a planted file) without arms: each trial gets the weights its point names."""
+    path = quick_sweep.weights
+    assert quick_sweep.proc.returncode == 0, quick_sweep.proc.stderr[-3000:]
+    trials = pd.read_csv(quick_sweep.run / "trials.csv")
+    by_setting = trials.groupby("model.weights")["weights"].unique()
+    assert set(by_setting.index) == {str(path), "imagenet"}
+    assert len(by_setting[str(path)]) == 1 and by_setting[str(path)][0].startswith(f"file {path} sha256:")
+    assert len(by_setting["imagenet"]) == 1 and by_setting["imagenet"][0].startswith("none (fallback")
+    best = json.loads((quick_sweep.run / "best.json").read_text())
+    assert best["weights"] == by_setting[best["config"]["model.weights"]][0]

@@ -7,11 +7,12 @@ Every test runs the real CLI on real data with an embedded Ray, and ends only wh
 
 import json
 import os
+import shutil
 import signal
 
 import pandas as pd
 import pytest
-from helpers import (QUICK, assert_epochs_once, processes_using, reports, run_cli, short_tmpdir,
+from helpers import (QUICK, assert_epochs_once, call_main, processes_using, reports, run_cli, short_tmpdir,
                      start_cli, stop_group, wait_for)
 
 # Three 2-epoch trials, one at a time: there is always a finished and an unfinished trial to check.
@@ -99,8 +100,10 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
     assert len({c.parent for c in run.glob("trials/*/checkpoint_*")}) == 2  # none deleted
     assert "Traceback" not in log
     assert processes_using(ray_tmp) == []  # the embedded Ray ended with the driver
+    shutil.rmtree(ray_tmp, ignore_errors=True)  # its session folder: nothing left behind
 
 
+@pytest.mark.slow  # 70 s alone on 2 idle cores
 @pytest.mark.cluster
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
@@ -138,11 +141,16 @@ def test_killed_driver_then_resume(tmp_path):
                 (d / "status.json").write_text('{"state": "finished", "experiment": "x"}')),
      "finished already"),
 ])
-def test_resume_of_a_non_run_or_finished_run_is_bad_input(tmp_path, setup, message):
+def test_resume_of_a_non_run_or_finished_run_is_bad_input(tmp_path, setup, message, capsys,
+                                                         monkeypatch):
+    """tuner.run's main in this process (test_live.py resumes a finished run with the real
+    command)."""
+    from tuner import run as tuner_run
+
     run = tmp_path / "run"
     run.mkdir()
     setup(run)
-    proc = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=60)
+    proc = call_main(tuner_run.main, ["--resume", str(run)], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

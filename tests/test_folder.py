@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import FOLDER_QUICK, ROOT, cli_env, draw_picture, make_image_folder, run_cli
+from helpers import FOLDER_QUICK, ROOT, call_main, cli_env, draw_picture, make_image_folder
 from PIL import Image
 from torchvision.transforms import CenterCrop
 from torchvision.transforms.v2 import functional as TF
@@ -452,12 +452,12 @@ def load_split_free_dataset(images):
 
 
 
-def test_folder_sweep_end_to_end_learns_the_classes(tmp_path):
-    root = make_image_folder(tmp_path / "imgs", train_per_class=24, test_per_class=8)
-    cache = tmp_path / "cache"
-    results = tmp_path / "results"
-    proc = run_cli(*FOLDER_QUICK, "--set", f"data.root={root}", "--set", f"data.cache={cache}",
-                   "--results", str(results), tmp_path=tmp_path)
+@pytest.mark.cluster
+def test_folder_sweep_end_to_end_learns_the_classes(folder_sweep, tmp_path, capsys, monkeypatch,
+                                                   caplog):
+    """runs.py's folder_sweep: a sweep of a drawn folder, 24 train and 8 test images per class."""
+    proc, root, cache, results = (folder_sweep.proc, folder_sweep.root, folder_sweep.cache,
+                                  folder_sweep.results)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "decoded 101 images" in proc.stderr and "skipped 4 other files" in proc.stderr
     (run,) = results.glob("folder-quick/*")
@@ -469,22 +469,31 @@ def test_folder_sweep_end_to_end_learns_the_classes(tmp_path):
     assert record["data"]["dataset"] == "imagefolder" and "crop_padding" not in record["data"]["augment"]
 
     # the next run on the same folder starts from the cache (a dry run loads the data as a sweep
-    # does, through the same code)
-    again = run_cli(*FOLDER_QUICK, "--set", f"data.root={root}", "--set", f"data.cache={cache}",
-                    "--dry-run", "--results", str(results), tmp_path=tmp_path)
+    # does, through the same code; in process, so its log is caplog's)
+    with caplog.at_level(logging.INFO):
+        again = run_main([*FOLDER_QUICK, "--set", f"data.root={root}", "--set", f"data.cache={cache}",
+                          "--dry-run", "--results", str(tmp_path / "results")],
+                         capsys, monkeypatch, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "decode cache hit" in again.stderr and "decoded 101" not in again.stderr
+    assert "decode cache hit" in caplog.text and "decoded 101" not in caplog.text
 
 
-def test_dry_run_reads_the_folder_and_says_conv1_has_nothing_to_adapt(tmp_path):
+def test_dry_run_reads_the_folder_and_says_conv1_has_nothing_to_adapt(tmp_path, capsys, monkeypatch):
     root = make_image_folder(tmp_path / "imgs", train_per_class=10, test_per_class=2)
-    proc = run_cli(*FOLDER_QUICK, "--set", f"data.root={root}", "--set",
-                   f"data.cache={tmp_path / 'cache'}", "--dry-run", tmp_path=tmp_path, timeout=300)
+    proc = run_main([*FOLDER_QUICK, "--set", f"data.root={root}", "--set",
+                     f"data.cache={tmp_path / 'cache'}", "--dry-run"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "data: 31 train / 4 val / 6 test, 3 classes, from " in proc.stdout
     # model.weights=none: nothing pretrained to keep
     assert "model.conv1: 3-channel RGB images, nothing to adapt: random init (model.weights: none)" in proc.stdout
     assert f"decode cache: {tmp_path / 'cache'} (this dry run decoded" in proc.stdout
+
+
+def run_main(argv, capsys, monkeypatch, tmp_path):
+    """tuner.run's main(argv) in this process (call_main): a dry run or bad input, no subprocess."""
+    from tuner import run
+
+    return call_main(run.main, argv, capsys, monkeypatch, tmp_path)
 
 
 def _bad_folder(tmp_path, case: str):
@@ -536,31 +545,27 @@ BAD_INPUT = {  # case: (--set overrides, what the error line must say)
 }
 
 
-def test_bad_folder_input_is_one_error_line_and_nothing_written(tmp_path):
-    """Every bad input of the issue through the real CLI; the CLIs run at once (they spend their
-    time importing torch and Ray), each in its own folder."""
-    procs = {}
-    for case, (overrides, _) in BAD_INPUT.items():
-        where = tmp_path / case.replace(" ", "-")
-        where.mkdir()
-        root = _bad_folder(where, case)
-        args = [*FOLDER_QUICK, "--set", f"data.root={root}", "--set", f"data.cache={where / 'cache'}"]
-        if case == "folder fields":  # a Fashion-MNIST spec given folder-only fields
-            spec = where / "fashion.yaml"
-            spec.write_text("data: {dataset: fashion_mnist, resize: 64, augment: {scale: [0.5, 1]}}\n")
-            args = [str(spec)]
-        sets = [a for o in overrides for a in ("--set", o)]
-        procs[case] = subprocess.Popen(
-            [sys.executable, "-m", "tuner.run", *args, *sets, "--results", str(where / "results")],
-            cwd=ROOT, env=cli_env(where), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for case, proc in procs.items():
-        _, stderr = proc.communicate(timeout=300)
-        where = tmp_path / case.replace(" ", "-")
-        assert proc.returncode == 2, (case, stderr[-2000:])
-        assert stderr.startswith("error: ") and stderr.count("\n") == 1, (case, stderr)
-        assert re.search(BAD_INPUT[case][1], stderr), (case, stderr)
-        assert not (where / "results").exists(), case
-        assert not list((where / "cache").glob("*.npz")), case
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_folder_input_is_one_error_line_and_nothing_written(tmp_path, case, capsys, monkeypatch):
+    """Every bad input of the issue through tuner.run's main, in process (test_cli.py runs the
+    real command on bad input), each in its own folder."""
+    overrides, pattern = BAD_INPUT[case]
+    where = tmp_path / case.replace(" ", "-")
+    where.mkdir()
+    root = _bad_folder(where, case)
+    args = [*FOLDER_QUICK, "--set", f"data.root={root}", "--set", f"data.cache={where / 'cache'}"]
+    if case == "folder fields":  # a Fashion-MNIST spec given folder-only fields
+        spec = where / "fashion.yaml"
+        spec.write_text("data: {dataset: fashion_mnist, resize: 64, augment: {scale: [0.5, 1]}}\n")
+        args = [str(spec)]
+    sets = [a for o in overrides for a in ("--set", o)]
+    proc = run_main([*args, *sets, "--results", str(where / "results")], capsys, monkeypatch, where)
+    stderr = proc.stderr
+    assert proc.returncode == 2, (case, stderr[-2000:])
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, (case, stderr)
+    assert re.search(pattern, stderr), (case, stderr)
+    assert not (where / "results").exists(), case
+    assert not list((where / "cache").glob("*.npz")), case
 
 
 def test_hotdog_is_the_chapters_recipe():

@@ -6,16 +6,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import (CHROMIUM, QUICK, ROOT, assert_epochs_once, check_in_browser, cli_env,
-                     config_key, images, run_cli, short_tmpdir, start_cli, stop_group, suggestions,
-                     tuner, wait_for)
+from helpers import (CHROMIUM, QUICK, assert_epochs_once, call_main, check_in_browser, config_key,
+                     images, short_tmpdir, start_cli, stop_group, suggestions, tuner, wait_for)
 
+from tuner.cli import main as tuner_main
+from tuner.run import main as run_main
 from tuner.spec import load_spec
 
 pytestmark = pytest.mark.cluster
@@ -38,7 +37,9 @@ def live_tables(results, proc):
     return (*tables, status, run)
 
 
-def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_path):
+@pytest.mark.slow  # 124 s alone on 2 idle cores (a sweep, its resume and --more)
+def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_path, capsys,
+                                                                          monkeypatch):
     results = tmp_path / "results"
     proc = start_cli(*SWEEP, "--results", str(results), tmp_path=tmp_path)
     try:
@@ -105,7 +106,7 @@ def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_
     assert 0 < best["cost"]["time_to_best_s"]
     assert status["trials"] == {"finished": 3, "stopped_early": 0, "running": 0, "pending": 0,
                                 "error": 0, "planned": 3}
-    again = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
+    again = call_main(run_main, ["--resume", str(run)], capsys, monkeypatch, tmp_path)  # in process
     assert again.returncode == 2 and "finished already" in again.stderr
     page = (run / "report.html").read_text()  # written by the sweep at its end
     assert f"test accuracy {best['test_accuracy']:.4f}" in page and len(images(page)) == 3
@@ -113,12 +114,12 @@ def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_
         check_in_browser(run / "report.html", tmp_path)
 
     # Ten more trials is the most common thing done to a sweep: here two, on this finished run.
-    more_trials_join_the_run(run, tmp_path)
+    more_trials_join_the_run(run, tmp_path, capsys, monkeypatch)
     if CHROMIUM is None:
         pytest.skip("the sweep and --more passed; the browser check needs Debian's chromium")
 
 
-def more_trials_join_the_run(run: Path, tmp_path: Path) -> None:
+def more_trials_join_the_run(run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """`tuner resume RUN --more 2` of a finished run of 3 trials (test_live.py's, 2 epochs each,
     one at a time): 5 trials in the same tables, each epoch once, and the searcher went on from
     the 3 earlier trials."""
@@ -182,13 +183,13 @@ def more_trials_join_the_run(run: Path, tmp_path: Path) -> None:
     assert (run / "report.html").stat().st_mtime >= (run / "trials.csv").stat().st_mtime
 
     # The run warm-starts a new sweep; its dry run says so, on stdout, with nothing else there.
-    plan = tuner("run", *QUICK, "--set", "model.weights=none", "--set",
-                 f"search.warm_start=[{run}]", "--dry-run", tmp_path=tmp_path)
+    plan = call_main(tuner_main, ["run", *QUICK, "--set", "model.weights=none", "--set",
+                                  f"search.warm_start=[{run}]", "--dry-run"],
+                     capsys, monkeypatch, tmp_path)  # `tuner run ...`, in process
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.startswith("name: ")
     assert f"warm start: 5 finished trial(s) of {run}; TPE starts from them" in plan.stdout
     assert "INFO" not in plan.stdout
     # A finished run with sessions is resumed by tuner resume, never by tuner.run --resume.
-    again = subprocess.run([sys.executable, "-m", "tuner.run", "--resume", str(run)], cwd=ROOT,
-                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    again = call_main(run_main, ["--resume", str(run)], capsys, monkeypatch, tmp_path)
     assert again.returncode == 2 and "tuner resume" in again.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -83,17 +81,20 @@ def test_a_trial_gets_the_searched_recipe_values():
     assert trial.model.small_input_stem == "stride1_pool"
 
 
-def test_dry_run_searches_every_recipe_field(tmp_path):
-    """The real CLI: a spec searching all the new fields at once is valid and shows its space."""
+def test_dry_run_searches_every_recipe_field(tmp_path, capsys, monkeypatch):
+    """The CLI's main, in process: a spec searching all the new fields at once is valid and shows
+    its space."""
+    from helpers import call_main
+
+    from tuner import run
+
     lines = ["model: {weights: none}", "train: {optimizer: sgd, momentum: 0.9}", "search:",
              "  parameters:"]
     lines += [f"    {key}: {dist}" for key, dist in RECIPE_FIELDS.items()]
     path = tmp_path / "recipe.yaml"
     path.write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "tuner.run", str(path), "--dry-run",
-                           "--results", str(tmp_path / "results")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = call_main(run.main, [str(path), "--dry-run", "--results", str(tmp_path / "results")],
+                     capsys, monkeypatch, tmp_path)
     assert proc.returncode == 0, proc.stderr
     space = proc.stdout.split("search space")[1]
     for key in RECIPE_FIELDS:

@@ -313,7 +313,10 @@ def test_no_learning_curve_without_two_comparisons(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "not_a_run", "several_without_out", "out_folder_missing",
                                   "bad_trials_csv", "bad_spec"])
-def test_bad_input(tmp_path, case):
+def test_bad_input(tmp_path, case, capsys):
+    """tuner.report's main in this process; case `missing` runs the real command too (its exit
+    code and its one line on stderr, as a process gives them)."""
+    from tuner import report
     run = make_run(tmp_path / "run")
     before = sorted(p.name for p in run.iterdir())
     args = {
@@ -329,11 +332,20 @@ def test_bad_input(tmp_path, case):
         before = sorted(p.name for p in run.iterdir())
     if case == "bad_spec":
         (run / "spec.yaml").write_text("train:\n  epochs: many\n")
-    proc = subprocess.run([sys.executable, "-m", "tuner.report", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+    if case == "missing":
+        proc = subprocess.run([sys.executable, "-m", "tuner.report", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        code, stderr = proc.returncode, proc.stderr
+    else:
+        capsys.readouterr()
+        try:
+            code = report.main(args)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written
 
 

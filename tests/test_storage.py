@@ -8,13 +8,14 @@ environment, which the cluster's nodes inherit from this process.
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from helpers import QUICK, run_cli, start_cli, stop_group, wait_for
+from helpers import QUICK, call_main, run_cli, short_tmpdir, start_cli, stop_group, wait_for
 
 from tuner.errors import InputError
 
@@ -95,8 +96,7 @@ def test_storage_uri_paths_keep_the_query_at_the_end():
     assert sweep.checkpoint_location(local, "/tmp/run/trials", Path("/tmp/other")) == local.path
 
 
-@pytest.mark.cluster
-def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
+def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path, capsys, monkeypatch):
     from tuner.cluster import check_storage
 
     check_storage(None, s3.uri)  # the bucket exists and answers
@@ -110,8 +110,11 @@ def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
 
     results = tmp_path / "results"
     missing = f"s3://no-such-bucket/runs{s3.query}"
-    proc = run_cli(*QUICK, "--dry-run", "--set", "model.weights=none", "--storage", missing,
-                   "--results", str(results), tmp_path=tmp_path, timeout=300)
+    from tuner import run  # its main in this process: a dry run starts no Ray and trains nothing
+
+    proc = call_main(run.main, [*QUICK, "--dry-run", "--set", "model.weights=none", "--storage",
+                                missing, "--results", str(results)], capsys, monkeypatch, tmp_path,
+                     NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.splitlines() == [
         f"error: --storage {missing}: there is no bucket 'no-such-bucket'; create it first "
@@ -119,6 +122,7 @@ def test_storage_that_cannot_be_reached_is_bad_input(s3, tmp_path):
     assert not results.exists()
 
 
+@pytest.mark.slow  # 116 s alone on 2 idle cores
 @pytest.mark.cluster
 def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
         s3, tmp_path, monkeypatch):
@@ -139,6 +143,8 @@ def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     reset_auth_token_state()  # Ray caches its config and token per process: re-read them
+    ray_tmp = short_tmpdir()  # the nodes' session folders (and the drivers'), removed at the end
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 0, "include_dashboard": False})
     proc = None
@@ -151,7 +157,8 @@ def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
                          "--set", "search.num_samples=2", "--set", "search.n_initial_points=1",
                          "--set", "search.max_concurrent=1", "--set", "run.max_failures=2",
                          "--set", "run.keep_checkpoints=best",
-                         "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path)
+                         "--set", "search.parameters.epochs={choice: [2]}", tmp_path=tmp_path,
+                         RAY_TMPDIR=str(ray_tmp))
         first = wait_for(lambda: [r for r in bucket_reports(s3.client) if r["epoch"] == 1], 300,
                          "a trial's first epoch in the bucket", proc)[0]
         assert first["node_id"] == lost.node_id
@@ -170,12 +177,14 @@ def test_sweep_with_checkpoints_in_s3_survives_a_lost_node_and_a_killed_driver(
         assert status["state"] == "running"
         assert status["experiment"] == f"s3://{BUCKET}/runs/fashion-quick-{run.name}{s3.query}"
 
-        done = run_cli("--resume", str(run), "--address", cluster.address, tmp_path=tmp_path)
+        done = run_cli("--resume", str(run), "--address", cluster.address, tmp_path=tmp_path,
+                       RAY_TMPDIR=str(ray_tmp))
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         if proc is not None:
             stop_group(proc)
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
     trials, epochs = pd.read_csv(run / "trials.csv"), pd.read_csv(run / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"finished"}

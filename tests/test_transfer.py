@@ -5,9 +5,10 @@ training, Fashion-MNIST), and an RGB image folder fine-tuned from one of its 1-c
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 import yaml
-from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cli, short_tmpdir
+from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cli
 
 from tuner import fashion_mnist
 from tuner.spec import load_spec
@@ -33,34 +34,28 @@ def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_t
 
 
 @needs_fashion
-def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(tmp_path):
-    results = tmp_path / "results"
-    proc = run_cli(str(TARGET), "--results", str(results),
-                   "--set", "model.weights=none", "--set", "data.train_subset=600",
-                   "--set", "data.test_subset=200", "--set", "search.scheduler=fifo",
-                   "--set", "search.num_samples=1", "--set", "search.n_initial_points=1",
-                   "--set", "search.parameters={lr: {loguniform: [1.0e-3, 1.0e-2]}}",
-                   "--set", "train.epochs=1", "--set", "compare.repeats=2",
-                   "--set", "compare.arms={few: {data.train_per_class: 10}, "
-                            "more: {data.train_per_class: 40, model.freeze: head}}",
-                   tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
+@pytest.mark.slow  # runs.py's comparison (over a minute) and a folder sweep
+@pytest.mark.cluster
+def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(comparison, tmp_path):
+    """runs.py's comparison (transfer-target.yaml's five classes): arm planted trains on 10 images
+    per class, arm scratch on 40 (and frozen but for its head)."""
+    run, proc = comparison.run, comparison.resumed
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = results.glob("*/*")
     epochs = pd.read_csv(run / "epochs.csv")
     assert epochs.groupby("arm")["train_images"].unique().map(list).to_dict() == {
-        "few": [50], "more": [200]}  # 5 classes x the arm's train_per_class, every trial
+        "planted": [50], "scratch": [200]}  # 5 classes x the arm's train_per_class, every trial
     provenance = yaml.safe_load((run / "spec.yaml").read_text())["provenance"]
     assert provenance["classes"] == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     trials = pd.read_csv(run / "trials.csv")
-    repeats = trials[trials["phase"] == "repeats"]
+    repeats = trials[(trials["phase"] == "repeats") & (trials["role"] == "chosen")]
     assert repeats["test_accuracy"].between(0, 1).all() and len(repeats) == 4
     # the arms' repeats share their seeds, so the verdict pairs them
     assert "(paired t, " in proc.stdout.strip().splitlines()[-1]
 
-    # the image folder case: RGB fine-tuned from arm few's 1-channel Fashion-MNIST model, conv1's
+    # the image folder case: RGB fine-tuned from arm planted's 1-channel Fashion-MNIST model, conv1's
     # filters repeated over R, G and B (scaled by 1/3, so that a gray image's activations keep
     # their size); frozen (model.freeze: head), so model.pt holds conv1 as it was loaded
-    source = run / "model" / "few"
+    source = run / "model" / "planted"
     folder = make_image_folder(tmp_path / "imgs", train_per_class=12, test_per_class=4,
                                odd_files=False)
     proc = run_cli(*FOLDER_QUICK, "--set", f"data.root={folder}", "--set", "data.cache=false",
@@ -68,7 +63,7 @@ def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(
                    "--set", "search.parameters={epochs: {choice: [1]}, lr: {loguniform: [1.0e-3, 2.0e-3]}}",
                    "--set", f"model.weights={source}", "--set", "model.conv1=sum",
                    "--set", "model.freeze=head", "--results", str(tmp_path / "folder-results"),
-                   tmp_path=tmp_path, RAY_TMPDIR=str(short_tmpdir()))
+                   tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder_run,) = (tmp_path / "folder-results").glob("*/*")
     assert (folder_run / "best.json").is_file()
