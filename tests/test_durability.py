@@ -91,7 +91,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
 
     import ray
 
-    from tuner import cluster, live, memory, model, run, sweep
+    from tuner import cluster, leakage, live, memory, model, run, sweep
     from tuner.spec import validate
 
     def locked() -> bool:
@@ -120,6 +120,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
     monkeypatch.setattr(live, "LiveTables", lambda *a: None)
     monkeypatch.setattr(run, "spec_record", lambda *a: "name: x\n")
     monkeypatch.setattr(run, "surgeries", lambda *a: {})
+    monkeypatch.setattr(leakage, "write_split", lambda *a: None)  # the data is fake
     monkeypatch.setattr(run, "finish", lambda *a: seen.append(("finish", locked())) or 0)
     real_update = results.update_json
 

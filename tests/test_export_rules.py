@@ -86,7 +86,7 @@ def test_an_interrupt_between_the_renames_puts_the_old_model_back(run, monkeypat
 
 
 def test_export_refuses_while_a_driver_holds_the_run(run, capsys):
-    with FileLock(run / ".driver.lock", timeout=0):
+    with FileLock(run / ".driver.lock", timeout=0):  # as a live driver holds it
         assert export.main([str(run), "--format", "torchscript"]) == 2
     assert "the sweep is still running" in capsys.readouterr().err
     assert not (run / "model" / "model.torchscript.pt").exists()

@@ -203,6 +203,9 @@ def run_lock(run_dir: Path):
     could be writing model/ itself. Raises InputError if a driver holds it."""
     from tuner.rundir import LOCK_FILE
 
+    if not (run_dir / LOCK_FILE).exists():  # no driver has ever run here: nothing to wait for
+        yield
+        return
     lock = FileLock(run_dir / LOCK_FILE, timeout=0)
     try:
         lock.acquire()
