@@ -39,7 +39,10 @@ def test_a_sweep_run_and_read_from_python(tmp_path):
                                   "model.weights": "none", "search.num_samples": 2,
                                   "search.n_initial_points": 1, "search.confirm_top_k": 2,
                                   "search.parameters": {"epochs": {"choice": [1]},
-                                                        "lr": {"choice": [1.0e-3, 5.0e-4]}}},
+                                                        "lr": {"choice": [1.0e-3, 5.0e-4]}},
+                                  # two configs (the first: the spec's own settings)
+                                  "search.points_to_evaluate": [{"epochs": 1, "lr": 1.0e-3},
+                                                                {"epochs": 1, "lr": 5.0e-4}]},
                           results=tmp_path / "res")
     assert run.state == "finished" and run.path.parent == tmp_path / "res" / "fashion-quick"
     assert len(run.trials) == 2 and len(run.epochs) == 2
