@@ -68,9 +68,6 @@ class QuickSweep:
 #   val 0.50, test 0.448 on these subsets: one epoch at batch 64 stays near chance on validation,
 #   its batch-norm statistics too raw);
 #   diverging: SGD at lr 1e4, its loss becomes nan in epoch 1 and the sweep goes on.
-# Two package bugs shape this (see docs/testing.md): search.grace_period stays 1 (a grace period
-# above a trial's own epochs fails that trial's spec once the sweep ends), and
-# model.small_input_stem is not searched (False beside stride1 breaks the summary tables).
 PLAIN = {"model.conv1": "reinit", "model.head_lr_multiplier": 1,
          "data.augment.crop_padding": 0, "data.augment.hflip": False}
 CONTROLLED = {"model.conv1": "sum", "model.head_lr_multiplier": 10,

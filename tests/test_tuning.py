@@ -274,3 +274,20 @@ def test_the_mode_follows_the_metric():
     assert load_spec(QUICK).search.mode == "max"
     with pytest.raises(InputError, match="mode must be min for val_loss"):
         load_spec(QUICK, ["search.metric=val_loss", "search.mode=max"])
+
+
+def test_a_trial_shorter_than_ashas_grace_period_is_a_valid_trial():
+    """grace_period 2 with epochs {1, 2}: the 1-epoch trial ends before ASHA's first rung."""
+    spec = load_spec(QUICK, ["search.scheduler=asha", "search.grace_period=2"])
+    trial = spec.with_values({"epochs": 1, "batch_size": 64, "lr": 1e-3})
+    assert trial.train.epochs == 1
+
+
+def test_summaries_of_a_choice_of_mixed_kinds():
+    """model.small_input_stem searched over [false, stride1]: one table, its values as text."""
+    spec = load_spec(QUICK, ["search.parameters.model.small_input_stem={choice: [false, stride1]}"])
+    trials = _table([{"trial_id": "a", **OWN, "model.small_input_stem": False, "val_accuracy": 0.8},
+                     {"trial_id": "b", **OWN, "model.small_input_stem": "stride1",
+                      "val_accuracy": 0.9}])
+    table = results.summary_tables(trials, spec)["model.small_input_stem"]
+    assert sorted(table["model.small_input_stem"]) == ["False", "stride1"]

@@ -160,7 +160,8 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
         if done.empty or key not in done:
             continue
         column = done[key]
-        if column.map(lambda v: isinstance(v, (dict, list))).any():  # choices of mappings
+        mixed = column.map(lambda v: isinstance(v, str)).nunique() > 1  # e.g. false and stride1
+        if mixed or column.map(lambda v: isinstance(v, (dict, list))).any():  # or mappings
             column = column.map(str)
         if param.kind in ("uniform", "loguniform", "quniform"):
             low, high = param.args[0], param.args[1]

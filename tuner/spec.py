@@ -642,6 +642,8 @@ class Spec(_Section):
         raw["compare"] = None  # a trial is one arm's (its spec comes from Spec.arm)
         for key, value in values.items():
             set_path(raw, param_path(key), value)
+        # ASHA's grace period is the sweep's; a trial planned shorter simply ends before it
+        raw["search"]["grace_period"] = min(raw["search"]["grace_period"], raw["train"]["epochs"])
         return Spec.model_validate(raw)
 
 
