@@ -45,12 +45,14 @@ def test_the_hyperopt_hook_fires_and_reaches_hyperopts_trials():
 def test_tune_env_vars_and_the_cluster_switch(monkeypatch):
     from ray.tune.execution import class_cache
 
-    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))
-    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)
-    before = dict(class_cache.DEFAULT_ENV_VARS)
-    assert before  # Ray Tune still sets per-trial variables (PL_DISABLE_FORK among them)
-    monkeypatch.setattr("os.environ", dict(__import__("os").environ))
+    # Ray Tune keeps them here (an embedded sweep run in this process may have emptied them)
+    assert isinstance(class_cache.DEFAULT_ENV_VARS, dict)
+    assert hasattr(class_cache, "ENV_VARS_TO_PROPAGATE")
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"TUNER_TEST_PER_TRIAL": "1"})
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", frozenset({"TUNER_TEST_PER_TRIAL"}))
+    monkeypatch.delenv("TUNER_TEST_PER_TRIAL", raising=False)
     assert raycompat.adopt_tune_env_vars()
+    assert __import__("os").environ["TUNER_TEST_PER_TRIAL"] == "1"  # every worker inherits it
     assert class_cache.DEFAULT_ENV_VARS == {} and class_cache.ENV_VARS_TO_PROPAGATE == frozenset()
     assert isinstance(raycompat.cluster_enabled(), bool)
 
