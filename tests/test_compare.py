@@ -7,13 +7,12 @@ import json
 import math
 import shutil
 import signal
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import torchvision
 from helpers import ROOT, call_main, needs_fashion, reports, short_tmpdir
+from runs import planted_weights
 from scipy import stats
 
 from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
@@ -23,15 +22,6 @@ from tuner.spec import load_spec, validate
 
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # searches epochs, batch_size and lr
 ARMS = "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"
-
-
-def pretrained_file(folder: Path) -> tuple[Path, dict]:
-    """A resnet18 state_dict file standing in for pretrained weights (no ImageNet file exists here,
-    and one planted under torchvision's ImageNet name fails its hash check)."""
-    torch.manual_seed(0)
-    state = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(state, folder / "pretrained.pt")
-    return folder / "pretrained.pt", state
 
 
 # --- the spec ------------------------------------------------------------------------------------
@@ -122,7 +112,7 @@ def test_dry_run_lists_the_arms(tmp_path, capsys, monkeypatch):
 
 
 def test_each_arm_gets_the_weights_it_names(tmp_path):
-    path, planted = pretrained_file(tmp_path)
+    path, planted = planted_weights(tmp_path)
     spec = load_spec(QUICK, [f"compare.arms={{tuned: {{model.weights: {path}}}, "
                              "scratch: {model.weights: none}}"])
     weights = resolve_all(spec.model_variants())
@@ -287,7 +277,7 @@ def test_a_comparison_keeps_one_copy_of_the_data_and_weights_in_the_object_store
 
     from tuner import compare, run, sweep
 
-    path, _ = pretrained_file(tmp_path)
+    path, _ = planted_weights(tmp_path)
     spec = load_spec(QUICK, [
         "data.train_subset=300", "data.test_subset=100",
         "search.num_samples=1", "search.n_initial_points=1", "train.epochs=1", "compare.repeats=1",

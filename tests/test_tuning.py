@@ -62,7 +62,7 @@ def test_a_set_of_a_searched_field_outside_the_space_is_still_refused():
 
 
 def test_the_default_point_is_not_tried_again_when_given_or_already_seen():
-    spec = load_spec(QUICK, [f"search.points_to_evaluate=[{{epochs: 1, batch_size: 64, lr: 0.001}},"
+    spec = load_spec(QUICK, ["search.points_to_evaluate=[{epochs: 1, batch_size: 64, lr: 0.001},"
                              " {epochs: 2, batch_size: 32, lr: 0.0005}]"])
     assert len(sweep.first_points(spec)) == 2  # given first already: not twice
     seen = [type("Point", (), {"config": {"epochs": 1, "batch_size": 64, "lr": 0.0010000000000000002}})]
