@@ -490,7 +490,8 @@ def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, tr
         return None
     table = results.trials_table(crecords, this, labels(weights))
     results.write_csv(run_dir / "confirm.csv", table)
-    results.update_json(run_dir / STATUS_FILE, {"confirm": {"experiment": path, "done": True}})
+    results.update_json(run_dir / STATUS_FILE,
+                        {"confirm": {"experiment": stored(path, run_dir), "done": True}})
     chosen, selection = confirm.choose(spec, top, table)
     if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is
         sweep.prune_checkpoints(crecords, keep=None)
