@@ -32,7 +32,7 @@ import tuner
 from tuner.data import Dataset
 from tuner.errors import InputError
 from tuner.model import CARD_FILE, MODEL_FILE, Weights, build_model
-from tuner.results import repeat_rows
+from tuner.results import plain, repeat_rows
 from tuner.spec import Model, Spec
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def save_arms(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weigh
             log.warning("arm %s: trial %s has no checkpoint left; no model written", arm,
                         record.trial_id)
             continue
-        scores = {k: _plain(row[k]) for k in (metric, "val_accuracy", "val_loss", "test_accuracy",
+        scores = {k: plain(row[k]) for k in (metric, "val_accuracy", "val_loss", "test_accuracy",
                                               "test_loss") if k in row}
         trial = arm_spec.with_values(record.params)
         card = make_card(arm_spec, data, trial_id=record.trial_id, config=record.params,
@@ -205,10 +205,6 @@ def save_arms(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weigh
         write_model(run_dir / MODEL_DIR / arm, sweep.fetch_weights(record, arm_spec), card)
         out[arm] = f"{MODEL_DIR}/{arm}"
     return out
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 # --- reading --------------------------------------------------------------------------------------

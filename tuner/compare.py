@@ -273,7 +273,7 @@ def compare_table(trials: pd.DataFrame, best: dict, spec: Spec) -> pd.DataFrame:
         own = results.repeat_rows(trials, arm, "default")
         arm_spec = spec.arm(arm)
         measured = arm_spec.default_point()[0] is not None
-        gain = _gain(trials, arm, own) if measured else _gain(trials.iloc[:0], arm, own)
+        gain = _gain(trials, arm, own, measured)
         rows.append({
             "arm": arm,
             "best_config": json.dumps(best.get(arm)),
@@ -296,13 +296,15 @@ def compare_table(trials: pd.DataFrame, best: dict, spec: Spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _gain(trials: pd.DataFrame, arm: str, own: pd.DataFrame) -> dict:
+def _gain(trials: pd.DataFrame, arm: str, own: pd.DataFrame, measured: bool = True) -> dict:
     """The arm's own settings' test mean and what the chosen config gained over them, paired by
-    seed (`difference`). No runs of the own settings: they are the chosen config (gain 0), or
-    none ran (NaN; an older run)."""
+    seed (`difference`). NaN when not `measured` (no trial of the own settings could run). No
+    runs of the own settings: they are the chosen config (gain 0), or none ran (an older run)."""
     chosen = _scores(trials, arm)
     empty = {"default_test_mean": math.nan, "gain_vs_default": math.nan,
              "gain_ci95_low": math.nan, "gain_ci95_high": math.nan}
+    if not measured:
+        return empty
     if own.empty:
         if "role" not in trials or not len(chosen):
             return empty
