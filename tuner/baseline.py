@@ -75,9 +75,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     return correct / len(y)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """One plain training run's scores and where its time went (seconds)."""
+
+    val_accuracy: float
+    test_accuracy: float | None
+    train_s: float  # the epochs' training, model build and data included
+    validate_s: float  # the one pass over the validation images, after the last epoch
+
+    @property
+    def seconds(self) -> float:
+        return self.train_s + self.validate_s
+
+
 def train_once(spec: Spec, weights: Weights, data: Dataset, lr: float, seed: int,
-               test: bool) -> tuple[float, float | None, float]:
-    """One plain training run: (validation accuracy, test accuracy if asked, seconds)."""
+               test: bool) -> Trained:
+    """One plain training run: its validation accuracy (and test accuracy if asked) and times."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     run = spec.model_copy(update={"train": spec.train.model_copy(update={"lr": lr, "seed": seed})})
@@ -94,9 +108,11 @@ def train_once(spec: Spec, weights: Weights, data: Dataset, lr: float, seed: int
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).backward()
             optimizer.step()
+    t1 = time.perf_counter()
     val = accuracy(model, *tensors(data.val, data))
+    t2 = time.perf_counter()
     tested = accuracy(model, *tensors(data.test, data)) if test else None
-    return val, tested, time.perf_counter() - t0
+    return Trained(val, tested, t1 - t0, t2 - t1)
 
 
 def run_arm(spec: Spec, arm: str, weights: dict[str, Weights], data: Dataset,
@@ -108,15 +124,17 @@ def run_arm(spec: Spec, arm: str, weights: dict[str, Weights], data: Dataset,
     start = weights[arm_spec.model.weights]
     runs = []
     for lr in lrs or grid_lrs(arm_spec):
-        val, _, seconds = train_once(arm_spec, start, mine, lr, arm_spec.train.seed, test=False)
-        runs.append(Run(arm, lr, arm_spec.train.seed, "grid", val, None, arm_spec.train.epochs,
-                        seconds))
-        log(f"  {arm} lr {lr:.3g}: val {val:.4f} ({seconds:.0f} s)")
+        t = train_once(arm_spec, start, mine, lr, arm_spec.train.seed, test=False)
+        runs.append(Run(arm, lr, arm_spec.train.seed, "grid", t.val_accuracy, None,
+                        arm_spec.train.epochs, t.seconds))
+        log(f"  {arm} lr {lr:.3g}: val {t.val_accuracy:.4f} ({t.seconds:.0f} s)")
     best = max((r for r in runs), key=lambda r: r.val_accuracy)
     for seed in range(arm_spec.train.seed + 1, arm_spec.train.seed + 1 + spec.compare.repeats):
-        val, test, seconds = train_once(arm_spec, start, mine, best.lr, seed, test=True)
-        runs.append(Run(arm, best.lr, seed, "repeat", val, test, arm_spec.train.epochs, seconds))
-        log(f"  {arm} lr {best.lr:.3g} seed {seed}: val {val:.4f} test {test:.4f}")
+        t = train_once(arm_spec, start, mine, best.lr, seed, test=True)
+        runs.append(Run(arm, best.lr, seed, "repeat", t.val_accuracy, t.test_accuracy,
+                        arm_spec.train.epochs, t.seconds))
+        log(f"  {arm} lr {best.lr:.3g} seed {seed}: val {t.val_accuracy:.4f} "
+            f"test {t.test_accuracy:.4f}")
     return runs
 
 

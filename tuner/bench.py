@@ -5,6 +5,7 @@
     python -m tuner.bench --folder PATH [--image-size 224] [--resize 256]  # an image folder vs d2l
     python -m tuner.bench --overhead [--repeats 3]   # a trivial sweep's fixed cost, phase by phase
     python -m tuner.bench --grid-baseline --spec COMPARE.yaml [--set ...]  # a plain lr grid per arm
+    python -m tuner.bench --epoch-cost [--spec S --arm A --epochs N]  # a trial-epoch, phase by phase
 
 (a) reference: torchvision's FashionMNIST with ToTensor (a PIL image per sample),
     DataLoader(num_workers=2, shuffle=True), batches copied to the device, loss.item() every step;
@@ -474,6 +475,26 @@ def grid_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def epoch_cost(args: argparse.Namespace, default_spec: str) -> int:
+    """--epoch-cost: tuner.epochcost's table and its summary line; appends the rows to --csv.
+    Raises InputError."""
+    from tuner import epochcost, results
+
+    spec, sets = args.spec, list(args.set)
+    if spec == default_spec:  # no source model exists here: the transfer arm's cost from random init
+        spec, sets = "sweeps/transfer-target.yaml", ["model.weights=none", *sets]
+    table = epochcost.measure(spec, sets, args.arm, args.epochs,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(results.format_table(table.round(3)))
+    print(epochcost.summary_line(table))
+    if args.csv:
+        for row in table.to_dict("records"):
+            _append_csv(args.csv, {**row, "spec": spec, "sets": " ".join(sets),
+                                   "machine": machine(torch.device("cpu")), "torch": version("torch"),
+                                   "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
 def _append_csv(path: Path, row: dict) -> None:
     """Add a row; a file whose columns differ (from another mode or version) is refused, not mixed."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -541,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead", action="store_true",
                    help="time a trivial sweep (1 trial, 1 epoch, 600 images of --spec) phase by phase, "
                         "--repeats times (tuner.overhead)")
+    p.add_argument("--epoch-cost", action="store_true",
+                   help="one trial-epoch's cost, phase by phase, against a plain PyTorch loop on "
+                        "the same images (--spec's arm --arm, default sweeps/transfer-target.yaml's "
+                        "first arm with model.weights none; tuner.epochcost)")
+    p.add_argument("--arm", help="--epoch-cost: which arm of a comparison's spec")
+    p.add_argument("--epochs", type=_positive, help="--epoch-cost: epochs per run (the spec's)")
     p.add_argument("--image-size", type=_positive, default=224, help="--folder: crop size (224)")
     p.add_argument("--resize", type=_positive, default=256, help="--folder: stored size (256)")
     try:
@@ -551,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid_baseline:
         try:
             return grid_baseline(args)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.epoch_cost:
+        try:
+            return epoch_cost(args, p.get_default("spec"))
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

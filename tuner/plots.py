@@ -56,7 +56,8 @@ def draw_curves(ax: Axes, epochs: pd.DataFrame, spec: Spec, best_id: str | None)
     """Every trial's validation metric per epoch, the chosen trial highlighted."""
     metric = spec.search.metric
     epochs = scored_reports(epochs)
-    for trial_id, rows in epochs.groupby("trial_id", sort=False):
+    # epochs that were not validated (run.validation: needed) have no score: the line joins the ones that were
+    for trial_id, rows in epochs.dropna(subset=[metric]).groupby("trial_id", sort=False):
         is_best = trial_id == best_id
         ax.plot(rows["epoch"], rows[metric], marker="o", markersize=3,
                 linewidth=2.5 if is_best else 1, alpha=1 if is_best else 0.5,

@@ -456,7 +456,17 @@ class Run(_Section):
     # best: once the sweep has finished, only the chosen trial's checkpoint remains (a ResNet-18
     # checkpoint with Adam state is ~135 MB); all: every trial's last checkpoint stays.
     keep_checkpoints: Literal["best", "all"] = "best"
-    checkpoint_every: PositiveInt = 1  # epochs between checkpoints; the last epoch is always saved
+    # Where a trial validates: where a decision needs it ("needed": at the scheduler's rungs and
+    # after the last epoch), or also every epoch in between ("every_epoch", for curves). A pass over
+    # 800 validation images costs more than an epoch of 100 training images (20 per class), and
+    # about half of one of 500.
+    validation: Literal["needed", "every_epoch"] = "needed"
+    # Where a trial checkpoints: always at the scheduler's rungs (a trial stopped there is tested on
+    # the epoch it reported) and after its last epoch; in between, after every `checkpoint_every`
+    # epochs if set, and once `checkpoint_minutes` of training have passed since the last one, so
+    # a killed trial loses at most that much.
+    checkpoint_every: PositiveInt | None = None
+    checkpoint_minutes: PositiveFloat = 5.0
 
 
 class Compare(_Section):

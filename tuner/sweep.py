@@ -80,7 +80,7 @@ def make_searcher(spec: Spec):
     evidence = warmstart.load_points(spec) if s.warm_start else []
     points = first_points(spec, evidence) or None
     seed = s.seed + len(evidence)
-    if s.searcher in ("random", "grid"):  # learns nothing from evidence
+    if s.searcher in ("random", "grid") or not s.parameters:  # learns nothing (or has nothing to search)
         return BasicVariantGenerator(points_to_evaluate=points, random_state=seed,
                                      max_concurrent=limit or 0)
     searcher = warmstart.PrimedHyperOptSearch(
@@ -277,8 +277,12 @@ def stored(value, shipped=None) -> ray.ObjectRef:
 
 
 def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
-    # One checkpoint per epoch per trial is what we want; Tune's warning about it is noise.
+    # Checkpoints as often as run.checkpoint_* ask are what we want; Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # An epoch that is not validated (run.validation: needed) reports no val_* metric. Tune's strict
+    # check would call that a typo; its scheduler and searcher read the metric only where it is: ASHA
+    # at its rungs, HyperOpt in a trial's last report, and a trial validates at both.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # Fixed inputs travel once per node through Ray's object store, by reference (with_parameters
     # passes an ObjectRef through as it is); the test split stays here. A trial fetches only the
     # weights it starts from.

@@ -96,9 +96,13 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
                 stop_epochs: frozenset[int] = frozenset()) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
     `weights` maps each weights setting the sweep can use to its resolved Weights in Ray's object
-    store (the trial fetches the one it starts from). Checkpoints
-    every run.checkpoint_every epochs, after the last epoch, and after each of `stop_epochs` (where
-    the scheduler may stop the trial: its test must find the checkpoint of the epoch it reported)."""
+    store (the trial fetches the one it starts from).
+
+    `stop_epochs` are where the scheduler may stop the trial (ASHA's rungs). The trial validates
+    there and after its last epoch (every epoch with run.validation: every_epoch), and checkpoints
+    there (a stopped trial is tested on the epoch it reported), after its last epoch, and in between
+    as run.checkpoint_every and run.checkpoint_minutes ask. An epoch that is not validated reports
+    no val_* metrics."""
     spec = spec.with_values(config)
     data = data.for_training(spec.data)  # an arm's (or a searched) data.train_per_class
     initial: Weights = ray.get(weights[spec.model.weights])
@@ -133,6 +137,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     context = ray.get_runtime_context()  # where this attempt runs: retries may move it
     node = {"node_ip": ray.util.get_node_ip_address(), "node_id": context.get_node_id(),
             "pid": os.getpid()}
+    since_checkpoint = 0.0  # seconds of training since the last checkpoint (or the trial's start)
     for epoch in range(start, spec.train.epochs):
         t0 = time.perf_counter()
         set_train_mode(model, apply_freeze(model, spec.model, epoch))
@@ -141,14 +146,23 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
         train_loss, train_acc, seen = train_epoch(step_model, optimizer, batches, spec.train.precision,
                                                   device, scheduler, spec.train.label_smoothing)
         train_s = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_set, spec.train.eval_batch_size, spec.train.precision)
+        since_checkpoint += train_s
+        validate, save = epoch_plan(epoch + 1, spec, stop_epochs, since_checkpoint)
+        last = epoch + 1 == spec.train.epochs
+        scores, validate_s = {}, 0.0
+        if validate:
+            val_loss, val_acc = evaluate(model, val_set, spec.train.eval_batch_size,
+                                         spec.train.precision)
+            scores = {"val_loss": val_loss, "val_accuracy": val_acc}
+            validate_s = time.perf_counter() - t0 - train_s
         metrics = {
             "epoch": epoch + 1,  # epochs completed
             "train_loss": train_loss,
             "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
+            **scores,
             "epoch_time_s": time.perf_counter() - t0,  # train + validation, seconds
+            "train_s": train_s,
+            "validate_s": validate_s,
             "train_images": seen,  # images trained on this epoch
             "images_per_s": seen / train_s,  # training images per second
             # where the lr schedule left train.lr at the epoch's end (the base group's lr)
@@ -157,15 +171,15 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             "weights": started_from,  # what this trial really started from, and how
             **node,
         }
-        error = divergence(train_loss, val_loss, epoch + 1)
+        error = divergence(train_loss, scores.get("val_loss", 0.0), epoch + 1)
         if error:
             # Stop here rather than raise: a retry would diverge the same way.
             tune.report(diverged_report(metrics, error))
             return
-        last = epoch + 1 == spec.train.epochs
-        if not last and epoch + 1 not in stop_epochs and (epoch + 1) % spec.run.checkpoint_every:
-            tune.report({**metrics, "checkpoint_bytes": 0})
+        if not save:
+            tune.report({**metrics, "checkpoint_bytes": 0, "checkpoint_s": 0.0})
             continue
+        t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / CHECKPOINT_FILE
             state = {"model": model.state_dict(), "scheduler": scheduler.state_dict(),
@@ -174,7 +188,23 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
                 state["optimizer"] = optimizer.state_dict()  # can go on from this checkpoint
             torch.save(state, path)
             metrics["checkpoint_bytes"] = path.stat().st_size  # written to storage this epoch
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            metrics["checkpoint_s"] = time.perf_counter() - t1  # the local write; Tune's copy to
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # storage is not in it
+        since_checkpoint = 0.0
+
+
+def epoch_plan(epoch: int, spec: Spec, stop_epochs: frozenset[int],
+               since_checkpoint: float) -> tuple[bool, bool]:
+    """(validate, checkpoint) after `epoch` (1-based), with `since_checkpoint` seconds trained since
+    the last checkpoint. A decision reads the epoch where the scheduler may stop the trial and its
+    last: both are validated and checkpointed. Other epochs are validated only with run.validation:
+    every_epoch, and checkpointed every run.checkpoint_every epochs or once run.checkpoint_minutes
+    of training have passed."""
+    decides = epoch == spec.train.epochs or epoch in stop_epochs
+    every = spec.run.checkpoint_every
+    save = (decides or bool(every and epoch % every == 0)
+            or since_checkpoint >= 60 * spec.run.checkpoint_minutes)
+    return decides or spec.run.validation == "every_epoch", save
 
 
 def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
