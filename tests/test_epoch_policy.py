@@ -20,18 +20,19 @@ def spec(**run):
 
 
 @pytest.mark.parametrize("run, stops, minutes_trained, expected", [
-    # by default: validate and checkpoint where a decision reads the epoch, nowhere else
-    ({}, set(), 0, {6: (True, True)}),
-    ({}, {2}, 0, {2: (True, True), 6: (True, True)}),
+    # by default: validate and checkpoint where a decision reads the epoch; the first epoch's
+    # checkpoint as well
+    ({}, set(), 0, {1: (False, True), 6: (True, True)}),
+    ({}, {2}, 0, {1: (False, True), 2: (True, True), 6: (True, True)}),
     # curves: every epoch validated, checkpoints unchanged
     ({"validation": "every_epoch"}, {2}, 0,
-     {1: (True, False), 2: (True, True), 3: (True, False), 4: (True, False), 5: (True, False),
+     {1: (True, True), 2: (True, True), 3: (True, False), 4: (True, False), 5: (True, False),
       6: (True, True)}),
     # every third epoch checkpointed as well, without its validation
-    ({"checkpoint_every": 3}, set(), 0, {3: (False, True), 6: (True, True)}),
+    ({"checkpoint_every": 3}, set(), 0, {1: (False, True), 3: (False, True), 6: (True, True)}),
     # five minutes of training since the last checkpoint: this epoch is saved
     ({}, set(), 5, {e: (e == 6, True) for e in range(1, 7)}),
-    ({"checkpoint_minutes": 10}, set(), 5, {6: (True, True)}),
+    ({"checkpoint_minutes": 10}, set(), 5, {1: (False, True), 6: (True, True)}),
 ])
 def test_an_epoch_is_validated_and_checkpointed_where_it_is_needed(run, stops, minutes_trained,
                                                                    expected):
@@ -46,8 +47,8 @@ def test_the_defaults_validate_and_checkpoint_only_where_needed():
 
 
 def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
-    """One trial of three epochs under FIFO: epochs 1 and 2 train and report without val_* scores
-    or a checkpoint; epoch 3 (the last) is validated, checkpointed, chosen and tested. The sweep's
+    """One trial of three epochs under FIFO: epochs 1 and 2 train and report without val_* scores,
+    epoch 2 without a checkpoint; epoch 3 (the last) is validated, checkpointed, chosen and tested. The sweep's
     tables, best.json and report treat the unvalidated epochs as unscored, not as zero."""
     results = tmp_path / "results"
     proc = run_cli(*QUICK, "--results", str(results), "--set", "search.parameters={}",
@@ -60,10 +61,41 @@ def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
     assert epochs["epoch"].tolist() == [1, 2, 3]
     assert epochs["val_accuracy"].isna().tolist() == [True, True, False]
     assert epochs["validate_s"].iloc[:2].eq(0).all() and epochs["validate_s"].iloc[2] > 0
-    assert epochs["checkpoint_bytes"].tolist()[:2] == [0, 0] and epochs["checkpoint_bytes"].iloc[2] > 0
+    assert epochs["checkpoint_bytes"].iloc[1] == 0 and (epochs["checkpoint_bytes"].iloc[[0, 2]] > 0).all()
     assert (epochs["train_s"] > 0).all() and epochs["train_loss"].notna().all()
     trials = pd.read_csv(run / "trials.csv")
     assert trials["val_accuracy"].iloc[0] == pytest.approx(epochs["val_accuracy"].iloc[2])
     best = json.loads((run / "best.json").read_text())
     assert best["checkpoint_epoch"] == 3 and 0 <= best["test_accuracy"] <= 1
     assert (run / "report.html").is_file()
+
+
+@pytest.mark.slow  # a plain loop and two real one-trial sweeps
+def test_bench_epoch_cost_times_a_trial_epoch_phase_by_phase_against_a_plain_loop(tmp_path):
+    """`tuner bench --epoch-cost`: the plain loop's, tuner's and tuner's every-epoch rows, each
+    epoch's phases adding up to its total, ratios against the plain loop's total, and a last line
+    that says the same as the table."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT, cli_env
+
+    table = tmp_path / "cost.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.bench", "--epoch-cost", "--epochs", "2",
+         "--set", "data.train_per_class=60", "--set", "data.train_subset=2000",
+         "--set", "data.test_subset=200", "--csv", str(table)],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(table).set_index("loop")
+    assert list(rows.index) == ["plain loop", "tuner", "tuner, every epoch"]
+    phases = ["train_s", "validate_s", "checkpoint_s", "report_s"]
+    assert (rows[phases].sum(axis=1) - rows["epoch_s"]).abs().max() < 1e-9
+    assert (rows["ratio"] - rows["epoch_s"] / rows.loc["plain loop", "epoch_s"]).abs().max() < 1e-9
+    assert (rows["train_s"] > 0).all() and (rows["validate_s"] > 0).all()
+    assert rows.loc["plain loop", ["checkpoint_s", "report_s"]].eq(0).all()
+    assert rows.loc["tuner", "checkpoint_s"] > 0  # the first and the last epoch's
+    assert rows["val_accuracy"].between(0.2, 1).all()  # 5 classes: above chance
+    assert rows["spec"].eq("sweeps/transfer-target.yaml").all()
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"trial-epoch {rows.loc['tuner', 'ratio']:.2f}x the plain loop's"), last

@@ -121,9 +121,31 @@ def stop_epochs(scheduler) -> frozenset[int]:
     return frozenset(math.ceil(m) for m in raycompat.asha_milestones(scheduler))
 
 
+def length_advice(spec: Spec) -> str | None:
+    """What to say when ASHA meets a searched training length: it compares trials at its rungs by
+    epochs trained, so a trial planned long meets one planned short at the same epoch, and with an
+    lr schedule fitted to each plan, at a hotter point of its schedule. One planned length, with ASHA
+    deciding where the weaker trials stop, compares like with like (docs/tuning.md)."""
+    epochs = spec.search_for("train.epochs")
+    if spec.search.scheduler != "asha" or epochs is None or len(set(epochs.extremes())) < 2:
+        return None
+    low, high = min(epochs.extremes()), max(epochs.extremes())
+    why = (f"with train.schedule {spec.train.schedule}, one planned for {high} epochs is still at the "
+           "hot start of its schedule there, one planned for fewer near its end"
+           if spec.train.schedule != "constant" else
+           f"at a rung a trial planned for {high} epochs has trained just as one planned for {low}, "
+           "so the search spends trials on what ASHA decides anyway")
+    return (f"search.parameters.epochs under ASHA: ASHA compares trials by epochs trained; {why}. "
+            f"Comparing like with like: one planned length (train.epochs: {int(high)}, not searched), "
+            "and ASHA stops the weaker trials at its rungs (docs/tuning.md)")
+
+
 def check_buildable(spec: Spec) -> None:
     """Build the search space, searcher and scheduler once, so that anything Ray Tune or HyperOpt
-    would reject is bad input now, not a crash after the run directory exists."""
+    would reject is bad input now, not a crash after the run directory exists. Logs what is
+    allowed but unsound (length_advice)."""
+    if advice := length_advice(spec):
+        log.warning(advice)
     try:
         space = param_space(spec.search)
         if spec.search.searcher == "hyperopt" and space:

@@ -198,11 +198,12 @@ def epoch_plan(epoch: int, spec: Spec, stop_epochs: frozenset[int],
     """(validate, checkpoint) after `epoch` (1-based), with `since_checkpoint` seconds trained since
     the last checkpoint. A decision reads the epoch where the scheduler may stop the trial and its
     last: both are validated and checkpointed. Other epochs are validated only with run.validation:
-    every_epoch, and checkpointed every run.checkpoint_every epochs or once run.checkpoint_minutes
-    of training have passed."""
+    every_epoch, and checkpointed after the first (storage that refuses checkpoints fails the trial
+    within an epoch, and a trial stopped after it resumes from there), every run.checkpoint_every
+    epochs, or once run.checkpoint_minutes of training have passed."""
     decides = epoch == spec.train.epochs or epoch in stop_epochs
     every = spec.run.checkpoint_every
-    save = (decides or bool(every and epoch % every == 0)
+    save = (decides or epoch == 1 or bool(every and epoch % every == 0)
             or since_checkpoint >= 60 * spec.run.checkpoint_minutes)
     return decides or spec.run.validation == "every_epoch", save
 
