@@ -68,18 +68,18 @@ def test_bench_sweep_mode_compares_packings_and_records_them(tmp_path):
 
 
 def test_bench_sweep_counts_are_checked(tmp_path, capsys, monkeypatch):
-    """tuner.bench's main in this process (test_bench_folder_mode_checks_the_folder runs the real
+    """tuner bench's main in this process (test_bench_folder_mode_checks_the_folder runs the real
     command on bad input)."""
-    from tuner import bench
+    from tuner.bench.cli import main
 
-    proc = call_main(bench.main, ["--sweep", "0,2"], capsys, monkeypatch, tmp_path)
+    proc = call_main(main, ["--sweep", "0,2"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: argument --sweep: expected trial counts like 1,2,4,8")
     assert len(proc.stderr.splitlines()) == 1
 
 
 def test_compile_payoff_counts_steps_to_break_even():
-    from tuner.bench import compile_payoff
+    from tuner.bench.throughput import compile_payoff
 
     # 10 s more warm-up compiled; a step of 100 images takes 1 s eager and 0.5 s compiled
     row = compile_payoff(200.0, 12.0, 100.0, 2.0, batch_size=100)

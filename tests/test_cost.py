@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.cost import STEMS, images_per_s, train_flops_per_image
+from tuner.bench.flops import STEMS, images_per_s, train_flops_per_image
 
 HEADER = (Path(__file__).resolve().parents[1] / "sweeps" / "fashion-best.yaml").read_text()
 

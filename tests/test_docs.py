@@ -84,6 +84,8 @@ def test_the_readme_spec_is_a_valid_spec(tmp_path):
 
 def test_the_layout_in_internals_names_every_module_and_nothing_else():
     layout = (ROOT / "docs" / "internals.md").read_text().split("## Layout\n", 1)[1].split("\n## ")[0]
-    named = set(re.findall(r"`(?:tuner/)?(\w+)\.py`", layout))
-    modules = {p.stem for p in (ROOT / "tuner").glob("*.py")}
+    packages = "|".join(p.parent.name for p in (ROOT / "tuner").glob("*/__init__.py"))
+    named = set(re.findall(rf"`(?:tuner/)?((?:(?:{packages})/)?\w+)\.py`", layout))
+    modules = {p.relative_to(ROOT / "tuner").with_suffix("").as_posix()
+               for p in (ROOT / "tuner").rglob("*.py")}
     assert named == modules, (sorted(modules - named), sorted(named - modules))

@@ -30,7 +30,7 @@ EXIT_ONE = {
 
 @dataclass(frozen=True)
 class Command:
-    module: str  # tuner.<module>.main(argv) does the work
+    module: str  # tuner.<module>.main(argv) does the work (a dotted path inside tuner)
     summary: str
     examples: tuple[str, ...]
 
@@ -59,12 +59,14 @@ COMMANDS = {
         "tuner ls",
         "tuner ls results/ --limit 0",
     )),
-    "bench": Command("bench", "measure training throughput, or a sweep's fixed cost (--overhead)", (
+    "bench": Command("bench.cli", "measure training throughput, a sweep's fixed cost (--overhead), a "
+                     "trial-epoch's (--epoch-cost), or a plain grid (--grid-baseline)", (
         "tuner bench --steps 30 --repeats 3",
         "tuner bench --folder data/hotdog --steps 0 --repeats 5",
         "tuner bench --overhead --repeats 3",
+        "tuner bench --epoch-cost --epochs 4",
     )),
-    "cost": Command("cost", "FLOPs and speed per image of the model's stem variants", (
+    "cost": Command("bench.flops", "FLOPs and speed per image of the model's stem variants", (
         "tuner cost --no-timing",
         "tuner cost --device cuda --steps 20",
     )),

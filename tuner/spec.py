@@ -182,7 +182,7 @@ class Data(_Section):
     @classmethod
     def _cache_folder(cls, v: Any) -> Any:
         if v is True or (v is not None and v is not False and not isinstance(v, (str, Path))):
-            raise ValueError(f"give a folder for the decoded arrays, or false for no cache")
+            raise ValueError("give a folder for the decoded arrays, or false for no cache")
         return v
 
     @field_validator("root", "cache")

@@ -9,7 +9,6 @@ is what every sweep pays however small it is.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuner.errors import InputError
+from tuner.errors import ArgumentParser, InputError
 
 # The trivial sweep: one trial of one epoch on 600 images (540 train, 60 validate), tested on 300.
 TRIVIAL = ["--set", "search.num_samples=1", "--set", "search.n_initial_points=1",
@@ -80,13 +79,13 @@ def run(spec: str, overrides: list[str], repeats: int, csv: Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tuner bench --overhead", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="tuner bench --overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default="sweeps/fashion-quick.yaml", help="the sweep to shrink")
     p.add_argument("--set", action="append", default=[], help="more spec overrides")
     p.add_argument("--repeats", type=int, default=3, help="trivial sweeps to run (default 3)")
     p.add_argument("--csv", type=Path, help="append the table to this CSV file")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         out = run(args.spec, args.set, max(1, args.repeats), args.csv)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

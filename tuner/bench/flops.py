@@ -1,7 +1,7 @@
 """What a trial costs for each small_input_stem: counted FLOPs per training image and this machine's
 measured training throughput.
 
-    python -m tuner.cost [--batch-size 128] [--steps 8] [--size 28] [--images 54000] [--epochs 9]
+    tuner cost [--batch-size 128] [--steps 8] [--size 28] [--images 54000] [--epochs 9]
 
 FLOPs are counted by torch.utils.flop_counter.FlopCounterMode over one training step (forward and
 backward; convolutions and matrix products, which are nearly all of a ResNet's work) and divided by
@@ -11,7 +11,6 @@ AdamW) on random uint8 images, timed after a warm-up, on the device given.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -22,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tuner.batches import DeviceSplit, train_batches
 from tuner.data import Pixels, Split
+from tuner.errors import ArgumentParser, InputError
 from tuner.model import Weights, build_model, make_optimizer
 from tuner.spec import Augment, Model, Train
 from tuner.trainable import train_epoch
@@ -61,7 +61,7 @@ def images_per_s(stem: str | bool, device: torch.device, batch_size: int, steps:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tuner.cost", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tuner.bench.flops", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=8, help="timed steps per stem (default 8)")
@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=54_000, help="training images per epoch")
     p.add_argument("--epochs", type=int, default=9, help="epochs per trial, for the totals")
     p.add_argument("--no-timing", action="store_true", help="count FLOPs only")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     print(f"{args.size}x{args.size}, 1 channel, batch {args.batch_size}; device {device}, "
           f"{torch.get_num_threads()} torch threads; a trial = {args.epochs} epochs x "

@@ -13,17 +13,24 @@ tuning differs.
 
 from __future__ import annotations
 
+import argparse
 import math
+import shlex
+import sys
 import time
+from importlib.metadata import version
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.v2.functional import center_crop
 
+from tuner.bench.common import append_csv, machine
 from tuner.compare import t_interval
+from tuner.errors import InputError
 from tuner.data import Dataset, Split
 from tuner.model import Weights, apply_freeze, build_model, make_optimizer, set_train_mode
 from tuner.spec import Spec
@@ -158,3 +165,39 @@ def summary(runs: list[Run]) -> list[dict]:
             "test_each": " ".join(f"{r.test_accuracy:.4f}" for r in mine if r.phase == "repeat"),
         })
     return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """--grid-baseline: the plain grid for every arm of the spec's comparison; prints
+    each run and the table, appends the table's rows to --csv. Raises InputError."""
+    from tuner import results
+    from tuner.data import load_for
+    from tuner.model import check_surgery, resolve_all, weights_label
+    from tuner.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    if spec.compare is None:
+        raise InputError(f"--grid-baseline: {args.spec} has no compare section; give a "
+                         "comparison's spec (its arms are the strategies to run)")
+    weights = resolve_all(spec.model_variants())
+    data = load_for(spec)
+    for m in spec.model_variants():
+        check_surgery(m, weights[m.weights], data.classes)
+    t0 = time.perf_counter()
+    runs = []
+    for arm in spec.compare.arms:
+        runs += run_arm(spec, arm, weights, data, log=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - t0
+    table = pd.DataFrame(summary(runs))
+    print(results.format_table(table[["arm", "lr", "test_mean", "test_ci95_low", "test_ci95_high",
+                                      "repeats", "trial_epochs", "wall_s"]]))
+    print(f"grid baseline: {len(spec.compare.arms)} arms, {len(runs)} runs, wall {wall:.0f} s on "
+          f"{machine(torch.device('cpu'))}")
+    if args.csv:
+        for row in table.to_dict("records"):
+            append_csv(args.csv, {
+                **row, "weights": weights_label(weights), "machine": machine(torch.device("cpu")),
+                "torch": version("torch"), "wall_total_s": round(wall, 1),
+                "command": shlex.join(["python", "-m", "tuner.bench", *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%d")})
+    return 0

@@ -4,7 +4,7 @@ same images (`tuner bench --epoch-cost`).
     python -m tuner.bench --epoch-cost [--spec sweeps/transfer-target.yaml] [--arm scratch]
         [--epochs 4] [--set key=value ...]
 
-The plain loop is what a short script does (tuner.baseline's: a shuffled DataLoader over normalised
+The plain loop is what a short script does (tuner.bench.grid's: a shuffled DataLoader over normalised
 tensors, one optimizer step per batch, the validation images once after the last epoch), in this
 process, on the threads one trial gets. tuner's side is a real one-trial sweep of the same arm's
 own settings (an embedded Ray, FIFO, nothing searched), run twice: with the run.validation and
@@ -19,14 +19,19 @@ rest are averaged over the later epochs, and the first epoch's clock is shown on
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import tempfile
+import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 import torch
 import yaml
 
+from tuner.bench.common import append_csv, machine
 from tuner.errors import InputError
 from tuner.spec import Spec
 
@@ -36,14 +41,14 @@ PHASES = ["train_s", "validate_s", "checkpoint_s", "report_s"]
 
 def plain_loop(spec: Spec, epochs: int) -> dict[str, float]:
     """The short script's epoch: seconds of training per epoch and its one validation pass."""
-    from tuner import baseline
+    from tuner.bench import grid
     from tuner.data import load_for
     from tuner.model import resolve_all
 
     data = load_for(spec).for_training(spec.data)
     weights = resolve_all([spec.model])[spec.model.weights]
     torch.set_num_threads(max(1, int(spec.resources.cpu)))  # what one trial gets
-    trained = baseline.train_once(spec.model_copy(update={"train": spec.train.model_copy(
+    trained = grid.train_once(spec.model_copy(update={"train": spec.train.model_copy(
         update={"epochs": epochs})}), weights, data, spec.train.lr, spec.train.seed, test=False)
     return {"train_s": trained.train_s / epochs, "validate_s": trained.validate_s / epochs,
             "checkpoint_s": 0.0, "report_s": 0.0, "first_epoch_s": trained.train_s / epochs,
@@ -111,3 +116,23 @@ def summary_line(table: pd.DataFrame) -> str:
     return (f"trial-epoch {t.loc['tuner', 'ratio']:.2f}x the plain loop's "
             f"({t.loc['tuner', 'epoch_s']:.2f} s against {t.loc['plain loop', 'epoch_s']:.2f} s; "
             f"validating and checkpointing every epoch: {t.loc['tuner, every epoch', 'ratio']:.2f}x)")
+
+
+def run(args: argparse.Namespace, default_spec: str) -> int:
+    """--epoch-cost: The table and its summary line; appends the rows to --csv.
+    Raises InputError."""
+    from tuner import results
+
+    spec, sets = args.spec, list(args.set)
+    if spec == default_spec:  # no source model exists here: the transfer arm's cost from random init
+        spec, sets = "sweeps/transfer-target.yaml", ["model.weights=none", *sets]
+    table = measure(spec, sets, args.arm, args.epochs,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(results.format_table(table.round(3)))
+    print(summary_line(table))
+    if args.csv:
+        for row in table.to_dict("records"):
+            append_csv(args.csv, {**row, "spec": spec, "sets": " ".join(sets),
+                                   "machine": machine(torch.device("cpu")), "torch": version("torch"),
+                                   "date": time.strftime("%Y-%m-%d")})
+    return 0

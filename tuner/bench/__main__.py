@@ -1,0 +1,5 @@
+import sys
+
+from tuner.bench.cli import main
+
+sys.exit(main())
