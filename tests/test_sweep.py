@@ -15,10 +15,12 @@ from tuner.sweep import (
     experiment_path,
     make_scheduler,
     make_searcher,
-    stop_epochs,
+    stop_points,
 )
+from tuner.trainable import stop_epochs
 
 FASHION = Path(__file__).resolve().parents[1] / "sweeps" / "fashion.yaml"
+LR = {"lr": {"loguniform": [1e-4, 1e-2]}}
 
 
 def hyperopt(searcher) -> HyperOptSearch:
@@ -33,8 +35,14 @@ def test_tutorial_sweep_uses_tpe_after_five_random_points():
 
 
 def test_default_initial_points_are_half_the_trials():
-    spec = validate({"search": {"num_samples": 8}})
+    spec = validate({"search": {"num_samples": 8, "parameters": LR}})
     assert hyperopt(make_searcher(spec)).algo.keywords["n_startup_jobs"] == 4
+
+
+def test_a_spec_that_searches_nothing_runs_its_trials_without_a_searcher():
+    """HyperOpt cannot sample an empty space (Ray raises mid-sweep): nothing to learn, no TPE."""
+    searcher = make_searcher(validate({"search": {"num_samples": 2}}))
+    assert isinstance(searcher, BasicVariantGenerator)
 
 
 def test_tpe_never_suggests_before_it_has_a_result():
@@ -64,7 +72,7 @@ def test_concurrency_is_explained():
 
 
 def test_concurrency_limit_and_random_search():
-    limited = make_searcher(validate({"search": {"max_concurrent": 3}}))
+    limited = make_searcher(validate({"search": {"max_concurrent": 3, "parameters": LR}}))
     assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 3
     assert isinstance(limited.searcher, HyperOptSearch)
     assert isinstance(make_searcher(validate({"search": {"searcher": "random"}})), BasicVariantGenerator)
@@ -77,14 +85,34 @@ def test_schedulers():
     assert asha._time_attr == "epoch" and asha._max_t == 9  # the largest searched epochs
 
 
+def test_a_length_in_images_puts_ashas_rungs_at_the_same_images_at_every_size():
+    """train.images: ASHA counts images seen; its rungs (grace 1,000 images, x4, up to 4,000) are
+    reached at epochs 10 and 40 on 100 training images, and at epochs 1 and 2 on 2,500 (the first
+    epoch at or past each); each run's length is ceil(images / its training images) epochs."""
+    spec = load_spec(FASHION, ["train.images=4000", "search.parameters={lr: {loguniform: [1e-4, 1e-2]}}",
+                               "search.scheduler=asha", "search.grace_period=1000"])
+    asha = make_scheduler(spec)
+    assert asha._time_attr == "images_seen" and asha._max_t == 4000
+    assert stop_points(asha) == {1000, 4000}
+    assert stop_epochs(stop_points(asha), spec, 100) == {10, 40}
+    assert stop_epochs(stop_points(asha), spec, 2500) == {1, 2}
+    assert [spec.epochs_for(n) for n in (100, 500, 2500, 5000)] == [40, 8, 2, 1]
+    assert spec.for_training_set(500).train.epochs == 8
+    searched = load_spec(FASHION, ["train.images=4000", "search.scheduler=asha",
+                                   "search.parameters={images: {choice: [2000, 4000, 8000]}}",
+                                   "search.grace_period=500"])
+    assert make_scheduler(searched)._max_t == 8000 and stop_points(make_scheduler(searched)) == {500, 2000, 8000}
+
+
 def test_trials_checkpoint_at_every_epoch_where_asha_can_stop_them():
     """ASHA compares a trial with the others at its rungs (grace_period x 4^k, up to max_t) and
-    stops it only there: exactly the epochs stop_epochs gives the trials to checkpoint."""
-    assert stop_epochs(make_scheduler(load_spec(FASHION))) == frozenset()  # FIFO stops none early
+    stops it only there: exactly the epochs stop_points (and trainable.stop_epochs) give the trials
+    to validate and checkpoint."""
+    assert stop_points(make_scheduler(load_spec(FASHION))) == frozenset()  # FIFO stops none early
     for grace, rungs in ((1, {1, 4}), (2, {2, 8}), (3, {3})):  # max_t 9
-        asha = make_scheduler(load_spec(FASHION, ["search.scheduler=asha",
-                                                  f"search.grace_period={grace}"]))
-        assert stop_epochs(asha) == rungs
+        spec = load_spec(FASHION, ["search.scheduler=asha", f"search.grace_period={grace}"])
+        asha = make_scheduler(spec)
+        assert stop_epochs(stop_points(asha), spec, 54_000) == rungs
         # 20 good trials, then for each epoch e a trial as good until e and far worse at e:
         # where can ASHA stop a trial that reports every epoch?
         bracket, stopped = asha._brackets[0], set()

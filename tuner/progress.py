@@ -87,7 +87,7 @@ class ConsoleProgress(tune.Callback):
         self._score(result)
         metric, epoch = self.spec.search.metric, result.get("epoch")
         key = next((k for k in self.spec.search.parameters if param_path(k) == "train.epochs"), None)
-        planned = (trial.config or {}).get(key, self.spec.train.epochs)
+        planned = result.get("epochs_planned") or (trial.config or {}).get(key, self.spec.train.epochs)
         if "error" in result:
             what = f"stopped: {result['error']}"
         elif epoch is not None and epoch < planned:

@@ -98,7 +98,7 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
         reps = pd.DataFrame(r.reports)
         last = r.reports[-1] if r.reports else {}
         trial_spec = spec.with_values(r.params)
-        planned = trial_spec.train.epochs
+        planned = int(last.get("epochs_planned") or trial_spec.train.epochs)  # a length in images: the trial's own
         label = weights if isinstance(weights, str) else weights.get(trial_spec.model.weights)
         error = r.error or last.get("error")
         done = int(last.get("epoch", 0))

@@ -5,6 +5,7 @@ Every default lives here. Code downstream takes a `Spec` (or one of its sections
 
 from __future__ import annotations
 
+import math
 import re
 import types
 from functools import reduce
@@ -273,6 +274,10 @@ class Train(_Section):
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     eval_batch_size: PositiveInt = 1024
     seed: int = 0  # model init and batch order; the trial id is not mixed in
+    # The training length in images seen (epochs x training images) instead of epochs: a number
+    # that means the same at any training-set size. Each run trains ceil(images / its training
+    # images) epochs; ASHA's rungs (search.grace_period) are then counted in images too.
+    images: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _nesterov(self) -> Train:
@@ -368,7 +373,7 @@ class Search(_Section):
     n_initial_points: PositiveInt | None = None  # random trials before TPE; default num_samples // 2
     max_concurrent: PositiveInt | None = None  # None: as many as the cluster fits
     scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials early
-    grace_period: PositiveInt = 1  # asha: epochs every trial gets
+    grace_period: PositiveInt = 1  # asha: what every trial trains, in epochs (or train.images' images)
     points_to_evaluate: list[dict[str, Any]] = []
     # The spec's own values of the searched fields (train.lr, ...) are the first trial, when they
     # lie in the space: the choice is then never worse on validation than those settings, and
@@ -549,11 +554,16 @@ class Spec(_Section):
                 elif not param.contains(value):
                     problems.append(f"{where}: {value!r} lies outside its search space "
                                     f"({param.kind} {list(param.args)})")
-        epochs = self.search_for("train.epochs")
-        max_epochs = max(epochs.extremes()) if epochs else self.train.epochs
-        if self.search.scheduler == "asha" and self.search.grace_period > max_epochs:
+        if self.length_unit == "images":
+            if self.search_for("train.epochs"):
+                problems.append("search.parameters.epochs: the length is train.images here; search "
+                                "images instead (or drop train.images)")
+            if self.train.images is None:
+                problems.append("search.parameters.images: give train.images as well (the spec's "
+                                "own length)")
+        if self.search.scheduler == "asha" and self.search.grace_period > self.longest:
             problems.append(f"search.grace_period: {self.search.grace_period} is more than the most "
-                            f"epochs a trial can have ({max_epochs})")
+                            f"{self.length_unit} a trial can have ({self.longest})")
         if self.compare is not None:
             problems += self._arm_problems()
         if problems:
@@ -640,6 +650,33 @@ class Spec(_Section):
             point[key] = value
         return point, ""
 
+    @property
+    def length_unit(self) -> str:
+        """What a trial's length (and ASHA's rungs) is counted in: epochs, or images seen."""
+        return "images" if self.train.images is not None or self.search_for("train.images") \
+            else "epochs"
+
+    @property
+    def longest(self) -> int:
+        """The longest a trial can train, in length_unit."""
+        path = "train.images" if self.length_unit == "images" else "train.epochs"
+        param = self.search_for(path)
+        return int(max(param.extremes())) if param else int(get_path(self, path))
+
+    def epochs_for(self, train_images: int) -> int:
+        """The epochs one run trains on `train_images` images: train.epochs, or for a length in
+        images ceil(train.images / train_images), at least 1."""
+        if self.train.images is None:
+            return self.train.epochs
+        return max(1, math.ceil(self.train.images / max(1, train_images)))
+
+    def for_training_set(self, train_images: int) -> Spec:
+        """This (fixed) spec with train.epochs set for its training set's size (epochs_for)."""
+        epochs = self.epochs_for(train_images)
+        if epochs == self.train.epochs:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update={"epochs": epochs})})
+
     def search_for(self, path: str) -> Param | None:
         """The distribution searched for a spec path, if any ('train.epochs' finds key 'epochs')."""
         return next((p for k, p in self.search.parameters.items() if param_path(k) == path), None)
@@ -653,7 +690,8 @@ class Spec(_Section):
         for key, value in values.items():
             set_path(raw, param_path(key), value)
         # ASHA's grace period is the sweep's; a trial planned shorter simply ends before it
-        raw["search"]["grace_period"] = min(raw["search"]["grace_period"], raw["train"]["epochs"])
+        length = raw["train"]["images"] or raw["train"]["epochs"]
+        raw["search"]["grace_period"] = min(raw["search"]["grace_period"], length)
         return Spec.model_validate(raw)
 
 

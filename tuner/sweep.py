@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -101,24 +100,27 @@ def first_points(spec: Spec, evidence: list = ()) -> list[dict]:
     return points
 
 
+# What a trial reports its length so far as, per unit of Spec.length_unit: ASHA's clock.
+LENGTH_METRIC = {"epochs": "epoch", "images": "images_seen"}
+
+
 def make_scheduler(spec: Spec):
-    """FIFO (every trial runs all its epochs) or ASHA (weak trials stop at rungs, by epoch)."""
+    """FIFO (every trial runs all its epochs) or ASHA (weak trials stop at rungs, counted in the
+    spec's length unit: epochs, or images seen)."""
     if spec.search.scheduler == "fifo":
         return FIFOScheduler()
-    epochs = spec.search_for("train.epochs")
-    max_t = max(epochs.extremes()) if epochs else spec.train.epochs
-    return ASHAScheduler(time_attr="epoch", max_t=int(max_t), grace_period=spec.search.grace_period)
+    return ASHAScheduler(time_attr=LENGTH_METRIC[spec.length_unit], max_t=spec.longest,
+                         grace_period=spec.search.grace_period)
 
 
-def stop_epochs(scheduler) -> frozenset[int]:
-    """The epochs after which `scheduler` may stop a trial early: ASHA's rungs (grace_period x
+def stop_points(scheduler) -> frozenset[float]:
+    """Where `scheduler` may stop a trial early, in its length unit: ASHA's rungs (grace_period x
     reduction_factor^k, up to max_t), where it compares a trial with the others. A trial
-    checkpoints there, so that one stopped at a rung is tested on the epoch it reported. FIFO
-    stops no trial early (a trial's last epoch always checkpoints)."""
+    validates and checkpoints at the first epoch that reaches each (trainable.stop_epochs), so
+    that one stopped at a rung is tested on the epoch it reported. FIFO stops no trial early."""
     if not isinstance(scheduler, ASHAScheduler):
         return frozenset()
-    # Ray keeps the rungs in its brackets only; a milestone is reached at the first epoch >= it.
-    return frozenset(math.ceil(m) for m in raycompat.asha_milestones(scheduler))
+    return frozenset(raycompat.asha_milestones(scheduler))  # Ray keeps them in its brackets only
 
 
 def length_advice(spec: Spec) -> str | None:
@@ -311,7 +313,7 @@ def _trainable(spec: Spec, data: Dataset, weights: dict[str, Weights]):
     trainable = tune.with_parameters(train_trial, spec=spec,
                                      data=stored(data, shipped=data.without_test()),
                                      weights={k: stored(w) for k, w in weights.items()},
-                                     stop_epochs=stop_epochs(make_scheduler(spec)))
+                                     stop_points=stop_points(make_scheduler(spec)))
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 

@@ -93,18 +93,21 @@ def evaluate(model: nn.Module, data: DeviceSplit, batch_size: int, precision: st
 
 
 def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, ray.ObjectRef],
-                stop_epochs: frozenset[int] = frozenset()) -> None:
+                stop_points: frozenset[float] = frozenset()) -> None:
     """One trial: the spec with this trial's searched values, trained and reported once per epoch.
     `weights` maps each weights setting the sweep can use to its resolved Weights in Ray's object
     store (the trial fetches the one it starts from).
 
-    `stop_epochs` are where the scheduler may stop the trial (ASHA's rungs). The trial validates
+    `stop_points` are where the scheduler may stop the trial (ASHA's rungs, in the spec's length
+    unit), and `stop_epochs` the epochs that reach them. The trial validates
     there and after its last epoch (every epoch with run.validation: every_epoch), and checkpoints
     there (a stopped trial is tested on the epoch it reported), after its last epoch, and in between
     as run.checkpoint_every and run.checkpoint_minutes ask. An epoch that is not validated reports
     no val_* metrics."""
     spec = spec.with_values(config)
     data = data.for_training(spec.data)  # an arm's (or a searched) data.train_per_class
+    spec = spec.for_training_set(len(data.train))  # a length in images: epochs for this size
+    stops = stop_epochs(stop_points, spec, len(data.train))
     initial: Weights = ray.get(weights[spec.model.weights])
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
@@ -147,7 +150,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
                                                   device, scheduler, spec.train.label_smoothing)
         train_s = time.perf_counter() - t0
         since_checkpoint += train_s
-        validate, save = epoch_plan(epoch + 1, spec, stop_epochs, since_checkpoint)
+        validate, save = epoch_plan(epoch + 1, spec, stops, since_checkpoint)
         last = epoch + 1 == spec.train.epochs
         scores, validate_s = {}, 0.0
         if validate:
@@ -157,6 +160,8 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             validate_s = time.perf_counter() - t0 - train_s
         metrics = {
             "epoch": epoch + 1,  # epochs completed
+            "epochs_planned": spec.train.epochs,
+            "images_seen": (epoch + 1) * len(data.train),  # epochs x training images: ASHA's clock
             "train_loss": train_loss,
             "train_accuracy": train_acc,
             **scores,
@@ -191,6 +196,13 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             metrics["checkpoint_s"] = time.perf_counter() - t1  # the local write; Tune's copy to
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # storage is not in it
         since_checkpoint = 0.0
+
+
+def stop_epochs(points: frozenset[float], spec: Spec, train_images: int) -> frozenset[int]:
+    """The epochs at which a trial reaches the scheduler's stop points: the first epoch at or past
+    each, counted in epochs or in images seen (epochs x `train_images`)."""
+    per_epoch = train_images if spec.length_unit == "images" else 1
+    return frozenset(max(1, math.ceil(p / per_epoch)) for p in points)
 
 
 def epoch_plan(epoch: int, spec: Spec, stop_epochs: frozenset[int],

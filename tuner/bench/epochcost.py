@@ -60,7 +60,7 @@ def tuner_trial(spec_file: Path, epochs: int, results: Path, every_epoch: bool) 
     from tuner import api
 
     overrides = {"search.parameters": {}, "search.num_samples": 1, "search.scheduler": "fifo",
-                 "search.confirm_top_k": 0, "train.epochs": epochs}
+                 "search.confirm_top_k": 0, "train.epochs": epochs, "train.images": None}
     if every_epoch:
         overrides.update({"run.validation": "every_epoch", "run.checkpoint_every": 1})
     run = api.run_sweep(spec_file, overrides, results=results)
@@ -92,6 +92,11 @@ def measure(spec_path: str, overrides: list[str], arm: str | None, epochs: int |
         spec = spec.arm(name)
     elif arm:
         raise InputError(f"--arm {arm}: {spec_path} has no compare section")
+    if spec.train.images is not None:  # --epochs, or the epochs its length in images means here
+        from tuner.data import load_for
+
+        spec = spec.for_training_set(len(load_for(spec).for_training(spec.data).train))
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"images": None})})
     epochs = epochs or spec.train.epochs
     if epochs < 2:
         raise InputError("--epochs: at least 2 (the first epoch carries the trial's start)")

@@ -128,6 +128,7 @@ def run_arm(spec: Spec, arm: str, weights: dict[str, Weights], data: Dataset,
     repeat seeds, tested."""
     arm_spec = spec.arm(arm)
     mine = data.for_training(arm_spec.data)
+    arm_spec = arm_spec.for_training_set(len(mine.train))  # a length in images: epochs for this size
     start = weights[arm_spec.model.weights]
     runs = []
     for lr in lrs or grid_lrs(arm_spec):
