@@ -47,18 +47,22 @@ def test_the_defaults_validate_and_checkpoint_only_where_needed():
 
 
 def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
-    """One trial of three epochs under FIFO: epochs 1 and 2 train and report without val_* scores,
+    """One trial of three epochs (its length given as train.images) under FIFO: epochs 1 and 2 train and report without val_* scores,
     epoch 2 without a checkpoint; epoch 3 (the last) is validated, checkpointed, chosen and tested. The sweep's
     tables, best.json and report treat the unvalidated epochs as unscored, not as zero."""
     results = tmp_path / "results"
     proc = run_cli(*QUICK, "--results", str(results), "--set", "search.parameters={}",
                    "--set", "search.num_samples=1", "--set", "search.scheduler=fifo",
-                   "--set", "train.epochs=3", "--set", "data.train_subset=300",
+                   "--set", "train.images=800", "--set", "data.train_subset=300",
                    tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = [p.parent for p in results.glob("*/*/best.json")]
     epochs = pd.read_csv(run / "epochs.csv").sort_values("epoch")
     assert epochs["epoch"].tolist() == [1, 2, 3]
+    # train.images: 800 images on 270 training images (300, 10% validating) is ceil(800/270) = 3 epochs
+    per_epoch = epochs["images_seen"].iloc[0]
+    assert per_epoch == 270 and epochs["images_seen"].tolist() == [270, 540, 810]
+    assert epochs["epochs_planned"].eq(3).all()
     assert epochs["val_accuracy"].isna().tolist() == [True, True, False]
     assert epochs["validate_s"].iloc[:2].eq(0).all() and epochs["validate_s"].iloc[2] > 0
     assert epochs["checkpoint_bytes"].iloc[1] == 0 and (epochs["checkpoint_bytes"].iloc[[0, 2]] > 0).all()
