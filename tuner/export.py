@@ -77,7 +77,7 @@ def run_spec(run_dir: Path, arm: str | None):
     return spec
 
 
-def best_so_far(run_dir: Path, spec, data) -> Path:
+def model_from_checkpoints(run_dir: Path, spec, data) -> Path:
     """Write model/ from the run's checkpoints when it has none: the best trial so far of a sweep
     that has not finished (partial, untested), or the chosen trial of one that finished before
     sweeps wrote their models (with best.json's test score). Returns the folder."""
@@ -230,7 +230,7 @@ def export(args: argparse.Namespace, spec) -> int:
         if (args.run_dir / artifact.MODEL_DIR).exists() or args.arm is not None:
             folder = artifact.find(args.run_dir, args.arm)
         else:  # a sweep that has not finished: its best trial so far
-            folder = best_so_far(args.run_dir, spec, data)
+            folder = model_from_checkpoints(args.run_dir, spec, data)
         model, card, folder = artifact.load(folder)
         x = validation_batch(data)
         if x.shape[1:] != (card["architecture"]["in_channels"], *x.shape[2:]):
