@@ -29,6 +29,7 @@ import yaml
 
 from tuner import confirm, plots, results
 from tuner.errors import ArgumentParser, InputError
+from tuner.rundir import read_json
 from tuner.spec import Spec, load_spec
 
 REPORT_FILE = "report.html"
@@ -57,7 +58,7 @@ class RunView:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return results.read_json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e})") from None
 
