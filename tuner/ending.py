@@ -73,7 +73,7 @@ def write_ending(spec: Spec, data, weights, run_dir: Path, experiment: str, grid
             best, selection, confirmed = outcome
     record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
     previous = None if added is None else _read_json(run_dir / BEST_FILE)
-    # added trials: the choice stands, its one test result stays; the test set is not looked at again
+    # added trials: a choice that stands keeps its one test result; no second look at the test set
     stands = record is not None and bool(previous) and previous.get("trial_id") == record.trial_id
     if record is not None and not stands:  # the test runs in a Ray worker while the figure is drawn
         with phases.phase("test"):

@@ -445,7 +445,7 @@ def write_status(run_dir: Path, state: str, experiment: str, resume: str,
     experiment's location is stored relative to the run folder, a URI without credentials
     (rundir.stored)."""
     extra = dict(extra or {})
-    if SESSIONS in extra:  # tuner.more's sessions: their experiments kept as the first one is
+    if SESSIONS in extra:  # tuner.resume's sessions: their experiments kept as the first one is
         extra[SESSIONS] = [{**s, "experiment": stored(s["experiment"], run_dir)}
                            for s in extra[SESSIONS]]
     update_json(run_dir / STATUS_FILE, {"state": state, "experiment": stored(experiment, run_dir),

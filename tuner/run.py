@@ -1,6 +1,6 @@
 """Command line: `python -m tuner.run SPEC [--set k=v ...] [--address ADDR] [--storage URI]
 [--results DIR] [--dry-run]`, or `python -m tuner.run --resume RUN_DIR [--more N]` (the same as
-`tuner run ...` and `tuner resume ...`); `python -m tuner.more RUN_DIR --more N` adds trials.
+`tuner run ...` and `tuner resume ...`); `python -m tuner.resume RUN_DIR --more N` adds trials.
 
 Exit 0: the sweep ran and at least one trial finished. Exit 1: it ran but no trial finished.
 Exit 2: bad input, reported as one `error: ...` line on stderr, with nothing written.

@@ -72,7 +72,7 @@ def driver_lock(run_dir: Path):
 
 def load_resumable(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
     """The spec and status (with the run's provenance) of a run directory that can be resumed
-    (or, with finished_ok, given more trials: tuner.more). Raises InputError."""
+    (or, with finished_ok, given more trials: tuner.resume). Raises InputError."""
     status_file = run_dir / STATUS_FILE
     if not (run_dir / SPEC_FILE).is_file() or not status_file.is_file():
         raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
@@ -82,7 +82,7 @@ def load_resumable(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict
     from tuner.spec import load_spec
 
     status = read_json(status_file)
-    if status.get(SESSIONS) and not finished_ok:  # tuner.more's sessions: it resumes them itself
+    if status.get(SESSIONS) and not finished_ok:  # tuner.resume's sessions: it resumes them itself
         raise InputError(f"--resume {run_dir}: trials were added to this sweep; continue it with "
                          f"tuner resume {shlex.quote(str(run_dir))}")
     if status["state"] == "finished" and not finished_ok:
@@ -92,7 +92,7 @@ def load_resumable(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict
     status["provenance"] = yaml.safe_load((run_dir / SPEC_FILE).read_text())["provenance"]
     spec = load_spec(run_dir / SPEC_FILE)
     status["experiment"] = located(status["experiment"], run_dir, spec)
-    for session in status.get(SESSIONS, []):  # tuner.more's sessions, each an experiment of its own
+    for session in status.get(SESSIONS, []):  # each session an experiment of its own
         session["experiment"] = located(session["experiment"], run_dir, spec)
     return spec, status
 

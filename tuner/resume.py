@@ -1,4 +1,4 @@
-"""More trials for a sweep: `python -m tuner.more RUN_DIR --more N` (also `tuner resume RUN_DIR
+"""More trials for a sweep: `python -m tuner.resume RUN_DIR --more N` (also `tuner resume RUN_DIR
 --more N`). A finished or interrupted sweep goes on with N more trials of the same space, in the
 same run directory, its searcher starting from every earlier trial as evidence (TPE goes on from
 where it was rather than from a fresh random phase).
@@ -36,7 +36,7 @@ log = logging.getLogger("tuner")
 EPILOG = """examples:
   tuner resume results/fashion-quick/RUN_ID              (an interrupted sweep goes on)
   tuner resume results/fashion-quick/RUN_ID --more 10    (ten more trials, TPE continuing)
-  python -m tuner.more results/fashion-quick/RUN_ID --more 5 --address head:6379
+  python -m tuner.resume results/fashion-quick/RUN_ID --more 5 --address head:6379
 
 exit codes:
   0    done
