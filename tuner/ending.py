@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import phases
-from tuner.rundir import BEST_FILE, SESSIONS, STATUS_FILE, TEST_LEDGER, stored
+from tuner.rundir import BEST_FILE, SESSIONS, STATUS_FILE, TEST_LEDGER, read_json_if_any, stored
 from tuner.signals import stopped_code, stopped_word
 from tuner.spec import Spec, redact
 
@@ -72,7 +72,7 @@ def write_ending(spec: Spec, data, weights, run_dir: Path, experiment: str, grid
         else:
             best, selection, confirmed = outcome
     record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
-    previous = None if added is None else _read_json(run_dir / BEST_FILE)
+    previous = None if added is None else read_json_if_any(run_dir / BEST_FILE)
     # added trials: a choice that stands keeps its one test result; no second look at the test set
     stands = record is not None and bool(previous) and previous.get("trial_id") == record.trial_id
     if record is not None and not stands:  # the test runs in a Ray worker while the figure is drawn
@@ -246,9 +246,3 @@ def write_report(run_dir: Path) -> None:
     except Exception as e:  # noqa: BLE001  like the figure: never lose a run's results to it
         log.warning("report.html not written: %s: %s", type(e).__name__, e)
 
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

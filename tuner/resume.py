@@ -16,7 +16,6 @@ Exit codes as tuner.run's: 0 done, 1 no trial finished, 2 bad input, 130/143 int
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -28,7 +27,7 @@ from pathlib import Path
 from tuner import rayenv, run, signals
 from tuner.ending import AddedTrials, planned, write_ending
 from tuner.errors import ArgumentParser, InputError
-from tuner.rundir import SESSIONS, STATUS_FILE, driver_lock, load_resumable
+from tuner.rundir import SESSIONS, STATUS_FILE, driver_lock, load_resumable, read_json_if_any
 from tuner.spec import Spec, redact
 
 log = logging.getLogger("tuner")
@@ -100,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sessions(run_dir: Path) -> list[dict]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text()).get(SESSIONS, [])
-    except (OSError, ValueError):
-        return []  # not a run directory: load_run says so
+    status = read_json_if_any(run_dir / STATUS_FILE)
+    return [] if status is None else status.get(SESSIONS, [])  # None: load_resumable says why
 
 
 def check_continuable(spec: Spec, status: dict, args: argparse.Namespace) -> None:

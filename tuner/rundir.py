@@ -46,6 +46,15 @@ def read_json(path: Path) -> dict:
                      "or start the sweep again in a new run")
 
 
+def read_json_if_any(path: Path):
+    """A JSON file of a run as it is, or None if it is missing or unreadable (for a reader that
+    goes on without it: `tuner ls`, the resume's sessions, the earlier choice)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @contextmanager
 def driver_lock(run_dir: Path):
     """Hold the run directory's lock while this driver lives: a second driver (a `--resume` of a
