@@ -121,7 +121,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
     monkeypatch.setattr(run, "spec_record", lambda *a: "name: x\n")
     monkeypatch.setattr(run, "surgeries", lambda *a: {})
     monkeypatch.setattr(leakage, "write_split", lambda *a: None)  # the data is fake
-    monkeypatch.setattr(run, "finish", lambda *a: seen.append(("finish", locked())) or 0)
+    monkeypatch.setattr(run, "write_ending", lambda *a: seen.append(("finish", locked())) or 0)
     real_update = results.update_json
 
     def update_json(path, fields):
@@ -140,7 +140,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
 
 
 def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
-    from tuner import run
+    from tuner import rundir as run
     from tuner.spec import validate
 
     spec, folder = validate({"name": "x"}), tmp_path / "run"

@@ -123,7 +123,7 @@ def more_trials_join_the_run(run: Path, tmp_path: Path, capsys, monkeypatch) -> 
     """`tuner resume RUN --more 2` of a finished run of 3 trials (test_live.py's, 2 epochs each,
     one at a time): 5 trials in the same tables, each epoch once, and the searcher went on from
     the 3 earlier trials."""
-    from tuner.more import session_spec
+    from tuner.resume import session_spec
 
     before = tmp_path / "before"  # the run as the new session found it: 3 trials
     before.mkdir()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.schedule import lr_factor, make_scheduler, warmup_steps
+from tuner.schedule import lr_factor, make_lr_schedule, warmup_steps
 from tuner.spec import Train
 
 
@@ -18,7 +18,7 @@ def optimizer(lr: float = 0.1) -> torch.optim.Optimizer:
 def lrs(train: Train, steps_per_epoch: int, steps: int | None = None) -> list[float]:
     """The body lr used by each optimizer step, as the trial steps it."""
     opt = optimizer(train.lr)
-    sched = make_scheduler(opt, train, steps_per_epoch)
+    sched = make_lr_schedule(opt, train, steps_per_epoch)
     out = []
     for _ in range(steps if steps is not None else train.epochs * steps_per_epoch):
         out.append(opt.param_groups[0]["lr"])
@@ -56,7 +56,7 @@ def test_onecycle_rises_for_30_percent_without_warmup_and_ends_near_zero():
 
 def test_every_group_keeps_its_multiple():
     opt = optimizer(0.1)
-    sched = make_scheduler(opt, Train(lr=0.1, epochs=3, schedule="cosine", warmup_epochs=1), 4)
+    sched = make_lr_schedule(opt, Train(lr=0.1, epochs=3, schedule="cosine", warmup_epochs=1), 4)
     for _ in range(7):
         opt.step()
         sched.step()
@@ -70,13 +70,13 @@ def test_resumed_schedule_continues_where_it_stopped(schedule):
     train = Train(lr=0.1, epochs=3, schedule=schedule, warmup_epochs=0.5)
     whole = lrs(train, steps_per_epoch=4)
     opt = optimizer(train.lr)
-    sched = make_scheduler(opt, train, 4)
+    sched = make_lr_schedule(opt, train, 4)
     for _ in range(4):  # one epoch, then a checkpoint
         opt.step()
         sched.step()
     saved = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
     opt = optimizer(train.lr)
-    sched = make_scheduler(opt, train, 4)
+    sched = make_lr_schedule(opt, train, 4)
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
     rest = []

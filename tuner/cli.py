@@ -41,7 +41,7 @@ COMMANDS = {
         "tuner run sweeps/fashion.yaml --set model.freeze=head --dry-run > plan.txt",
         "tuner run sweeps/fashion.yaml --address head-node:6379 --storage s3://bucket/sweeps",
     )),
-    "resume": Command("more", "continue an interrupted sweep, or add trials to a finished one", (
+    "resume": Command("resume", "continue an interrupted sweep, or add trials to a finished one", (
         "tuner resume results/fashion-quick/20260101-120000-ab12",
         "tuner resume results/fashion-quick/20260101-120000-ab12 --more 10",
     )),

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 from tuner import artifact
 from tuner.errors import ArgumentParser, InputError
 from tuner.model import CARD_FILE, MODEL_FILE
+from tuner.rundir import LOCK_FILE, STATUS_FILE, located, read_json
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def run_spec(run_dir: Path, arm: str | None):
     return spec
 
 
-def best_so_far(run_dir: Path, spec, data) -> Path:
+def model_from_checkpoints(run_dir: Path, spec, data) -> Path:
     """Write model/ from the run's checkpoints when it has none: the best trial so far of a sweep
     that has not finished (partial, untested), or the chosen trial of one that finished before
     sweeps wrote their models (with best.json's test score). Returns the folder."""
@@ -90,15 +91,13 @@ def best_so_far(run_dir: Path, spec, data) -> Path:
     trials = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str}) \
         if (run_dir / "trials.csv").is_file() else pd.DataFrame()
     best = results.best_trial(trials, spec) if spec.search.metric in trials else None
-    tested = results.read_json(run_dir / "best.json") if (run_dir / "best.json").is_file() else None
+    tested = read_json(run_dir / "best.json") if (run_dir / "best.json").is_file() else None
     if tested is not None:
         best = trials.set_index("trial_id").loc[tested["trial_id"]].copy()
         best["trial_id"] = tested["trial_id"]
     if best is None:
         raise InputError(f"{run_dir}: no trial has a validation score yet; nothing to export")
-    from tuner.run import STATUS_FILE, located
-
-    experiment = located(results.read_json(run_dir / STATUS_FILE)["experiment"], run_dir, spec)
+    experiment = located(read_json(run_dir / STATUS_FILE)["experiment"], run_dir, spec)
     analysis = ExperimentAnalysis(experiment)
     trial = next((t for t in analysis.trials if t.trial_id == best["trial_id"]), None)
     if trial is None or trial.checkpoint is None:
@@ -201,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_lock(run_dir: Path):
     """The run folder's lock, held while exporting: a sweep's driver holds it while it lives, and
     could be writing model/ itself. Raises InputError if a driver holds it."""
-    from tuner.rundir import LOCK_FILE
-
     if not (run_dir / LOCK_FILE).exists():  # no driver has ever run here: nothing to wait for
         yield
         return
@@ -230,7 +227,7 @@ def export(args: argparse.Namespace, spec) -> int:
         if (args.run_dir / artifact.MODEL_DIR).exists() or args.arm is not None:
             folder = artifact.find(args.run_dir, args.arm)
         else:  # a sweep that has not finished: its best trial so far
-            folder = best_so_far(args.run_dir, spec, data)
+            folder = model_from_checkpoints(args.run_dir, spec, data)
         model, card, folder = artifact.load(folder)
         x = validation_batch(data)
         if x.shape[1:] != (card["architecture"]["in_channels"], *x.shape[2:]):

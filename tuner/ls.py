@@ -11,7 +11,6 @@ Exit 0: listed (also when there is nothing to list). Exit 2: bad input, one line
 from __future__ import annotations
 
 import csv
-import json
 import os
 import socket
 import sys
@@ -20,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tuner.errors import ArgumentParser, InputError
-from tuner.rundir import BEST_FILE, SPEC_FILE, STATUS_FILE
+from tuner.rundir import BEST_FILE, SPEC_FILE, STATUS_FILE, read_json_if_any
 
 
 def runs_under(root: Path) -> list[Path]:
@@ -35,10 +34,8 @@ def runs_under(root: Path) -> list[Path]:
 
 
 def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_json_if_any(path)
+    return {} if data is None else data
 
 
 def live(status: dict) -> bool | None:

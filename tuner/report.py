@@ -29,6 +29,7 @@ import yaml
 
 from tuner import confirm, plots, results
 from tuner.errors import ArgumentParser, InputError
+from tuner.rundir import read_json
 from tuner.spec import Spec, load_spec
 
 REPORT_FILE = "report.html"
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Run:
+class RunView:
     """Everything the page shows about one run directory, as read from its files."""
 
     path: Path
@@ -57,7 +58,7 @@ class Run:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return results.read_json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e})") from None
 
@@ -74,7 +75,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path) -> RunView:
     """Read a run directory. Raises InputError if it is not one."""
     path = Path(path)
     if not path.exists():
@@ -90,17 +91,17 @@ def load_run(path: Path) -> Run:
         raise InputError(f"{path / 'trials.csv'}: not a tuner trials table (no status column)")
     compare = _read_csv(path / "compare.csv")
     png = path / "compare.png"
-    return Run(path=path, spec=spec, provenance=provenance,
-               status=_read_json(path / "status.json") or {"state": "not started"},
-               best=_read_json(path / "best.json"), trials=trials, epochs=epochs,
-               compare=None if compare.empty else compare,
-               compare_png=png.read_bytes() if png.is_file() else None)
+    return RunView(path=path, spec=spec, provenance=provenance,
+                   status=_read_json(path / "status.json") or {"state": "not started"},
+                   best=_read_json(path / "best.json"), trials=trials, epochs=epochs,
+                   compare=None if compare.empty else compare,
+                   compare_png=png.read_bytes() if png.is_file() else None)
 
 
 # --- what the page says about a run --------------------------------------------------------------
 
 
-def summary(run: Run) -> dict[str, Any]:
+def summary(run: RunView) -> dict[str, Any]:
     """One run in figures: its cost, time and answer (a row of the comparison table)."""
     spec, trials, epochs = run.spec, run.trials, run.epochs
     metric = spec.search.metric
@@ -129,12 +130,12 @@ def summary(run: Run) -> dict[str, Any]:
     }
 
 
-def comparison_table(runs: list[Run]) -> pd.DataFrame:
+def comparison_table(runs: list[RunView]) -> pd.DataFrame:
     """One row per run, side by side (e.g. FIFO against ASHA on the same space and seed)."""
     return pd.DataFrame([summary(r) for r in runs])
 
 
-def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
+def header(run: RunView, s: dict[str, Any]) -> list[tuple[str, Any]]:
     p, spec = run.provenance, run.spec
     subset = f"{spec.data.train_subset} train images" if spec.data.train_subset else "all train images"
     if spec.data.train_per_class:  # drawn from those after validation is carved out
@@ -169,7 +170,7 @@ def header(run: Run, s: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def best_section(run: Run, s: dict[str, Any]) -> dict[str, Any] | None:
+def best_section(run: RunView, s: dict[str, Any]) -> dict[str, Any] | None:
     metric = run.spec.search.metric
     if run.best:
         b = run.best
@@ -195,7 +196,7 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def figures(run: Run) -> list[dict[str, str]]:
+def figures(run: RunView) -> list[dict[str, str]]:
     """The run's figures as embedded PNGs, each with a caption."""
     spec, trials, epochs = run.spec, run.trials, run.epochs
     metric = spec.search.metric
@@ -240,7 +241,7 @@ def top_table(trials: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     return top
 
 
-def arm_sections(run: Run) -> list[dict[str, Any]] | None:
+def arm_sections(run: RunView) -> list[dict[str, Any]] | None:
     """A comparison's arms (trials.csv has an `arm` column), in the spec's order: each arm's best
     trial of its search (chosen, once that search finished; the repeats re-run its config) and its
     top trials of both phases. None for a plain sweep."""
@@ -267,7 +268,7 @@ def arm_sections(run: Run) -> list[dict[str, Any]] | None:
     return out
 
 
-def run_context(run: Run) -> dict[str, Any]:
+def run_context(run: RunView) -> dict[str, Any]:
     s = summary(run)
     top = pd.DataFrame()
     arms = arm_sections(run)
@@ -304,7 +305,7 @@ def _json(text: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def images_per_class(run: Run, row: pd.Series) -> float:
+def images_per_class(run: RunView, row: pd.Series) -> float:
     """The training images per class one arm of a comparison trained on: data.train_per_class of
     its repeats' spec (the run's spec, the arm's overrides, the chosen config's searched values,
     applied as the trials applied them). An arm that trained on all the images: the images its
@@ -335,7 +336,7 @@ def images_per_class(run: Run, row: pd.Series) -> float:
     return math.nan
 
 
-def learning_curve(runs: list[Run]) -> pd.DataFrame | None:
+def learning_curve(runs: list[RunView]) -> pd.DataFrame | None:
     """Test accuracy per arm and training-set size over the comparison runs (those with a
     compare.csv): one row per run and arm, sorted by arm and size. None unless two or more of the
     runs are comparisons. Raises InputError for a compare.csv without the test scores."""
@@ -376,7 +377,7 @@ def curve_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(out.stem + "_curve.png"), out.with_name(out.stem + "_curve.csv")
 
 
-def render(runs: list[Run], curve: tuple[pd.DataFrame, bytes, str] | None = None) -> str:
+def render(runs: list[RunView], curve: tuple[pd.DataFrame, bytes, str] | None = None) -> str:
     """The page; `curve`: the learning curve's table, PNG and the name of its files, if any."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("tuner", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)

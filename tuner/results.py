@@ -10,7 +10,9 @@ import json
 import math
 import os
 import secrets
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.errors import InputError
-from tuner.rundir import TEST_LEDGER
+from tuner.rundir import SESSIONS, STATUS_FILE, TEST_LEDGER, read_json, stored
 from tuner.spec import Spec, get_path, param_path, same_point
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
@@ -429,23 +430,6 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file of a run (status.json, best.json). Raises InputError naming the file if it is
-    damaged (truncated by a crash or a full disk, edited by hand) or not a JSON object."""
-    try:
-        data = json.loads(path.read_text())
-    except UnicodeDecodeError as e:
-        problem = f"not text ({e.reason})"
-    except json.JSONDecodeError as e:
-        problem = f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
-    else:
-        if isinstance(data, dict):
-            return data
-        problem = f"not a JSON object (a {type(data).__name__})"
-    raise InputError(f"{path}: damaged, {problem}; restore it from a copy of the run folder, "
-                     "or start the sweep again in a new run")
-
-
 def update_json(path: Path, fields: dict) -> dict:
     """Set these keys of a JSON file, keeping its others (a comparison's progress in status.json);
     the file's new content. Raises InputError if the file is damaged (read_json)."""
@@ -453,3 +437,19 @@ def update_json(path: Path, fields: dict) -> dict:
     data.update(fields)
     write_json(path, data)
     return data
+
+
+def write_status(run_dir: Path, state: str, experiment: str, resume: str,
+                 extra: dict | None = None) -> None:
+    """status.json; `extra`: counts of trials by status and the cost totals, once known. The
+    experiment's location is stored relative to the run folder, a URI without credentials
+    (rundir.stored)."""
+    extra = dict(extra or {})
+    if SESSIONS in extra:  # tuner.resume's sessions: their experiments kept as the first one is
+        extra[SESSIONS] = [{**s, "experiment": stored(s["experiment"], run_dir)}
+                           for s in extra[SESSIONS]]
+    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": stored(experiment, run_dir),
+                                        "resume": resume,
+                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "driver": {"host": socket.gethostname(), "pid": os.getpid()},
+                                        **extra})

@@ -1,6 +1,6 @@
 """Command line: `python -m tuner.run SPEC [--set k=v ...] [--address ADDR] [--storage URI]
 [--results DIR] [--dry-run]`, or `python -m tuner.run --resume RUN_DIR [--more N]` (the same as
-`tuner run ...` and `tuner resume ...`); `python -m tuner.more RUN_DIR --more N` adds trials.
+`tuner run ...` and `tuner resume ...`); `python -m tuner.resume RUN_DIR --more N` adds trials.
 
 Exit 0: the sweep ran and at least one trial finished. Exit 1: it ran but no trial finished.
 Exit 2: bad input, reported as one `error: ...` line on stderr, with nothing written.
@@ -11,25 +11,23 @@ Slurm); either way the tables so far are written, marked partial, and the resume
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager, redirect_stdout
+from contextlib import ExitStack, redirect_stdout
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from filelock import FileLock, Timeout
 
 from tuner import phases, rayenv
+from tuner.ending import labels, write_ending, write_report
 from tuner.errors import ArgumentParser, InputError
-from tuner.rundir import LOCK_FILE, STATUS_FILE
+from tuner.rundir import STATUS_FILE, driver_lock, load_resumable
 from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
 from tuner.spec import Spec, dump_spec, load_spec, redact
 
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if args.resume:
-            spec, status = load_run(args.resume)
+            spec, status = load_resumable(args.resume)
             with driver_lock(args.resume):
                 return run(spec, args, run_dir=args.resume, experiment=status["experiment"],
                            recorded_weights=status["provenance"]["weights"])
@@ -223,83 +221,6 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
     return "\n".join(out) + "\n"
 
 
-@contextmanager
-def driver_lock(run_dir: Path):
-    """Hold the run directory's lock while this driver lives: a second driver (a `--resume` of a
-    live run) is bad input. The lock is an OS file lock, so a driver that died, however it died,
-    leaves nothing stale behind and the next `--resume` takes the run over."""
-    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            who = json.loads((run_dir / STATUS_FILE).read_text())["driver"]
-            holder = f"pid {who['pid']} on {who['host']}"
-        except (OSError, ValueError, KeyError):
-            holder = "another process"
-        raise InputError(f"--resume {run_dir}: the sweep is still running ({holder}); stop that "
-                         "driver first (Ctrl-C or kill PID), or wait for it") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def load_run(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict]:
-    """The spec and status (with the run's provenance) of a run directory that can be resumed
-    (or, with finished_ok, given more trials: tuner.more). Raises InputError."""
-    status_file = run_dir / STATUS_FILE
-    if not (run_dir / "spec.yaml").is_file() or not status_file.is_file():
-        raise InputError(f"--resume {run_dir}: not a tuner run directory (no spec.yaml and "
-                         f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
-    from tuner.results import read_json  # pandas: not for --help
-
-    status = read_json(status_file)
-    if status.get("more") and not finished_ok:  # tuner.more's sessions: it resumes them itself
-        raise InputError(f"--resume {run_dir}: trials were added to this sweep; continue it with "
-                         f"tuner resume {shlex.quote(str(run_dir))}")
-    if status["state"] == "finished" and not finished_ok:
-        raise InputError(f"--resume {run_dir}: this sweep finished already; its results are in "
-                         f"{run_dir}. Add trials with tuner resume {shlex.quote(str(run_dir))} "
-                         "--more N, or start a new run")
-    status["provenance"] = yaml.safe_load((run_dir / "spec.yaml").read_text())["provenance"]
-    spec = load_spec(run_dir / "spec.yaml")
-    status["experiment"] = located(status["experiment"], run_dir, spec)
-    for session in status.get("more", []):  # tuner.more's sessions, each an experiment of its own
-        session["experiment"] = located(session["experiment"], run_dir, spec)
-    return spec, status
-
-
-def stored(location: str, run_dir: Path) -> str:
-    """A Ray Tune experiment's location as status.json keeps it: relative to the run folder when
-    inside it, so a copied or moved run folder names its own trials, not the original's; else as it
-    is (a --storage folder or URI), without credentials (redact)."""
-    if "://" in location:
-        return redact(location)
-    try:
-        return Path(location).resolve().relative_to(run_dir.resolve()).as_posix()
-    except ValueError:
-        return location
-
-
-def located(location: str, run_dir: Path, spec: Spec) -> str:
-    """An experiment's location from status.json (see `stored`), as a path from where the run
-    folder is now. Raises InputError for one that leads outside the run folder where the trials
-    must be inside it (no run.storage): a run folder copied from one that kept absolute paths, or
-    a status.json edited by hand; resuming it would write into another run."""
-    if "://" in location:
-        return location
-    path = Path(location)
-    if path.is_absolute() and spec.run.storage:  # a --storage folder: its own place
-        return location
-    full = (run_dir / path).resolve()  # an absolute path stays as it is
-    if not full.is_relative_to(run_dir.resolve()):
-        raise InputError(f"{run_dir / STATUS_FILE}: the trials it names, {location}, are outside "
-                         f"this run folder (was it copied?); resuming would write into another run."
-                         f" Resume the run that holds them, or start a new run")
-    return str(full)
-
-
 def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         experiment: str | None = None, recorded_weights: str | None = None) -> int:
     """Check every input, start or join Ray, run (or resume) the sweep, and write the results."""
@@ -348,7 +269,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
         elif spec.compare is None:  # a comparison checks each of its experiments itself
             sweep.check_restorable(experiment)
         resume = f"python -m tuner.run --resume {shlex.quote(str(run_dir))}"
-        write_status(run_dir, "running", experiment, resume)
+        results.write_status(run_dir, "running", experiment, resume)
         print(f"run directory: {run_dir}")
         print(f"cluster: {cluster.describe_cluster()}; weights: {label}; "
               f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
@@ -372,183 +293,7 @@ def run(spec: Spec, args: argparse.Namespace, run_dir: Path | None = None,
             with fitting():
                 grid = tuner.fit()
         wall = time.perf_counter() - t0
-        return finish(spec, data, weights, run_dir, experiment, grid, wall, resume)
-
-
-def finish(spec: Spec, data, weights, run_dir: Path, experiment: str, grid, wall: float,
-           resume: str) -> int:
-    """Write the tables; evaluate the best trial on the test set unless the sweep is partial."""
-    import pandas as pd
-
-    from tuner import artifact, confirm, results, sweep
-
-    with phases.phase("tables"):
-        records = sweep.collect(grid, spec)
-        partial = sweep.interrupted(grid, spec, experiment)
-        trials = results.trials_table(records, spec, labels(weights), interrupted=partial)
-        results.write_csv(run_dir / "trials.csv", trials)
-        epochs = results.epochs_table(records)
-        results.write_csv(run_dir / "epochs.csv", epochs)
-        for key, table in results.summary_tables(trials, spec).items():
-            results.write_csv(run_dir / f"summary_by_{key}.csv", table)
-    best = None if partial else results.best_trial(trials, spec)
-    selection, confirmed = None, None
-    if best is not None and confirm.top_k(spec) > 0:
-        with phases.phase("confirm"):
-            outcome = confirm_choice(spec, data, weights, run_dir, experiment, trials, records)
-        if outcome is None:
-            partial, best = True, None
-        else:
-            best, selection, confirmed = outcome
-    record = None if best is None else next(r for r in records if r.trial_id == best["trial_id"])
-    if record is not None:  # the test runs in a Ray worker while the driver draws the figure
-        with phases.phase("test"):
-            results.record_test_use(run_dir, record.trial_id, "the chosen trial")
-            started = sweep.start_test(record, spec, data)
-    write_plot(spec, epochs, trials, run_dir)
-    every = trials if confirmed is None else pd.concat([trials, confirmed], ignore_index=True)
-    cost = {**results.cost_totals(every), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
-    counts = {"trials": results.trial_counts(trials, spec.search.planned_trials()), "cost": cost,
-              "wall_time_s": round(wall, 1)}  # this session's: a resumed sweep counts from the resume
-
-    if partial:
-        write_status(run_dir, "partial", experiment, resume, counts)
-        write_report(run_dir)
-        print(f"\nsweep {stopped_word()} after {wall:.0f} s: the "
-              f"tables in {run_dir} are partial ({grid.num_terminated} of "
-              f"{spec.search.planned_trials()} trials finished).\nresume with: {resume}", file=sys.stderr)
-        return stopped_code()
-    if best is None:
-        keep_checkpoints(spec, records, None)
-        write_status(run_dir, "finished", experiment, resume, counts)
-        write_report(run_dir)
-        print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
-        return 1
-    with phases.phase("test"):
-        test = sweep.tested(record, started)
-    uses = results.test_set_uses(run_dir)  # once, unless a driver died after an earlier look
-    with phases.phase("model"):
-        model_dir = artifact.save_best(run_dir, spec, data, weights, record, best, test)
-    metric = spec.search.metric
-    chosen = {
-        "trial_id": record.trial_id,
-        "config": record.params,
-        "metric": metric,
-        metric: best[metric],
-        "val_accuracy": best["val_accuracy"],
-        "val_loss": best["val_loss"],
-        "epochs_completed": int(best["epochs_completed"]),
-        **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
-        "test_images": len(data.test),
-        "classes": list(data.classes),
-        "model": model_dir,  # model.pt and model.json, relative to the run folder
-        "checkpoint": redact(sweep.checkpoint_location(record.checkpoint, experiment, run_dir)),
-        "weights": best["weights"],
-        "sweep_wall_time_s": round(wall, 1),
-        "cost": cost,  # totals over all trials; time_to_best_s: see results.time_to_best
-        "test_set_uses": uses,
-        **results.versus_default(trials, spec, best, selection),  # on validation only
-        **({"selection": selection} if selection else {}),
-    }
-    results.write_json(run_dir / "best.json", chosen)
-    keep_checkpoints(spec, records, record)
-    # a crash before it: resumable
-    write_status(run_dir, "finished", experiment, resume, {**counts, "test_set_uses": uses})
-    write_report(run_dir)
-    print(f"\nsweep finished in {wall:.0f} s; results in {run_dir}")
-    print(results.format_table(results.top_trials(trials, spec)))
-    print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
-          f"test_accuracy={test['test_accuracy']:.4f} (test set used once, after selection)")
-    print(results.gain_line(chosen, spec))
-    if selection:
-        print(confirm.describe(selection))
-    print(f"model: {run_dir / model_dir} (predict with: python -m tuner.predict {run_dir} IMAGES...)")
-    return 0
-
-
-def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, trials, records):
-    """search.confirm_top_k: the top configs trained again with a fresh seed (an experiment of
-    their own beside the search's, resumed like it), confirm.csv written, and the choice made on
-    the mean. Returns (the chosen trial's row, the selection record, the confirming trials'
-    table), or None if the confirming runs were interrupted."""
-    from tuner import confirm, results, sweep
-
-    top = confirm.candidates(trials, spec, confirm.top_k(spec))
-    configs = [confirm.point_of(row, list(spec.search.parameters)) for _, row in top.iterrows()]
-    used = {spec.with_values(r.params).train.seed for r in records}
-    this = confirm.confirm_spec(spec, configs, used)
-    parent, name = sweep.storage_split(experiment)
-    path = sweep.storage_join(parent, f"{name}-confirm")
-    status = json.loads((run_dir / STATUS_FILE).read_text())
-    done = status.get("confirm", {}).get("done", False)
-    if not done:
-        print(f"\nconfirming the top {len(configs)} config(s) with another seed "
-              f"(search.confirm_top_k)", flush=True)
-    grid = sweep.run_step(this, data, weights, path, done)
-    crecords = sweep.collect(grid, this)
-    if not done and sweep.interrupted(grid, this, path):
-        return None
-    table = results.trials_table(crecords, this, labels(weights))
-    results.write_csv(run_dir / "confirm.csv", table)
-    results.update_json(run_dir / STATUS_FILE,
-                        {"confirm": {"experiment": stored(path, run_dir), "done": True}})
-    chosen, selection = confirm.choose(spec, top, table)
-    if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is
-        sweep.prune_checkpoints(crecords, keep=None)
-    return trials[trials["trial_id"] == chosen].iloc[0], selection, table
-
-
-def keep_checkpoints(spec: Spec, records, best) -> None:
-    """run.keep_checkpoints: best deletes every checkpoint but the chosen trial's, once the sweep has
-    finished and nothing can resume it (a partial sweep keeps them all)."""
-    if spec.run.keep_checkpoints == "best":
-        from tuner import sweep
-
-        deleted = sweep.prune_checkpoints(records, keep=best)
-        log.info("deleted %d checkpoint(s) of trials not chosen (run.keep_checkpoints: best)",
-                 deleted)
-
-
-def labels(weights: dict) -> dict[str, str]:
-    """Weights setting -> the label of what it resolved to (for rows of trials that never reported)."""
-    return {setting: w.label for setting, w in weights.items()}
-
-
-def write_plot(spec: Spec, epochs, trials, run_dir: Path) -> None:
-    try:
-        with phases.phase("figure"):
-            from tuner import plots  # matplotlib: counted as the figure's
-
-            plots.plot_sweep(epochs, trials, spec, run_dir / "sweep.png")
-    except Exception as e:  # noqa: BLE001  a figure is a convenience: never lose a run's results to it
-        log.warning("sweep.png not written: %s: %s", type(e).__name__, e)
-
-
-def write_report(run_dir: Path) -> None:
-    try:
-        with phases.phase("report"):
-            from tuner import report
-
-            report.write_report([run_dir], run_dir / "report.html")
-    except Exception as e:  # noqa: BLE001  like the figure: never lose a run's results to it
-        log.warning("report.html not written: %s: %s", type(e).__name__, e)
-
-
-def write_status(run_dir: Path, state: str, experiment: str, resume: str,
-                 extra: dict | None = None) -> None:
-    """status.json; `extra`: counts of trials by status and the cost totals, once known. The
-    experiment's location is stored relative to the run folder, a URI without credentials
-    (`stored`)."""
-    from tuner.results import update_json
-
-    extra = dict(extra or {})
-    if "more" in extra:  # tuner.more's sessions: their experiments kept as the first one is
-        extra["more"] = [{**s, "experiment": stored(s["experiment"], run_dir)} for s in extra["more"]]
-    update_json(run_dir / STATUS_FILE, {"state": state, "experiment": stored(experiment, run_dir),
-                                        "resume": resume,
-                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                                        **extra})
+        return write_ending(spec, data, weights, run_dir, experiment, grid, wall, resume)
 
 
 def gpu_names() -> str:

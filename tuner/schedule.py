@@ -51,7 +51,7 @@ def _cosine(progress: float, low: float, high: float) -> float:
     return low + (high - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: Train, steps_per_epoch: int) -> LambdaLR:
+def make_lr_schedule(optimizer: torch.optim.Optimizer, train: Train, steps_per_epoch: int) -> LambdaLR:
     """The spec's schedule over train.epochs x steps_per_epoch optimizer steps, as one LambdaLR
     for all three kinds: one state format in checkpoints, every group (head_lr_multiplier) scaled
     alike, and no degenerate short trials (OneCycleLR divides by zero when a phase has no steps).

@@ -32,7 +32,7 @@ from tuner.model import (
     set_train_mode,
     surgery,
 )
-from tuner.schedule import make_scheduler
+from tuner.schedule import make_lr_schedule
 from tuner.spec import Spec
 
 # The validation loss a diverged trial reports: above any finite loss evaluate() can return (it sums
@@ -119,7 +119,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     if initial.state_dict is not None:  # which tensors were loaded, adapted, re-initialised
         started_from += "; " + surgery(spec.model, initial, data.in_channels, data.num_classes)
     optimizer = make_optimizer(model, spec.model, spec.train)
-    scheduler = make_scheduler(optimizer, spec.train, steps_per_epoch(len(data.train),
+    scheduler = make_lr_schedule(optimizer, spec.train, steps_per_epoch(len(data.train),
                                                                       spec.train.batch_size))
     step_model = compiled(model, spec.train.compile)
 

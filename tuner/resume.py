@@ -1,4 +1,4 @@
-"""More trials for a sweep: `python -m tuner.more RUN_DIR --more N` (also `tuner resume RUN_DIR
+"""More trials for a sweep: `python -m tuner.resume RUN_DIR --more N` (also `tuner resume RUN_DIR
 --more N`). A finished or interrupted sweep goes on with N more trials of the same space, in the
 same run directory, its searcher starting from every earlier trial as evidence (TPE goes on from
 where it was rather than from a fresh random phase).
@@ -16,7 +16,6 @@ Exit codes as tuner.run's: 0 done, 1 no trial finished, 2 bad input, 130/143 int
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -26,18 +25,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tuner import rayenv, run, signals
+from tuner.ending import AddedTrials, planned, write_ending
 from tuner.errors import ArgumentParser, InputError
-from tuner.rundir import STATUS_FILE, TEST_LEDGER
+from tuner.rundir import SESSIONS, STATUS_FILE, driver_lock, load_resumable, read_json_if_any
 from tuner.spec import Spec, redact
 
 log = logging.getLogger("tuner")
 
-SESSIONS = "more"  # status.json: [{"experiment": path, "trials": n}, ...] in order
-
 EPILOG = """examples:
   tuner resume results/fashion-quick/RUN_ID              (an interrupted sweep goes on)
   tuner resume results/fashion-quick/RUN_ID --more 10    (ten more trials, TPE continuing)
-  python -m tuner.more results/fashion-quick/RUN_ID --more 5 --address head:6379
+  python -m tuner.resume results/fashion-quick/RUN_ID --more 5 --address head:6379
 
 exit codes:
   0    done
@@ -77,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                             + (["--address", args.address] if args.address else [])
                             + (["--verbose"] if args.verbose else []))
         args.address = args.address or os.environ.get("RAY_ADDRESS")
-        spec, status = run.load_run(args.run_dir, finished_ok=True)
+        spec, status = load_resumable(args.run_dir, finished_ok=True)
         check_continuable(spec, status, args)
-        with run.driver_lock(args.run_dir):
+        with driver_lock(args.run_dir):
             if status["state"] != "finished":
                 # An interrupted sweep (the first, or a session of added trials) finishes first;
                 # then the new trials come.
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                 recorded_weights=status["provenance"]["weights"]))
                 if code != 0 or args.more is None:
                     return code
-                spec, status = run.load_run(args.run_dir, finished_ok=True)
+                spec, status = load_resumable(args.run_dir, finished_ok=True)
             return go_on(spec, status, args)
     except InputError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
@@ -101,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sessions(run_dir: Path) -> list[dict]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text()).get(SESSIONS, [])
-    except (OSError, ValueError):
-        return []  # not a run directory: load_run says so
+    status = read_json_if_any(run_dir / STATUS_FILE)
+    return [] if status is None else status.get(SESSIONS, [])  # None: load_resumable says why
 
 
 def check_continuable(spec: Spec, status: dict, args: argparse.Namespace) -> None:
@@ -140,7 +136,7 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
     rayenv.prepare(args.address)
     import ray
 
-    from tuner import cluster, memory, sweep, warmstart
+    from tuner import cluster, memory, results, sweep, warmstart
 
     sweep.set_verbose(args.verbose)
 
@@ -167,7 +163,8 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         # Stopped before Ray saved the session's first state: it starts again, as it would have.
         restore = resuming and tune.Tuner.can_restore(experiment)
         resume = f"tuner resume {shlex.quote(str(run_dir))}"
-        run.write_status(run_dir, "running", status["experiment"], resume, {SESSIONS: sessions})
+        results.write_status(run_dir, "running", status["experiment"], resume,
+                             {SESSIONS: sessions})
         earlier = [status["experiment"], *(s["experiment"] for s in sessions[:-1])]
         print(f"run directory: {run_dir}")
         print(f"{'resuming' if resuming else 'adding'} {trials} trial(s) to the sweep "
@@ -180,8 +177,8 @@ def go_on(spec: Spec, status: dict, args: argparse.Namespace) -> int:
         with signals.fitting():
             grid = tuner.fit()
         wall = time.perf_counter() - t0
-        return finish(spec, this, data, weights, run_dir, earlier, experiment, grid, wall,
-                      sessions, resume)
+        return write_ending(spec, data, weights, run_dir, experiment, grid, wall, resume,
+                            AddedTrials(this, earlier, sessions))
 
 
 def session_experiment(first: str, k: int) -> str:
@@ -189,106 +186,6 @@ def session_experiment(first: str, k: int) -> str:
     URI's query, such as an S3 endpoint, stays at the end)."""
     base, sep, query = first.partition("?")
     return f"{base.rstrip('/')}-more{k}{sep}{query}"
-
-
-def planned(spec: Spec, sessions: list[dict]) -> int:
-    """Trials the run plans in all: the first sweep's and every session's."""
-    return spec.search.planned_trials() + sum(s["trials"] for s in sessions)
-
-
-def finish(spec: Spec, this: Spec, data, weights, run_dir: Path, earlier: list[str],
-           experiment: str, grid, wall: float, sessions: list[dict], resume: str) -> int:
-    """Tables of every trial of every session; the chosen trial tested once if it is new."""
-    from ray import tune
-
-    from tuner import results, sweep
-
-    old = [r for exp in earlier for r in tune.ResultGrid(tune.ExperimentAnalysis(exp))]
-    old_records = sweep.collect(old, spec)
-    new_records = sweep.collect(grid, spec)
-    records = sorted(old_records + new_records, key=lambda r: r.trial_id)
-    partial = sweep.interrupted(grid, this, experiment)
-    trials = results.trials_table(records, spec, run.labels(weights), interrupted=partial)
-    results.write_csv(run_dir / "trials.csv", trials)
-    epochs = results.epochs_table(records)
-    results.write_csv(run_dir / "epochs.csv", epochs)
-    for key, table in results.summary_tables(trials, spec).items():
-        results.write_csv(run_dir / f"summary_by_{key}.csv", table)
-    run.write_plot(spec, epochs, trials, run_dir)
-    cost = {**results.cost_totals(trials), "time_to_best_s": results.time_to_best(epochs, trials, spec)}
-    counts = {"trials": results.trial_counts(trials, planned(spec, sessions)), "cost": cost,
-              "wall_time_s": round(wall, 1), SESSIONS: sessions}
-    if partial:
-        run.write_status(run_dir, "partial", earlier[0], resume, counts)
-        run.write_report(run_dir)
-        print(f"\nsweep {signals.stopped_word()} after {wall:.0f} s: "
-              f"the tables in {run_dir} are partial.\nresume with: {resume}", file=sys.stderr)
-        return signals.stopped_code()
-
-    best = results.best_trial(trials, spec)
-    previous = _read_json(run_dir / "best.json")
-    uses = results.test_set_uses(run_dir)
-    if best is None:
-        run.write_status(run_dir, "finished", earlier[0], resume, counts)
-        run.write_report(run_dir)
-        print(f"\nno trial finished; see {run_dir / 'trials.csv'} for the errors", file=sys.stderr)
-        return 1
-    record = next(r for r in records if r.trial_id == best["trial_id"])
-    metric = spec.search.metric
-    if previous and previous.get("trial_id") == record.trial_id:
-        # The choice stands: its one test result stays; the test set is not looked at again.
-        chosen = {**previous, "cost": cost, "test_set_uses": uses}
-        test = {"test_accuracy": previous["test_accuracy"]}
-        print(f"\nthe chosen trial is still {record.trial_id}: not tested again")
-    else:
-        if not (run_dir / TEST_LEDGER).is_file() and uses["count"]:
-            for trial in uses["trials"]:  # a run from before the ledger: its earlier looks first
-                results.record_test_use(run_dir, trial, "an earlier session's chosen trial")
-        results.record_test_use(run_dir, record.trial_id, "the chosen trial, after more trials")
-        test = sweep.test_best(record, spec, data)
-        uses = results.test_set_uses(run_dir)
-        chosen = {
-            "trial_id": record.trial_id, "config": record.params, "metric": metric,
-            metric: best[metric], "val_accuracy": best["val_accuracy"],
-            "val_loss": best["val_loss"], "epochs_completed": int(best["epochs_completed"]),
-            **test, "test_images": len(data.test), "classes": list(data.classes),
-            "checkpoint": redact(sweep.checkpoint_location(record.checkpoint, experiment, run_dir)),
-            "weights": best["weights"],
-            "sweep_wall_time_s": round(wall, 1), "cost": cost, "test_set_uses": uses,
-        }
-        model_dir = write_model(run_dir, spec, data, weights, record, best, test)
-        if model_dir is not None:
-            chosen["model"] = model_dir
-    chosen.update(results.versus_default(trials, spec, best))
-    results.write_json(run_dir / "best.json", chosen)
-    # Only this session's checkpoints, and the one chosen before: the others are gone already.
-    gone_best = [r for r in old_records if previous and r.trial_id == previous.get("trial_id")]
-    run.keep_checkpoints(spec, [*new_records, *gone_best], record)
-    run.write_status(run_dir, "finished", earlier[0], resume, {**counts, "test_set_uses": uses})
-    run.write_report(run_dir)
-    print(f"\n{len(new_records)} trial(s) added in {wall:.0f} s; {len(records)} in {run_dir}")
-    print(results.format_table(results.top_trials(trials, spec)))
-    print(f"\nbest: trial {record.trial_id} {metric}={best[metric]:.4f} "
-          f"test_accuracy={test['test_accuracy']:.4f} (the test set used {uses['count']} time(s) "
-          f"in this run, for {', '.join(uses['trials'])})")
-    print(results.gain_line(chosen, spec))
-    return 0
-
-
-def write_model(run_dir: Path, spec: Spec, data, weights, record, best, test: dict) -> str | None:
-    """The newly chosen trial's model folder next to best.json, as tuner.run's finish writes it
-    for the first sweep (tuner.artifact.save_best); the folder relative to the run, for
-    best.json."""
-    from tuner import artifact
-
-    return artifact.save_best(run_dir, spec, data, weights, record, best, test)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":
