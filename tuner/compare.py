@@ -195,7 +195,7 @@ def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict
 
 
 def _status(path: Path, **fields) -> None:
-    """Update status.json (run.write_status's file), keeping its other keys."""
+    """Update status.json (results.write_status's file), keeping its other keys."""
     results.update_json(path, {**fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 

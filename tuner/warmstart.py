@@ -1,5 +1,5 @@
 """Earlier trials as evidence for a new searcher: search.warm_start (other runs' finished trials),
-and the trials of a sweep that is given more (tuner.more puts the run itself in warm_start).
+and the trials of a sweep that is given more (tuner resume --more puts the run itself in warm_start).
 
 A point is a finished trial's searched values and its final metric, read from its run's
 trials.csv; HyperOpt's TPE then counts it among the trials it has seen (its random start-up phase
