@@ -18,7 +18,7 @@ from scipy import stats
 from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
 from tuner.errors import InputError
 from tuner.model import build_model, resolve_all
-from tuner.spec import load_spec, validate
+from tuner.specfile import load_spec, validate
 
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # searches epochs, batch_size and lr
 ARMS = "compare.arms={full: {model.freeze: none}, head: {model.freeze: head}}"

@@ -147,7 +147,7 @@ def test_arms_train_on_their_own_draws_and_evaluate_on_the_same_images(tiny_mirr
     """What a trial of each arm gets (train_trial's Dataset.for_training): its own training draw
     from the one loaded dataset, the very same validation and test images."""
     from tuner.data import load_for
-    from tuner.spec import validate
+    from tuner.specfile import validate
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))  # 20 per class in train
     spec = validate({"data": {"root": "nowhere", "download": False, "val_fraction": 0.25},
@@ -179,7 +179,7 @@ def test_arms_train_on_their_own_draws_and_evaluate_on_the_same_images(tiny_mirr
 
 def test_train_per_class_can_be_searched_and_each_value_is_checked(tiny_mirror, monkeypatch):
     from tuner.data import load_for
-    from tuner.spec import validate
+    from tuner.specfile import validate
 
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tiny_mirror))  # 18 per class after validation
     raw = {"data": {"root": "nowhere", "download": False},

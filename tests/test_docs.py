@@ -72,7 +72,7 @@ def test_links_between_readme_and_docs_resolve():
 
 
 def test_the_readme_spec_is_a_valid_spec(tmp_path):
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     block = re.search(r"## A spec in ten lines\n.*?```yaml\n(.*?)```", README, flags=re.S).group(1)
     assert len(block.splitlines()) <= 12

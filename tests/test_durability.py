@@ -92,7 +92,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
     import ray
 
     from tuner import cluster, leakage, live, memory, model, run, sweep
-    from tuner.spec import validate
+    from tuner.specfile import validate
 
     def locked() -> bool:
         (lock,) = tmp_path.glob("results/*/*/.driver.lock")
@@ -141,7 +141,7 @@ def test_the_run_lock_is_held_until_the_last_status_write(tmp_path, monkeypatch)
 
 def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
     from tuner import rundir as run
-    from tuner.spec import validate
+    from tuner.specfile import validate
 
     spec, folder = validate({"name": "x"}), tmp_path / "run"
     (folder / "trials").mkdir(parents=True)

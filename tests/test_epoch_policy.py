@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from helpers import QUICK, run_cli
 
-from tuner.spec import load_spec
+from tuner.specfile import load_spec
 from tuner.trainable import epoch_plan
 
 

@@ -11,7 +11,7 @@ from filelock import FileLock
 from helpers import ROOT, needs_fashion
 
 from tuner import artifact, export
-from tuner.spec import dump_spec, load_spec
+from tuner.specfile import dump_spec, load_spec
 
 pytestmark = needs_fashion
 

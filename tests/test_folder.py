@@ -21,7 +21,8 @@ from tuner.batches import (DeviceSplit, centre_crop, draw_boxes, eval_batches, r
                            train_batches)
 from tuner.data import Pixels, Split, load_dataset
 from tuner.errors import InputError
-from tuner.spec import Augment, Data, validate
+from tuner.spec import Augment, Data
+from tuner.specfile import validate
 
 CPU = torch.device("cpu")
 
@@ -569,7 +570,7 @@ def test_bad_folder_input_is_one_error_line_and_nothing_written(tmp_path, case, 
 
 
 def test_hotdog_is_the_chapters_recipe():
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     spec = load_spec(ROOT / "sweeps" / "hotdog.yaml")
     assert spec.data.dataset == "imagefolder" and spec.data.root.parts[-2:] == ("data", "hotdog")

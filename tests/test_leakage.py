@@ -10,7 +10,7 @@ from helpers import ROOT, needs_fashion
 from tuner import leakage
 from tuner.data import load_for
 from tuner.errors import InputError
-from tuner.spec import dump_spec, load_spec
+from tuner.specfile import dump_spec, load_spec
 
 pytestmark = needs_fashion
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"

@@ -15,7 +15,7 @@ from helpers import (CHROMIUM, QUICK, assert_epochs_once, call_main, check_in_br
 
 from tuner.cli import main as tuner_main
 from tuner.run import main as run_main
-from tuner.spec import load_spec
+from tuner.specfile import load_spec
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,8 @@ from helpers import ROOT
 from tuner import folder, memory
 from tuner.data import Dataset, Pixels, Split
 from tuner.errors import InputError
-from tuner.spec import Model, validate
+from tuner.spec import Model
+from tuner.specfile import validate
 
 FOLDER = {"dataset": "imagefolder", "resize": 64, "image_size": 56}
 PARAMS = 11_177_538  # ResNet-18 with a 2-way fc

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tuner.errors import InputError
-from tuner.spec import load_spec
+from tuner.specfile import load_spec
 
 # --- warm-start points, without Ray ---------------------------------------------------------
 

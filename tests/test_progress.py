@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from helpers import ROOT
 
 from tuner.progress import ConsoleProgress, clock
-from tuner.spec import load_spec
+from tuner.specfile import load_spec
 
 
 @dataclass

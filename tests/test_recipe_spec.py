@@ -12,7 +12,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tuner.errors import InputError  # noqa: E402
-from tuner.spec import Augment, Model, Spec, Train, load_spec, validate  # noqa: E402
+from tuner.spec import Augment, Model, Spec, Train  # noqa: E402
+from tuner.specfile import load_spec, validate
 
 RECIPE_FIELDS = {
     "train.schedule": "{choice: [constant, cosine, onecycle]}",

@@ -18,7 +18,8 @@ from tuner import results
 from tuner.errors import InputError
 from tuner.report import comparison_table, load_run, write_report
 from tuner.results import TrialRecord
-from tuner.spec import Spec, dump_spec
+from tuner.spec import Spec
+from tuner.specfile import dump_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_800_000_000  # unix seconds: when the first trial started

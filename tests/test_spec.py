@@ -15,7 +15,8 @@ if str(ROOT) not in sys.path:  # plain `pytest` puts tests/, not the repo root, 
     sys.path.insert(0, str(ROOT))
 
 from tuner.errors import InputError  # noqa: E402
-from tuner.spec import Spec, load_spec, parse_yaml, validate  # noqa: E402
+from tuner.spec import Spec  # noqa: E402
+from tuner.specfile import load_spec, parse_yaml, validate
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 FASHION = ROOT / "sweeps" / "fashion.yaml"

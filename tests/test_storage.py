@@ -220,7 +220,7 @@ KEY_ID, SECRET = "AKIAFAKEKEY0001", "FakeSecretValue0001"
 
 
 def test_credentials_are_taken_out_of_every_uri_in_a_text():
-    from tuner.spec import redact
+    from tuner.specfile import redact
 
     assert redact(f"s3://{KEY_ID}:{SECRET}@b/runs?endpoint_override=127.0.0.1:9&scheme=http") == (
         "s3://b/runs?endpoint_override=127.0.0.1:9&scheme=http")

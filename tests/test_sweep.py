@@ -8,7 +8,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner.spec import load_spec, validate
+from tuner.specfile import load_spec, validate
 from tuner.sweep import (
     check_buildable,
     concurrency,

@@ -11,7 +11,7 @@ import yaml
 from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cli
 
 from tuner import fashion_mnist
-from tuner.spec import load_spec
+from tuner.specfile import load_spec
 
 SOURCE = ROOT / "sweeps" / "transfer-source.yaml"
 TARGET = ROOT / "sweeps" / "transfer-target.yaml"

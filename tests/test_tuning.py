@@ -12,7 +12,8 @@ from tuner import results, sweep
 from tuner.compare import compare_table, repeats_spec, with_roles
 from tuner.errors import InputError
 from tuner.space import param_space
-from tuner.spec import load_spec, same_point
+from tuner.spec import same_point
+from tuner.specfile import load_spec
 
 QUICK = ROOT / "sweeps" / "fashion-quick.yaml"  # epochs {1, 2}, batch {32, 64, 128}, lr [1e-4, 1e-3]
 OWN = {"epochs": 1, "batch_size": 64, "lr": 1e-3}  # its train section

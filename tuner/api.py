@@ -92,7 +92,7 @@ def run_sweep(spec: str | Path, overrides: Mapping[str, Any] | Iterable[str] = (
     import yaml
 
     from tuner import run as cli
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     items = ([f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
               for k, v in overrides.items()] if isinstance(overrides, Mapping) else list(overrides))

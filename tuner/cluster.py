@@ -13,7 +13,8 @@ from pyarrow import fs as pafs
 from tuner import raycompat
 from tuner.errors import InputError
 from tuner.rayenv import split_address
-from tuner.spec import Resources, redact
+from tuner.spec import Resources
+from tuner.specfile import redact
 
 log = logging.getLogger(__name__)
 

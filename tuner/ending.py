@@ -18,7 +18,8 @@ from pathlib import Path
 from tuner import phases
 from tuner.rundir import BEST_FILE, SESSIONS, STATUS_FILE, TEST_LEDGER, read_json_if_any, stored
 from tuner.signals import stopped_code, stopped_word
-from tuner.spec import Spec, redact
+from tuner.spec import Spec
+from tuner.specfile import redact
 
 log = logging.getLogger("tuner")
 

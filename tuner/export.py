@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_spec(run_dir: Path, arm: str | None):
     """The run's spec (the arm's, for a comparison). Raises InputError."""
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     if not (run_dir / "spec.yaml").is_file():
         raise InputError(f"{run_dir}: not a tuner run directory (no spec.yaml); give a folder such "

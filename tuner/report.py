@@ -30,7 +30,8 @@ import yaml
 from tuner import confirm, plots, results
 from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import read_json
-from tuner.spec import Spec, load_spec
+from tuner.spec import Spec
+from tuner.specfile import load_spec
 
 REPORT_FILE = "report.html"
 # the learning curve's table: one row per comparison run and arm

@@ -28,7 +28,8 @@ from tuner import rayenv, run, signals
 from tuner.ending import AddedTrials, planned, write_ending
 from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import SESSIONS, STATUS_FILE, driver_lock, load_resumable, read_json_if_any
-from tuner.spec import Spec, redact
+from tuner.spec import Spec
+from tuner.specfile import redact
 
 log = logging.getLogger("tuner")
 

@@ -29,7 +29,8 @@ from tuner.ending import labels, write_ending, write_report
 from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import STATUS_FILE, driver_lock, load_resumable
 from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
-from tuner.spec import Spec, dump_spec, load_spec, redact
+from tuner.spec import Spec
+from tuner.specfile import dump_spec, load_spec, redact
 
 log = logging.getLogger("tuner")
 

@@ -88,7 +88,7 @@ def load_resumable(run_dir: Path, finished_ok: bool = False) -> tuple[Spec, dict
                          f"{STATUS_FILE}); give a folder such as results/<name>/<run id>")
     import yaml
 
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     status = read_json(status_file)
     if status.get(SESSIONS) and not finished_ok:  # tuner.resume's sessions: it resumes them itself
@@ -111,7 +111,7 @@ def stored(location: str, run_dir: Path) -> str:
     inside it, so a copied or moved run folder names its own trials, not the original's; else as it
     is (a --storage folder or URI), without credentials (redact)."""
     if "://" in location:
-        from tuner.spec import redact
+        from tuner.specfile import redact
 
         return redact(location)
     try:

@@ -19,7 +19,8 @@ from hyperopt.fmin import generate_trial
 
 from tuner.errors import InputError
 from tuner.raycompat import HookedHyperOptSearch
-from tuner.spec import Spec, load_spec, param_path, parse_yaml
+from tuner.spec import Spec, param_path
+from tuner.specfile import load_spec, parse_yaml
 
 log = logging.getLogger(__name__)
 

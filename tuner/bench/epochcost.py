@@ -81,7 +81,7 @@ def measure(spec_path: str, overrides: list[str], arm: str | None, epochs: int |
             log=print) -> pd.DataFrame:
     """The plain loop's and tuner's trial-epoch, phase by phase (seconds per epoch), with each
     side's total and its ratio to the plain loop's. Raises InputError."""
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     spec = load_spec(spec_path, overrides)
     if spec.compare is not None:

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from tuner import results
     from tuner.data import load_for
     from tuner.model import check_surgery, resolve_all, weights_label
-    from tuner.spec import load_spec
+    from tuner.specfile import load_spec
 
     spec = load_spec(args.spec, args.set)
     if spec.compare is None:
