@@ -199,10 +199,17 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
                else f"{s.searcher} search does not learn from them")
         out.append(f"  warm start: {n} finished trial(s) of {run_dir}; {use}")
     if spec.compare is not None:
-        arms, per_arm = len(spec.compare.arms), s.planned_trials() + spec.compare.repeats
-        out += ["", f"arms (each searched as above, then its best config re-run with "
-                    f"{spec.compare.repeats} seeds and tested once per seed): {arms} x "
-                    f"({s.planned_trials()} + {spec.compare.repeats}) = {arms * per_arm} trials"]
+        from tuner import confirm
+
+        arms, r, k = len(spec.compare.arms), spec.compare.repeats, confirm.top_k(spec)
+        steps = [f"{s.planned_trials()} searched", *([f"{k} confirming"] if k else []),
+                 f"{r} repeats of the choice"]
+        if default is not None:  # unless the choice is the own settings: then they are the same runs
+            steps.append(f"up to {r} of its own settings")
+        most = s.planned_trials() + k + r * (2 if default is not None else 1)
+        out += ["", f"arms (each searched as above, then its choice re-run with {r} seeds and "
+                    f"tested once per seed): {arms} x ({' + '.join(steps)}) = up to "
+                    f"{arms * most} trials"]
         for name, overrides in spec.compare.arms.items():
             out.append(f"  {name:<16} " + (", ".join(f"{k}={v}" for k, v in overrides.items())
                                            or "the spec as is"))
