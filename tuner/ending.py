@@ -132,6 +132,7 @@ def write_ending(spec: Spec, data, weights, run_dir: Path, experiment: str, grid
             metric: best[metric],
             "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"],
+            "val_images": len(data.val),
             "epochs_completed": int(best["epochs_completed"]),
             **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where
             "test_images": len(data.test),

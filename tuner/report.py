@@ -27,7 +27,7 @@ import jinja2
 import pandas as pd
 import yaml
 
-from tuner import confirm, plots, results
+from tuner import confirm, importance, plots, results
 from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import read_json
 from tuner.spec import Spec
@@ -178,6 +178,9 @@ def best_section(run: RunView, s: dict[str, Any]) -> dict[str, Any] | None:
         return {"trial_id": b["trial_id"], "config": b["config"], "metric": metric,
                 "val": b.get(metric), "test_accuracy": b.get("test_accuracy"),
                 "test_images": b.get("test_images"), "final": True,
+                # 95% binomial intervals: how far one measurement on this many images can be trusted
+                "val_interval": _interval(b.get("val_accuracy"), b.get("val_images")),
+                "test_interval": _interval(b.get("test_accuracy"), b.get("test_images")),
                 # what tuning gained over the spec's own settings, and how the choice was made
                 "gained": results.gain_line(b, run.spec) if "gain_vs_default" in b else None,
                 "selection": confirm.describe(b["selection"]) if b.get("selection") else None}
@@ -186,6 +189,22 @@ def best_section(run: RunView, s: dict[str, Any]) -> dict[str, Any] | None:
     row = run.trials.set_index("trial_id").loc[s["best_trial"]]
     return {"trial_id": s["best_trial"], "config": {k: row[k] for k in run.spec.search.parameters},
             "metric": metric, "val": s["best_val"], "test_accuracy": None, "final": False}
+
+
+def _interval(accuracy: float | None, images: int | None) -> str | None:
+    if accuracy is None or not images:
+        return None
+    low, high = results.accuracy_interval(accuracy, images)
+    return f"[{low:.4f}, {high:.4f}] (95%, {images} images)"
+
+
+def importance_section(run: RunView) -> dict[str, Any] | None:
+    """The searched parameters by importance over the run's finished trials, or None."""
+    table = importance.importances(run.trials, run.spec)
+    if table is None:
+        return None
+    return {"table": html_table(table[["parameter", "importance"]]),
+            "trials": int(table["trials"].iloc[0])}
 
 
 def html_table(table: pd.DataFrame) -> str:
@@ -282,6 +301,7 @@ def run_context(run: RunView) -> dict[str, Any]:
         "title": f"{run.spec.name} / {run.path.name}",
         "header": header(run, s),
         "best": best_section(run, s) if arms is None else None,
+        "importance": importance_section(run) if arms is None else None,
         "arms": arms,
         "top": html_table(top) if not top.empty else None,
         "errors": html_table(errors) if not errors.empty else None,
