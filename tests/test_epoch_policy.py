@@ -49,12 +49,15 @@ def test_the_defaults_validate_and_checkpoint_only_where_needed():
 def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
     """One trial of three epochs (its length given as train.images) under FIFO: epochs 1 and 2 train and report without val_* scores,
     epoch 2 without a checkpoint; epoch 3 (the last) is validated, checkpointed, chosen and tested. The sweep's
-    tables, best.json and report treat the unvalidated epochs as unscored, not as zero."""
+    tables, best.json and report treat the unvalidated epochs as unscored, not as zero.
+    With run.log [mlflow, wandb], the same reports reach an MLflow SQLite store and W&B offline."""
     results = tmp_path / "results"
     proc = run_cli(*QUICK, "--results", str(results), "--set", "search.parameters={}",
                    "--set", "search.num_samples=1", "--set", "search.scheduler=fifo",
                    "--set", "train.images=800", "--set", "data.train_subset=300",
-                   tmp_path=tmp_path)
+                   "--set", "run.log=[mlflow, wandb]", tmp_path=tmp_path,
+                   MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", WANDB_MODE="offline",
+                   WANDB_DIR=str(tmp_path), WANDB_API_KEY=None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = [p.parent for p in results.glob("*/*/best.json")]
     epochs = pd.read_csv(run / "epochs.csv").sort_values("epoch")
@@ -72,6 +75,18 @@ def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
     best = json.loads((run / "best.json").read_text())
     assert best["checkpoint_epoch"] == 3 and 0 <= best["test_accuracy"] <= 1
     assert (run / "report.html").is_file()
+    # run.log: the same reports in MLflow (a SQLite store) and W&B (offline), one run per trial
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fashion-quick"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(logged.info.run_id, "train_loss")
+    assert [round(m.value, 6) for m in sorted(history, key=lambda m: m.step)] == \
+        [round(v, 6) for v in epochs["train_loss"]]
+    assert client.get_metric_history(logged.info.run_id, "val_accuracy")[-1].value == \
+        pytest.approx(epochs["val_accuracy"].iloc[2])
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run"
 
 
 @pytest.mark.slow  # a plain loop and two real one-trial sweeps
@@ -103,3 +118,18 @@ def test_bench_epoch_cost_times_a_trial_epoch_phase_by_phase_against_a_plain_loo
     assert rows["spec"].eq("sweeps/transfer-target.yaml").all()
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith(f"trial-epoch {rows.loc['tuner', 'ratio']:.2f}x the plain loop's"), last
+
+
+def test_wandb_without_a_login_or_offline_mode_is_bad_input(tmp_path, monkeypatch):
+    from tuner import loggers
+    from tuner.errors import InputError
+
+    spec = load_spec("sweeps/fashion-quick.yaml", ["run.log=[wandb]"])
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # none there
+    with pytest.raises(InputError, match="run.log: wandb has no login here"):
+        loggers.check(spec)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers.check(spec)
+    assert loggers.callbacks(load_spec("sweeps/fashion-quick.yaml"), "g") == []

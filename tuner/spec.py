@@ -465,6 +465,9 @@ class Run(_Section):
     # a killed trial loses at most that much.
     checkpoint_every: PositiveInt | None = None
     checkpoint_minutes: PositiveFloat = 5.0
+    # Where else the reports go, through Ray Tune's logger callbacks (tuner.loggers); TensorBoard
+    # event files are written for every trial in any case.
+    log: list[Literal["mlflow", "wandb"]] = []
 
 
 class Compare(_Section):

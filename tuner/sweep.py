@@ -16,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from tuner import progress, raycompat, signals, warmstart
+from tuner import loggers, progress, raycompat, signals, warmstart
 from tuner.data import Dataset, Split
 from tuner.errors import InputError
 from tuner.model import Weights
@@ -148,6 +148,7 @@ def check_buildable(spec: Spec) -> None:
     allowed but unsound (length_advice)."""
     if advice := length_advice(spec):
         log.warning(advice)
+    loggers.check(spec)
     try:
         space = param_space(spec.search)
         if spec.search.searcher == "hyperopt" and space:
@@ -240,7 +241,8 @@ def make_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights], experimen
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # ~135 MB each with Adam state
             verbose=1 if _verbose else 0,
-            callbacks=[*callbacks, *([] if _verbose else [progress.ConsoleProgress(spec)])],
+            callbacks=[*callbacks, *([] if _verbose else [progress.ConsoleProgress(spec)]),
+                       *loggers.callbacks(spec, name)],
         ),
     )
 
