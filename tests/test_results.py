@@ -37,7 +37,8 @@ def spec() -> Spec:
 def report(epoch, val_acc, val_loss, **extra):
     return {"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": val_loss,
             "val_accuracy": val_acc, "epoch_time_s": 10.0, "images_per_s": 100.0,
-            "time_total_s": 10.0 * epoch,
+            "time_total_s": 10.0 * epoch, "timestamp": 1_796_000_000 + 10 * epoch,
+            "training_iteration": epoch,
             "node_ip": "127.0.0.1", "done": False, "hostname": "x", **extra}
 
 
@@ -64,6 +65,10 @@ def test_trials_table(records, spec):
     assert "nan" in t.loc["d", "error"]
     assert t.loc["a", "epochs_completed"] == 2 and t.loc["a", "wall_time_s"] == 20.0
     assert (t["weights"] == "none (random init)").all()
+    # when each trial ran, in UTC: from its first report's time less its running time, to its last
+    assert t["started"].notna().all() and t["started"].str.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$").all()
+    assert t.loc["a", "started"] == "2026-11-30T00:53:20+00:00"  # 1,796,000,000: its first report less 10 s
+    assert t.loc["a", "ended"] == "2026-11-30T00:53:40+00:00"  # its last report
     assert {"epochs", "batch_size", "lr", "node_ip"} <= set(t.columns)
 
 
@@ -81,6 +86,9 @@ def test_epochs_table_keeps_every_report_without_ray_bookkeeping(records):
     assert list(e[e.trial_id == "b"]["val_accuracy"]) == [0.70, 0.85]
     assert "done" not in e and "hostname" not in e
     assert {"trial_id", "epoch", "lr", "batch_size", "images_per_s"} <= set(e.columns)
+    # when each report came, in ISO 8601 (UTC); Ray's report counter, the epoch again, is left out
+    assert e[e.trial_id == "b"]["time"].tolist() == ["2026-11-30T00:53:30+00:00", "2026-11-30T00:53:40+00:00"]
+    assert "training_iteration" not in e
 
 
 def test_best_is_chosen_on_validation_among_trials_that_did_not_fail(records, spec):
@@ -107,12 +115,14 @@ def test_summary_tables(records, spec):
     s = summary_tables(trials_table(records, spec, "w"), spec)
     assert set(s) == {"epochs", "batch_size", "lr"}
     by_batch = s["batch_size"].set_index("batch_size")
-    assert by_batch.loc[32, "count"] == 1 and by_batch.loc[64, "max"] == 0.85
-    assert by_batch.loc[32, "mean"] == pytest.approx(0.78)
+    # the columns name the metric they summarise
+    assert list(by_batch.columns) == ["val_accuracy_mean", "val_accuracy_std", "val_accuracy_max", "trials"]
+    assert by_batch.loc[32, "trials"] == 1 and by_batch.loc[64, "val_accuracy_max"] == 0.85
+    assert by_batch.loc[32, "val_accuracy_mean"] == pytest.approx(0.78)
     lr = s["lr"]
     # 4 equal bins over [1e-4, 1e-3]; the failed trials (5e-4, 8e-4) are left out
     assert lr["lr"].tolist() == ["[0.0001, 0.000325]", "[0.000775, 0.001]"]
-    assert lr["count"].tolist() == [1, 1] and lr["max"].tolist() == [0.78, 0.85]
+    assert lr["trials"].tolist() == [1, 1] and lr["val_accuracy_max"].tolist() == [0.78, 0.85]
 
 
 def test_files_are_written_whole(tmp_path):

@@ -14,7 +14,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,11 @@ from tuner.spec import Spec, get_path, param_path, same_point
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
 # wall clock in whole seconds, and `time_total_s`, the trial's running time, stay: they time the sweep.)
+# Ray's own per-report fields that say nothing new (training_iteration: the report's number, which
+# is the epoch's; date: `time` says it in ISO 8601)
 RAY_COLUMNS = ("checkpoint_dir_name", "should_checkpoint", "done", "date", "hostname",
                "time_since_restore", "iterations_since_restore", "time_this_iter_s", "trial_id",
-               "config", "experiment_tag")
+               "config", "experiment_tag", "training_iteration")
 
 # A trial's state while the sweep runs (live tables); a trial that ended gets its status from its
 # reports instead.
@@ -73,11 +75,20 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 def epochs_table(records: list[TrialRecord]) -> pd.DataFrame:
-    """Every per-epoch report of every trial, with the trial's id and searched values."""
+    """Every per-epoch report of every trial, with the trial's id and searched values, and `time`:
+    when it was reported (UTC, ISO 8601, from Ray's `timestamp`, which stays for sweep_seconds)."""
     rows = [{"trial_id": r.trial_id, **r.params,
-             **{k: v for k, v in rep.items() if k not in RAY_COLUMNS}}
+             **{k: v for k, v in rep.items() if k not in RAY_COLUMNS},
+             **({"time": iso_time(rep["timestamp"])} if "timestamp" in rep else {})}
             for r in records for rep in r.reports]
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epoch"])  # a header to read
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """A Unix time as ISO 8601 in UTC, to the second."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return None
+    return datetime.fromtimestamp(float(seconds), tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str, str],
@@ -115,7 +126,10 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
                 row[f"best_{m}"] = None
         # Ray's running time of the trial (model build, data upload, every epoch, retries), seconds
         wall = float(last.get("time_total_s", 0.0))
+        start = (reps["timestamp"] - reps["time_total_s"]).min() if {"timestamp", "time_total_s"} <= set(reps) else None
         row.update({
+            "started": iso_time(start),  # UTC, from Ray's report times
+            "ended": iso_time(last.get("timestamp")) if status not in LIVE_STATES else None,
             "train_accuracy": last.get("train_accuracy"),
             "epochs_completed": done,
             "epochs_planned": planned,
@@ -169,8 +183,11 @@ def summary_tables(trials: pd.DataFrame, spec: Spec) -> dict[str, pd.DataFrame]:
             edges = (np.geomspace if param.kind == "loguniform" else np.linspace)(low, high, 5)
             labels = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
             column = pd.cut(column, bins=edges, include_lowest=True, labels=labels).astype(str)
+        best = "max" if spec.search.mode == "max" else "min"
         table = (done.groupby(column.rename(key), sort=False)[metric]
-                 .agg(["mean", "std", "max", "count"]))
+                 .agg(["mean", "std", best, "count"])
+                 .rename(columns={"mean": f"{metric}_mean", "std": f"{metric}_std",
+                                  best: f"{metric}_{best}", "count": "trials"}))
         out[key] = table.loc[sorted(table.index, key=_bin_order)].reset_index()
     return out
 
