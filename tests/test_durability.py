@@ -159,21 +159,18 @@ def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
     assert run.located("/shared/sweeps/x-1", copy, shared) == "/shared/sweeps/x-1"
 
 
-@needs_fashion
 @pytest.mark.slow
-def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(tmp_path):
+@pytest.mark.cluster
+def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(folder_sweep, tmp_path):
+    """runs.py's folder_sweep (2 trials), copied twice: the first copy stands for the original
+    (the shared run itself is never changed), the second gets one more trial."""
     import hashlib
     import shutil
 
-    from helpers import QUICK, run_cli
-
-    results_root = tmp_path / "results"
-    first = run_cli(*QUICK, "--results", str(results_root), "--set", "model.weights=none",
-                    "--set", "data.test_subset=100", "--set", "search.num_samples=1",
-                    "--set", "search.n_initial_points=1", "--set", "search.parameters.epochs={choice: [1]}",
-                    tmp_path=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (original,) = [p.parent for p in results_root.glob("*/*/status.json")]
+    assert folder_sweep.proc.returncode == 0, folder_sweep.proc.stderr[-3000:]
+    planned = len(pd.read_csv(folder_sweep.run / "trials.csv"))
+    original = Path(shutil.copytree(folder_sweep.run, tmp_path / "results" / "folder-quick" / "run",
+                                    symlinks=True))
 
     def snapshot(folder):
         return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -188,7 +185,8 @@ def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(tmp_path):
     assert results.read_json(original / "status.json")["experiment"] == "trials"
     status = results.read_json(copy / "status.json")
     assert [s["experiment"] for s in status["more"]] == ["trials-more1"]
-    assert (copy / "trials-more1").is_dir() and len(pd.read_csv(copy / "trials.csv")) == 2
+    assert (copy / "trials-more1").is_dir()
+    assert len(pd.read_csv(copy / "trials.csv")) == planned + 1 == 3
 
     # a status.json that names another run's trials is refused, not followed
     status["experiment"] = str(original / "trials")
