@@ -261,11 +261,11 @@ def test_credentials_in_a_storage_uri_are_never_shown(s3, tmp_path, capsys, monk
 
     missing = f"s3://{KEY_ID}:{SECRET}@no-such-bucket/runs{s3.query}"
     # a run (Ray started, then the storage checked) and a dry run, the URI given either way
-    proc = run_cli(*QUICK, "--storage", missing, "--set", "model.weights=none", "--results",
+    real = run_cli(*QUICK, "--storage", missing, "--set", "model.weights=none", "--results",
                    str(results), tmp_path=tmp_path, timeout=300)
     dry = dry_run("--set", f"run.storage={missing}", "--set", "model.weights=none", "--results",
                   str(results))
-    for proc in (proc, dry):
+    for proc in (real, dry):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.splitlines()[-1] == (
             f"error: --storage s3://no-such-bucket/runs{s3.query}: there is no bucket "
