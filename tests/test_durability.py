@@ -3,6 +3,7 @@ old file's place, a file damaged anyway (a truncated status.json) is bad input n
 command that reads it, and the driver's lock covers all it writes. A run folder names its trials
 relative to itself, so a copy never writes into the original."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, cli_env, needs_fashion
+from helpers import ROOT, call_main, cli_env, needs_fashion
 from test_report import make_run
 
 from tuner import results
@@ -50,6 +51,21 @@ def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+def in_process(args: list[str], tmp_path: Path, capsys, monkeypatch, caplog):
+    """`python -m MODULE ARGS` as that module's main in this process (tuner.run's or the tuner
+    command's): what it logs, at INFO and above, would be stderr lines of the real command, and is
+    counted with them (test_cli.py runs each console script for real)."""
+    from tuner import cli, run
+
+    module, *argv = args
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        proc = call_main({"tuner.run": run.main, "tuner": cli.main}[module], argv, capsys,
+                         monkeypatch, tmp_path)
+    proc.stderr += "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
+    return proc
+
+
 @pytest.mark.parametrize("command", [
     ["tuner.run", "--resume", "{run}"],
     ["tuner", "resume", "{run}"],
@@ -57,12 +73,13 @@ def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     ["tuner", "report", "{run}"],
     pytest.param(["tuner", "export", "{run}"], marks=needs_fashion),
 ])
-def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, command):
+def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, command, capsys,
+                                                                  monkeypatch, caplog):
     run = make_run(tmp_path / "run", finished=True)
     status = run / "status.json"
     status.write_text(status.read_text()[:40])  # a crash mid-write, before writes were synced
     before = {p: p.read_bytes() for p in run.rglob("*")}
-    proc = tool(*[a.format(run=run) for a in command], tmp_path=tmp_path)
+    proc = in_process([a.format(run=run) for a in command], tmp_path, capsys, monkeypatch, caplog)
     out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, out
     assert "Traceback" not in proc.stderr, out
@@ -72,12 +89,13 @@ def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, comm
     assert {p: p.read_bytes() for p in run.rglob("*")} == before  # nothing written
 
 
-def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path):
+def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path, capsys, monkeypatch, caplog):
     """predict reads the model folder only: a damaged status.json is no reason to refuse."""
     run = make_run(tmp_path / "run", finished=True)
     (run / "status.json").write_text("{")
     (tmp_path / "x.png").write_bytes(b"")
-    proc = tool("tuner", "predict", str(run), str(tmp_path / "x.png"), tmp_path=tmp_path)
+    proc = in_process(["tuner", "predict", str(run), str(tmp_path / "x.png")], tmp_path, capsys,
+                      monkeypatch, caplog)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no model/model.pt here" in proc.stderr
 
