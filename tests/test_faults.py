@@ -114,7 +114,9 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
 @pytest.mark.cluster
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
-    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
+    # half QUICK's images: what survives the killed driver is checked, not what the trials learn
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), "--set", "data.train_subset=300",
+                     "--set", "data.test_subset=100", tmp_path=tmp_path)
     try:
         # kill once one trial has finished and the next has checkpointed its first epoch
         wait_for(lambda: len({r["trial_dir"] for r in reports(results)}) >= 2

@@ -20,8 +20,10 @@ from tuner.specfile import load_spec
 pytestmark = pytest.mark.cluster
 
 # Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
+# Half QUICK's images: the tables, the resume and --more are checked here, not what the trials learn.
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
-         "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
+         "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}",
+         "--set", "data.train_subset=300", "--set", "data.test_subset=100"]
 
 
 def live_tables(results, proc):
