@@ -1,17 +1,14 @@
 """A run folder's files survive crashes: every replacement is synced to disk before it takes the
 old file's place, a file damaged anyway (a truncated status.json) is bad input naming it for every
 command that reads it, and the driver's lock covers all it writes. A run folder names its trials
-relative to itself, so a copy never writes into the original."""
+relative to itself, so a copy never writes into the original (test_live.py adds trials to a copy of
+its run and checks the original)."""
 
-import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from helpers import ROOT, call_main, cli_env, needs_fashion
+from helpers import call_logged, needs_fashion
 from test_report import make_run
 
 from tuner import results
@@ -46,24 +43,14 @@ def test_a_damaged_json_file_is_bad_input_naming_it(tmp_path, text):
         results.update_json(path, {"state": "finished"})  # never overwritten with half its keys
 
 
-def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=300, check=False)
-
-
 def in_process(args: list[str], tmp_path: Path, capsys, monkeypatch, caplog):
     """`python -m MODULE ARGS` as that module's main in this process (tuner.run's or the tuner
-    command's): what it logs, at INFO and above, would be stderr lines of the real command, and is
-    counted with them (test_cli.py runs each console script for real)."""
+    command's), its log lines counted as stderr's (test_cli.py runs each console script for real)."""
     from tuner import cli, run
 
     module, *argv = args
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        proc = call_main({"tuner.run": run.main, "tuner": cli.main}[module], argv, capsys,
-                         monkeypatch, tmp_path)
-    proc.stderr += "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
-    return proc
+    return call_logged({"tuner.run": run.main, "tuner": cli.main}[module], argv, capsys,
+                       monkeypatch, caplog, tmp_path)
 
 
 @pytest.mark.parametrize("command", [
@@ -175,41 +162,3 @@ def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
             run.located(outside, copy, spec)
     shared = validate({"name": "x", "run": {"storage": "/shared/sweeps"}})
     assert run.located("/shared/sweeps/x-1", copy, shared) == "/shared/sweeps/x-1"
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(folder_sweep, tmp_path):
-    """runs.py's folder_sweep (2 trials), copied twice: the first copy stands for the original
-    (the shared run itself is never changed), the second gets one more trial."""
-    import hashlib
-    import shutil
-
-    assert folder_sweep.proc.returncode == 0, folder_sweep.proc.stderr[-3000:]
-    planned = len(pd.read_csv(folder_sweep.run / "trials.csv"))
-    original = Path(shutil.copytree(folder_sweep.run, tmp_path / "results" / "folder-quick" / "run",
-                                    symlinks=True))
-
-    def snapshot(folder):
-        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in folder.rglob("*") if p.is_file()}
-
-    before = snapshot(original)
-    copy = original.with_name(original.name + "-copy")
-    shutil.copytree(original, copy, symlinks=True)
-    more = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert snapshot(original) == before  # not a file of the original changed, added or deleted
-    assert results.read_json(original / "status.json")["experiment"] == "trials"
-    status = results.read_json(copy / "status.json")
-    assert [s["experiment"] for s in status["more"]] == ["trials-more1"]
-    assert (copy / "trials-more1").is_dir()
-    assert len(pd.read_csv(copy / "trials.csv")) == planned + 1 == 3
-
-    # a status.json that names another run's trials is refused, not followed
-    status["experiment"] = str(original / "trials")
-    results.write_json(copy / "status.json", status)
-    proc = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
-    assert "are outside this run folder" in proc.stderr
-    assert snapshot(original) == before
