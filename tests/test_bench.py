@@ -178,8 +178,8 @@ def test_bench_grid_baseline_runs_a_plain_lr_grid_per_arm(tmp_path, capsys, monk
         assert len(tests) == 2 and row["test_mean"] == pytest.approx(sum(tests) / 2, abs=1e-4)
         assert row["trial_epochs"] == 5 and row["weights"].startswith("none")
     # a spec without arms is bad input (tuner.bench's main in this process)
-    from tuner import bench
+    from tuner.bench.cli import main
 
-    bad = call_main(bench.main, ["--grid-baseline", "--spec", "sweeps/fashion-quick.yaml"], capsys,
+    bad = call_main(main, ["--grid-baseline", "--spec", "sweeps/fashion-quick.yaml"], capsys,
                     monkeypatch, tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --grid-baseline:")
