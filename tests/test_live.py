@@ -25,7 +25,10 @@ pytestmark = pytest.mark.cluster
 # Half QUICK's images: the tables, the resume and --more are checked here, not what the trials learn.
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
          "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}",
-         "--set", "data.train_subset=300", "--set", "data.test_subset=100"]
+         "--set", "data.train_subset=300", "--set", "data.test_subset=100",
+         # every epoch validated, so that the live epochs.csv has a score from the first epoch on
+         # (run.validation's default validates where a decision reads it: the last epoch here)
+         "--set", "run.validation=every_epoch"]
 
 
 def live_tables(results, proc):
