@@ -143,6 +143,20 @@ def call_main(main, argv: list, capsys, monkeypatch, tmp_path: Path, **env: str 
     return Ran(code, out, err)
 
 
+def call_logged(main, argv: list, capsys, monkeypatch, caplog, tmp_path: Path, **env) -> Ran:
+    """call_main, and what main logged at INFO and above appended to its stderr, as the real
+    command's logging (basicConfig on stderr) would have printed it: so that a check that the
+    command printed one line, or no traceback, counts its log lines too (in this process pytest's
+    handlers take them, and basicConfig adds none)."""
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        ran = call_main(main, argv, capsys, monkeypatch, tmp_path, **env)
+    ran.stderr += "".join(f"{r.levelname} {r.name}: {r.getMessage()}\n" for r in caplog.records)
+    return ran
+
+
 def reports(root: Path) -> list[dict]:
     """Every report written so far by every trial (Ray Tune's result.json, one JSON per line),
     under a results root or a --storage folder."""

@@ -256,9 +256,12 @@ def test_each_export_is_checked_against_the_eager_model_before_it_is_written(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
-def test_predict_names_that_are_not_utf8_and_a_folder_it_cannot_read(tmp_path):
+def test_predict_names_that_are_not_utf8_and_a_folder_it_cannot_read(tmp_path, capsys,
+                                                                      monkeypatch):
     """A file name in another system's encoding is a row like any other (its undecodable bytes as
-    \\xNN); a folder where no file is an image is a failure (exit 1), not an empty success."""
+    \\xNN); a folder where no file is an image is a failure (exit 1), not an empty success.
+    The first is the real `tuner predict` (a real process's stdout and file-name encoding); the
+    second the tuner command's main in this process."""
     import os
     import subprocess
     import sys
@@ -292,7 +295,12 @@ def test_predict_names_that_are_not_utf8_and_a_folder_it_cannot_read(tmp_path):
     (junk / "x.jpg").write_bytes(b"not an image")
     (junk / "y.png").write_bytes(b"")
     out.unlink()
-    proc = predict_cli(junk)
+    from helpers import call_main
+
+    from tuner.cli import main as tuner_main
+
+    proc = call_main(tuner_main, ["predict", folder, junk, "--out", out], capsys, monkeypatch,
+                     tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert line.startswith(f"error: none of the 2 file(s) could be read as an image, nothing "

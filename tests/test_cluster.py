@@ -12,8 +12,8 @@ import sys
 
 import pandas as pd
 import pytest
-from helpers import (QUICK, ROOT, cli_env, reports, run_cli, short_tmpdir, start_cli, stop_group,
-                     wait_for)
+from helpers import (QUICK, ROOT, call_main, cli_env, reports, run_cli, short_tmpdir, start_cli,
+                     stop_group, wait_for)
 from ray._private.authentication.authentication_token_generator import (
     generate_new_authentication_token,
 )
@@ -60,20 +60,30 @@ def test_client_without_the_token_is_refused(cluster, tmp_path):
     assert not (tmp_path / "res").exists()
 
 
-def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path):
-    """--dry-run --address joins, compares the per-trial request with the nodes, and leaves."""
+def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path, capsys,
+                                                               monkeypatch):
+    """--dry-run --address joins, compares the per-trial request with the nodes, and leaves.
+    tuner.run's main in this process (the sweeps here join with the real command)."""
+    import ray
+
+    from tuner import run
+
     results = tmp_path / "res"
-    fits = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--results", str(results),
-                   tmp_path=tmp_path, timeout=180, RAY_AUTH_MODE=None,
-                   RAY_TMPDIR=cluster.ray_tmp)
+
+    def dry_run(*sets):
+        return call_main(run.main, [*QUICK, "--dry-run", "--address", cluster.address, *sets,
+                                    "--results", str(results)], capsys, monkeypatch, tmp_path,
+                         RAY_AUTH_MODE=None, RAY_TMPDIR=cluster.ray_tmp)
+
+    fits = dry_run()
     assert fits.returncode == 0, fits.stderr[-2000:]
     assert "trials at once: 2 (2 node(s), 2 CPU, 0 GPU fits 2 at 1 CPU and 0 GPU each;" in fits.stdout
-    too_big = run_cli(*QUICK, "--dry-run", "--address", cluster.address, "--set",
-                      "resources.cpu=2", "--results", str(results), tmp_path=tmp_path,
-                      timeout=180, RAY_AUTH_MODE=None, RAY_TMPDIR=cluster.ray_tmp)
+    assert not ray.is_initialized()  # it left the cluster
+    too_big = dry_run("--set", "resources.cpu=2")
     assert too_big.returncode == 2
     assert too_big.stderr.splitlines()[-1].startswith(
         "error: resources: a trial needs 2 CPU and 0 GPU on one node, but the cluster has 2 node(s)")
+    assert not ray.is_initialized()
     assert not results.exists()
 
 

@@ -1,16 +1,14 @@
 """A run folder's files survive crashes: every replacement is synced to disk before it takes the
 old file's place, a file damaged anyway (a truncated status.json) is bad input naming it for every
 command that reads it, and the driver's lock covers all it writes. A run folder names its trials
-relative to itself, so a copy never writes into the original."""
+relative to itself, so a copy never writes into the original (test_live.py adds trials to a copy of
+its run and checks the original)."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from helpers import ROOT, cli_env, needs_fashion
+from helpers import call_logged, needs_fashion
 from test_report import make_run
 
 from tuner import results
@@ -45,9 +43,14 @@ def test_a_damaged_json_file_is_bad_input_naming_it(tmp_path, text):
         results.update_json(path, {"state": "finished"})  # never overwritten with half its keys
 
 
-def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=300, check=False)
+def in_process(args: list[str], tmp_path: Path, capsys, monkeypatch, caplog):
+    """`python -m MODULE ARGS` as that module's main in this process (tuner.run's or the tuner
+    command's), its log lines counted as stderr's (test_cli.py runs each console script for real)."""
+    from tuner import cli, run
+
+    module, *argv = args
+    return call_logged({"tuner.run": run.main, "tuner": cli.main}[module], argv, capsys,
+                       monkeypatch, caplog, tmp_path)
 
 
 @pytest.mark.parametrize("command", [
@@ -57,12 +60,13 @@ def tool(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     ["tuner", "report", "{run}"],
     pytest.param(["tuner", "export", "{run}"], marks=needs_fashion),
 ])
-def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, command):
+def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, command, capsys,
+                                                                  monkeypatch, caplog):
     run = make_run(tmp_path / "run", finished=True)
     status = run / "status.json"
     status.write_text(status.read_text()[:40])  # a crash mid-write, before writes were synced
     before = {p: p.read_bytes() for p in run.rglob("*")}
-    proc = tool(*[a.format(run=run) for a in command], tmp_path=tmp_path)
+    proc = in_process([a.format(run=run) for a in command], tmp_path, capsys, monkeypatch, caplog)
     out = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, out
     assert "Traceback" not in proc.stderr, out
@@ -72,12 +76,13 @@ def test_every_command_on_a_truncated_status_json_says_which_file(tmp_path, comm
     assert {p: p.read_bytes() for p in run.rglob("*")} == before  # nothing written
 
 
-def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path):
+def test_predict_on_a_run_folder_does_not_need_its_status(tmp_path, capsys, monkeypatch, caplog):
     """predict reads the model folder only: a damaged status.json is no reason to refuse."""
     run = make_run(tmp_path / "run", finished=True)
     (run / "status.json").write_text("{")
     (tmp_path / "x.png").write_bytes(b"")
-    proc = tool("tuner", "predict", str(run), str(tmp_path / "x.png"), tmp_path=tmp_path)
+    proc = in_process(["tuner", "predict", str(run), str(tmp_path / "x.png")], tmp_path, capsys,
+                      monkeypatch, caplog)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no model/model.pt here" in proc.stderr
 
@@ -157,43 +162,3 @@ def test_status_json_keeps_the_trials_relative_to_the_run_folder(tmp_path):
             run.located(outside, copy, spec)
     shared = validate({"name": "x", "run": {"storage": "/shared/sweeps"}})
     assert run.located("/shared/sweeps/x-1", copy, shared) == "/shared/sweeps/x-1"
-
-
-@needs_fashion
-@pytest.mark.slow
-def test_more_trials_for_a_copied_run_leave_the_original_as_it_was(tmp_path):
-    import hashlib
-    import shutil
-
-    from helpers import QUICK, run_cli
-
-    results_root = tmp_path / "results"
-    first = run_cli(*QUICK, "--results", str(results_root), "--set", "model.weights=none",
-                    "--set", "data.test_subset=100", "--set", "search.num_samples=1",
-                    "--set", "search.n_initial_points=1", "--set", "search.parameters.epochs={choice: [1]}",
-                    tmp_path=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (original,) = [p.parent for p in results_root.glob("*/*/status.json")]
-
-    def snapshot(folder):
-        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in folder.rglob("*") if p.is_file()}
-
-    before = snapshot(original)
-    copy = original.with_name(original.name + "-copy")
-    shutil.copytree(original, copy, symlinks=True)
-    more = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert snapshot(original) == before  # not a file of the original changed, added or deleted
-    assert results.read_json(original / "status.json")["experiment"] == "trials"
-    status = results.read_json(copy / "status.json")
-    assert [s["experiment"] for s in status["more"]] == ["trials-more1"]
-    assert (copy / "trials-more1").is_dir() and len(pd.read_csv(copy / "trials.csv")) == 2
-
-    # a status.json that names another run's trials is refused, not followed
-    status["experiment"] = str(original / "trials")
-    results.write_json(copy / "status.json", status)
-    proc = tool("tuner", "resume", str(copy), "--more", "1", tmp_path=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
-    assert "are outside this run folder" in proc.stderr
-    assert snapshot(original) == before

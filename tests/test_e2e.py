@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import QUICK, needs_fashion, run_cli
+from helpers import QUICK, call_main, needs_fashion, run_cli
 from runs import QUICK_SPACE
 
 pytestmark = [needs_fashion, pytest.mark.cluster]
@@ -125,13 +125,16 @@ def test_only_the_chosen_trials_checkpoint_is_kept(quick_sweep):
     assert len(trained) and (trained["checkpoint_bytes"] > 40e6).all()  # ResNet-18 (+ Adam state)
 
 
-def test_spec_yaml_records_provenance_and_reruns(quick_sweep, tmp_path):
+def test_spec_yaml_records_provenance_and_reruns(quick_sweep, tmp_path, capsys, monkeypatch):
+    from tuner.run import main as run_main
+
     run = quick_sweep.run
     record = yaml.safe_load((run / "spec.yaml").read_text())
     assert record["data"]["train_subset"] == 700
     assert "imagenet: none (fallback" in record["provenance"]["weights"]
     assert set(record["provenance"]["versions"]) >= {"torch", "ray", "hyperopt"}
-    proc = run_cli(str(run / "spec.yaml"), "--dry-run", tmp_path=tmp_path, timeout=120)
+    # tuner.run's main in this process (test_cli.py runs the real command)
+    proc = call_main(run_main, [run / "spec.yaml", "--dry-run"], capsys, monkeypatch, tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -35,9 +35,11 @@ def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     the rung's epoch, where ASHA may stop it, and the chosen trial is tested on the checkpoint of the
     epoch it reported."""
     results = tmp_path / "results"
+    # two at a time (2 cores): the others need not wait for each other
     proc = start_cli(*THREE_TRIALS, "--results", str(results), "--set", "run.max_failures=0",
                      "--set", "search.scheduler=asha", "--set", "search.grace_period=1",
-                     "--set", "run.checkpoint_every=5", tmp_path=tmp_path)
+                     "--set", "run.checkpoint_every=5", "--set", "search.max_concurrent=2",
+                     tmp_path=tmp_path)
     try:
         first = wait_for(lambda: [r for r in reports(results) if r["epoch"] == 1], 300,
                          "the first epoch's report", proc)[0]
@@ -63,7 +65,8 @@ def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
 
 
 @pytest.mark.cluster
-def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path):
+def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path, capsys,
+                                                                          monkeypatch):
     """`kill PID` (docker stop, Kubernetes, Slurm): partial tables, the resume command, exit 143,
     and no Ray process left. While the driver lives, a second driver's --resume is refused.
 
@@ -80,7 +83,11 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
                  "both trials' first epochs", proc)
         run = run_dir_of(results)
         status = (run / "status.json").read_text()
-        second = run_cli("--resume", str(run), tmp_path=tmp_path, timeout=120)
+        from tuner import run as tuner_run
+
+        # the second driver: tuner.run's main in this process (refused before it imports torch or
+        # starts Ray; test_live.py and test_compare.py resume with the real command)
+        second = call_main(tuner_run.main, ["--resume", str(run)], capsys, monkeypatch, tmp_path)
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.startswith(f"error: --resume {run}: the sweep is still running (pid "
                                         f"{proc.pid} on ")
@@ -107,7 +114,9 @@ def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_pa
 @pytest.mark.cluster
 def test_killed_driver_then_resume(tmp_path):
     results = tmp_path / "results"
-    proc = start_cli(*THREE_TRIALS, "--results", str(results), tmp_path=tmp_path)
+    # half QUICK's images: what survives the killed driver is checked, not what the trials learn
+    proc = start_cli(*THREE_TRIALS, "--results", str(results), "--set", "data.train_subset=300",
+                     "--set", "data.test_subset=100", tmp_path=tmp_path)
     try:
         # kill once one trial has finished and the next has checkpointed its first epoch
         wait_for(lambda: len({r["trial_dir"] for r in reports(results)}) >= 2

@@ -1,6 +1,6 @@
 """Tables that grow while a real sweep runs (a Ray Tune callback on the driver), through a Ctrl-C and
 a --resume that completes it, the costs and report the sweep writes at the end, and two more
-trials added to the finished run (`tuner resume --more`)."""
+trials added to a copy of the finished run (`tuner resume --more`), the original left as it was."""
 
 import json
 import os
@@ -10,18 +10,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import (CHROMIUM, QUICK, assert_epochs_once, call_main, check_in_browser, config_key,
-                     images, short_tmpdir, start_cli, stop_group, suggestions, tuner, wait_for)
+from helpers import (CHROMIUM, QUICK, assert_epochs_once, call_logged, call_main, check_in_browser,
+                     config_key, images, short_tmpdir, start_cli, stop_group, suggestions, tuner,
+                     wait_for)
 
 from tuner.cli import main as tuner_main
+from tuner.results import read_json, write_json
 from tuner.run import main as run_main
 from tuner.specfile import load_spec
 
 pytestmark = pytest.mark.cluster
 
 # Three 2-epoch trials, one at a time. (test_faults.py interrupts a sweep whose trials all exist.)
+# Half QUICK's images: the tables, the resume and --more are checked here, not what the trials learn.
 SWEEP = [*QUICK, "--set", "search.num_samples=3", "--set", "search.n_initial_points=2",
-         "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}"]
+         "--set", "search.max_concurrent=1", "--set", "search.parameters.epochs={choice: [2]}",
+         "--set", "data.train_subset=300", "--set", "data.test_subset=100",
+         # every epoch validated, so that the live epochs.csv has a score from the first epoch on
+         # (run.validation's default validates where a decision reads it: the last epoch here)
+         "--set", "run.validation=every_epoch"]
 
 
 def live_tables(results, proc):
@@ -39,7 +46,7 @@ def live_tables(results, proc):
 
 @pytest.mark.slow  # 124 s alone on 2 idle cores (a sweep, its resume and --more)
 def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_path, capsys,
-                                                                          monkeypatch):
+                                                                          monkeypatch, caplog):
     results = tmp_path / "results"
     proc = start_cli(*SWEEP, "--results", str(results), tmp_path=tmp_path)
     try:
@@ -113,10 +120,39 @@ def test_tables_grow_while_the_sweep_runs_after_resume_and_with_more_trials(tmp_
     if CHROMIUM is not None:
         check_in_browser(run / "report.html", tmp_path)
 
-    # Ten more trials is the most common thing done to a sweep: here two, on this finished run.
-    more_trials_join_the_run(run, tmp_path, capsys, monkeypatch)
+    # Ten more trials is the most common thing done to a sweep: here two, on a copy of this
+    # finished run. A run folder names its trials relative to itself: the copy's new trials leave
+    # the original as it was.
+    copy = run.with_name(run.name + "-copy")
+    shutil.copytree(run, copy, symlinks=True)
+    before = snapshot(run)
+    more_trials_join_the_run(copy, tmp_path, capsys, monkeypatch)
+    assert snapshot(run) == before  # not a file of the original changed, added or deleted
+    assert read_json(run / "status.json")["experiment"] == "trials"
+    status = read_json(copy / "status.json")
+    assert [s["experiment"] for s in status["more"]] == ["trials-more1"]
+    assert (copy / "trials-more1").is_dir()
+    assert len(pd.read_csv(copy / "trials.csv")) == len(trials) + 2 == 5
+
+    # a status.json that names another run's trials is refused, not followed (the tuner command's
+    # main in this process, its log lines counted as stderr's)
+    status["experiment"] = str(run / "trials")
+    write_json(copy / "status.json", status)
+    proc = call_logged(tuner_main, ["resume", copy, "--more", "1"], capsys, monkeypatch, caplog,
+                       tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "are outside this run folder" in proc.stderr
+    assert snapshot(run) == before
     if CHROMIUM is None:
         pytest.skip("the sweep and --more passed; the browser check needs Debian's chromium")
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under the folder -> the sha256 of its bytes."""
+    import hashlib
+
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def more_trials_join_the_run(run: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -14,7 +14,7 @@ import yaml
 from helpers import CHROMIUM, check_in_browser, images
 from PIL import Image
 
-from tuner import results
+from tuner import report, results
 from tuner.errors import InputError
 from tuner.report import comparison_table, load_run, write_report
 from tuner.results import TrialRecord
@@ -209,10 +209,8 @@ def test_several_runs_side_by_side(tmp_path):
     fifo = make_run(tmp_path / "fifo", scheduler="fifo")
     asha = make_run(tmp_path / "asha")
     out, csv = tmp_path / "both.html", tmp_path / "both.csv"
-    proc = subprocess.run([sys.executable, "-m", "tuner.report", str(fifo), str(asha),
-                           "--out", str(out), "--csv", str(csv)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    # tuner.report's main in this process (test_bad_input's "missing" runs the real command)
+    assert report.main([str(fifo), str(asha), "--out", str(out), "--csv", str(csv)]) == 0
     table = pd.read_csv(csv)
     assert table["scheduler"].tolist() == ["fifo", "asha"] and table["run"].tolist() == ["fifo", "asha"]
     assert (table["trial_epochs"] == 8).all() and (table["test_accuracy"] == 0.8642).all()
@@ -317,7 +315,6 @@ def test_no_learning_curve_without_two_comparisons(tmp_path):
 def test_bad_input(tmp_path, case, capsys):
     """tuner.report's main in this process; case `missing` runs the real command too (its exit
     code and its one line on stderr, as a process gives them)."""
-    from tuner import report
     run = make_run(tmp_path / "run")
     before = sorted(p.name for p in run.iterdir())
     args = {

@@ -239,25 +239,38 @@ def no_secret(*texts: str) -> None:
 
 
 @pytest.mark.cluster
-def test_credentials_in_a_storage_uri_are_never_shown(s3, tmp_path):
+def test_credentials_in_a_storage_uri_are_never_shown(s3, tmp_path, capsys, monkeypatch, caplog):
+    """The dry runs are tuner.run's main in this process (what they log is caplog's, every level);
+    the run that starts Ray before it checks the storage is the real command."""
+    from tuner import run
+
+    def dry_run(*args):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            proc = call_main(run.main, [*QUICK, "--dry-run", *args], capsys, monkeypatch, tmp_path,
+                             NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        proc.log = caplog.text
+        return proc
+
     uri = f"s3://{KEY_ID}:{SECRET}@{BUCKET}/runs{s3.query}"
     results = tmp_path / "results"
-    plan = run_cli(*QUICK, "--dry-run", "--set", "model.weights=none", "--storage", uri,
-                   "--results", str(results), tmp_path=tmp_path, timeout=300)
+    plan = dry_run("--set", "model.weights=none", "--storage", uri, "--results", str(results))
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert f"storage: 's3://{BUCKET}/runs{s3.query}'" in plan.stdout  # where, not how
-    no_secret(plan.stdout, plan.stderr)
+    no_secret(plan.stdout, plan.stderr, plan.log)
 
     missing = f"s3://{KEY_ID}:{SECRET}@no-such-bucket/runs{s3.query}"
     # a run (Ray started, then the storage checked) and a dry run, the URI given either way
-    for args in (["--storage", missing], ["--dry-run", "--set", f"run.storage={missing}"]):
-        proc = run_cli(*QUICK, *args, "--set", "model.weights=none", "--results", str(results),
-                       tmp_path=tmp_path, timeout=300)
+    real = run_cli(*QUICK, "--storage", missing, "--set", "model.weights=none", "--results",
+                   str(results), tmp_path=tmp_path, timeout=300)
+    dry = dry_run("--set", f"run.storage={missing}", "--set", "model.weights=none", "--results",
+                  str(results))
+    for proc in (real, dry):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.splitlines()[-1] == (
             f"error: --storage s3://no-such-bucket/runs{s3.query}: there is no bucket "
             "'no-such-bucket'; create it first (tuner and Ray do not create buckets)")
-        no_secret(proc.stdout, proc.stderr)
+        no_secret(proc.stdout, proc.stderr, getattr(proc, "log", ""))
     assert not results.exists()
 
 
