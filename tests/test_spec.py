@@ -578,7 +578,9 @@ def test_a_comparisons_plan_gives_its_total_trials_and_random_init(tmp_path):
     data = SimpleNamespace(train=np.zeros(30), val=np.zeros(5), test=np.zeros(8), num_classes=3,
                            source="photos", in_channels=3)
     plan = plan_text(spec, {"none": Weights(None, "none (random init)")}, data)
-    assert "2 x (4 + 3) = 14 trials" in plan
+    # every run an arm makes: its search, its choice's repeats and its own settings' (no confirming
+    # runs below 8 trials)
+    assert "2 x (4 searched + 3 repeats of the choice + up to 3 of its own settings) = up to 20 trials" in plan
     assert "random init (model.weights: none)" in plan and "pretrained conv1" not in plan
 
 

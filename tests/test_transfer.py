@@ -25,12 +25,14 @@ def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_t
     arms = {name: target.arm(name).model for name in target.compare.arms}
     assert {n: (m.weights, m.freeze) for n, m in arms.items()} == {
         "scratch": ("none", "none"), "feature-extraction": ("results/src/run", "head"),
-        "fine-tune": ("results/src/run", "none"), "gradual": ("results/src/run", "gradual")}
-    assert target.compare.repeats >= 3
-    for spec in (source, target):  # lr over at least two decades, epochs and batch size searched
+        "fine-tune": ("results/src/run", "none"), "lp-ft": ("results/src/run", "lp-ft")}
+    assert target.compare.repeats >= 5 and target.search.confirm_top_k >= 2
+    for spec in (source, target):  # lr over at least two decades; one planned length under ASHA
         lr = spec.search.parameters["lr"].loguniform
-        assert lr[1] / lr[0] >= 100 and {"epochs", "batch_size"} <= set(spec.search.parameters)
-    assert "model.head_lr_multiplier" in target.search.parameters
+        assert lr[1] / lr[0] >= 100 and "epochs" not in spec.search.parameters
+        assert spec.search.scheduler == "asha" and spec.search.default_trial
+    assert {"model.head_lr_multiplier", "model.layer_decay"} <= set(target.search.parameters)
+    assert "batch_size" in source.search.parameters
 
 
 @needs_fashion
