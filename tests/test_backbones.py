@@ -25,6 +25,7 @@ from tuner.model import (
     adapt_input_conv,
     apply_freeze,
     build_model,
+    describe,
     imagenet_weights,
     make_optimizer,
     param_groups,
@@ -206,6 +207,16 @@ def test_the_spec_takes_each_archs_own_stage_names():
         assert Model(arch=arch, freeze=f"until:{b.stage_names[-1]}").freeze.endswith(b.stage_names[-1])
     with pytest.raises(ValueError, match="stage one of stem, stage1"):
         Model(arch="efficientnet_b0", freeze="until:layer3")
+
+
+def test_the_dry_run_names_the_archs_stages_and_what_freeze_and_layer_decay_do():
+    lines = describe(Model(arch="vit_b_16", freeze="until:block3", layer_decay=0.5), None, 3, 3)
+    assert lines[0].startswith("model: vit_b_16 (vit): first convolution conv_proj, classifier "
+                               "heads.head; stages (input to output): embed, block0, block1")
+    assert "freeze until:block3: the first epoch trains heads.head and block4, block5" in lines[1]
+    assert lines[1].endswith("frozen: embed, block0, block1, block2, block3")
+    assert lines[2].startswith("  layer_decay 0.5: lr x embed 0.000244, block0 0.000488")
+    assert lines[2].endswith("block11 1, heads.head 1")
 
 
 # --- weights --------------------------------------------------------------------------------------

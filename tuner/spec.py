@@ -235,12 +235,13 @@ class Model(_Section):
     # down) | lp-ft (Kumar et al. 2022: a linear probe, fc alone for lp_epochs, then everything)
     freeze: str = "none"
     lp_epochs: PositiveInt = 1  # lp-ft: epochs of the linear probe before the whole model trains
-    head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
-    # Layer-wise lr decay: layer4 learns at train.lr, layer3 at lr x layer_decay, layer2 at lr x
-    # layer_decay^2, ... the stem (conv1, bn1) at lr x layer_decay^4; fc as head_lr_multiplier says.
+    head_lr_multiplier: PositiveFloat = 1.0  # fc (the classifier layer) learns at this multiple of train.lr
+    # Layer-wise lr decay by the arch's stages: the last (ResNet layer4) learns at train.lr, the one
+    # before at lr x layer_decay, ... a ResNet's stem (conv1, bn1) at lr x layer_decay^4; fc as
+    # head_lr_multiplier says.
     # Earlier stages hold more general features, so a pretrained body changes least there.
     layer_decay: float = Field(1.0, gt=0, le=1)
-    keep_head: bool = False  # keep the weights file's fc (same classes) instead of a fresh one
+    keep_head: bool = False  # keep the weights file's fc/classifier (same classes) instead of a fresh one
 
     @field_validator("arch")
     @classmethod
