@@ -8,15 +8,17 @@ import hashlib
 from functools import cache, partial
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
+from helpers import draw_picture
 from torch import nn
 from torchvision.models import Weights as TorchvisionWeights
 from torchvision.models import WeightsEnum
 from torchvision.transforms._presets import ImageClassification
 
-from tuner import artifact, folder, memory
+from tuner import artifact, folder, memory, predict
 from tuner.backbones import ARCHS, BACKBONES, backbone
 from tuner.data import Dataset, Pixels, Split
 from tuner.errors import InputError
@@ -321,3 +323,7 @@ def test_a_model_folder_of_another_arch_loads_back(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(x), model(x), atol=1e-6)
     assert read["pretrained"] == card["pretrained"]
+    draw_picture("red", (50, 40), np.random.default_rng(0)).save(tmp_path / "a.png")
+    out = tmp_path / "p.csv"
+    assert predict.main([str(tmp_path / "model"), str(tmp_path / "a.png"), "--out", str(out)]) == 0
+    assert pd.read_csv(out)["predicted"].isin(["a", "b", "c"]).all()
