@@ -86,7 +86,7 @@ SPEC_CASES = [
     ("num_samples_0", "search:\n  num_samples: 0\n", [], ["search.num_samples", "greater than 0"]),
     ("val_fraction_1.5", "data:\n  val_fraction: 1.5\n", [], ["data.val_fraction", "1.5"]),
     ("unknown_dataset", "data:\n  dataset: cifar10\n", [], ["data.dataset", "cifar10"]),
-    ("unknown_arch", "model:\n  arch: vit_b_16\n", [], ["model.arch", "vit_b_16"]),
+    ("unknown_arch", "model:\n  arch: alexnet\n", [], ["model.arch", "alexnet"]),
     ("unknown_freeze", "model:\n  freeze: until:layer9\n", [], ["model.freeze", "until:layer9"]),
     ("unknown_searcher", "search:\n  searcher: optuna\n", [], ["search.searcher", "optuna"]),
     ("unknown_mode", "search:\n  mode: maximise\n", [], ["search.mode", "maximise"]),

@@ -1,7 +1,8 @@
 """A run's model folder: the chosen trial's weights (model.pt) and its card (model.json).
 
-    RUN_DIR/model/model.pt        plain fp32 state_dict of a torchvision resnet18 (conv1 and fc
-                                  as model.json's architecture says), torch.load(weights_only=True)
+    RUN_DIR/model/model.pt        plain fp32 state_dict of torchvision's model.arch (its first
+                                  convolution and classifier as model.json's architecture and
+                                  layers say), torch.load(weights_only=True)
     RUN_DIR/model/model.json      architecture, class names in label order, the evaluation
                                   preprocessing, the weights it was fine-tuned from, the chosen
                                   config and its scores, versions
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
 import tuner
 from tuner.data import Dataset
 from tuner.errors import InputError
-from tuner.model import CARD_FILE, MODEL_FILE, Weights, build_model
+from tuner.model import (CARD_FILE, MODEL_FILE, Weights, build_model, pretrained_card,
+                         reference_shapes, skipped)
 from tuner.results import plain, repeat_rows
 from tuner.spec import Model, Spec
 
@@ -74,24 +77,30 @@ def make_card(spec: Spec, data: Dataset, *, trial_id: str, config: dict, scores:
         chosen = (f"arm {arm}: the repeat of its best config that scored best on validation "
                   f"({spec.search.metric}), tested once")
     side = data.pixels.crop or int(data.train.images.shape[-1])
+    stem, head, _ = skipped(trial.model.arch)
+    shapes = reference_shapes(trial.model.arch)  # torchvision's: 3 channels, 1000 classes
     return {
         "format": CARD_FORMAT,
         "weights_file": MODEL_FILE,
         "architecture": {"arch": trial.model.arch, "in_channels": data.in_channels,
                          "small_input_stem": trial.model.small_input_stem,
                          "num_classes": data.num_classes},
-        # enough to rebuild and call the model without tuner: torchvision's resnet18 with conv1
-        # and fc of these shapes (conv1 stride 1 and no max-pool for small_input_stem: stride1)
+        # enough to rebuild and call the model without tuner: torchvision's arch with its first
+        # convolution and classifier of these shapes (layers; a ResNet's conv1 stride 1 and no
+        # max-pool for small_input_stem: stride1)
         "input": {"shape": [None, data.in_channels, side, side], "dtype": "float32",
                   "layout": "NCHW", "channels": "grayscale" if data.in_channels == 1 else "RGB",
                   "values": "normalised: (pixel / 255 - mean) / std, per channel"},
         "output": {"shape": [None, data.num_classes], "kind": "logits (softmax gives "
                    "probabilities), in the order of classes"},
-        "layers": {"conv1.weight": [64, data.in_channels, 7, 7],
-                   "fc.weight": [data.num_classes, 512]},
+        "layers": {stem: [shapes[stem][0], data.in_channels, *shapes[stem][2:]],
+                   head: [data.num_classes, shapes[head][1]]},
         "classes": list(data.classes),
         "preprocessing": preprocessing(spec, data),
         "fine_tuned_from": {"label": started_from, "sha256": digest},
+        # model.weights: imagenet: torchvision's weights entry and the evaluation transforms it
+        # was trained for (resize, crop, mean, std); the model's own input is `preprocessing`.
+        "pretrained": pretrained_of(started_from, weights),
         "sweep": spec.name,
         **({"arm": arm} if arm is not None else {}),
         "trial_id": trial_id,
@@ -104,6 +113,21 @@ def make_card(spec: Spec, data: Dataset, *, trial_id: str, config: dict, scores:
                      "torchvision": version("torchvision")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def pretrained_of(started_from: str, weights: Weights | None) -> dict | None:
+    """The torchvision weights entry (and its transforms) a model was fine-tuned from, if it was
+    `model.weights: imagenet`: from the resolved weights, or (a partial run's export, which has
+    only the label) from the entry's name in the label."""
+    if weights is not None:
+        return weights.pretrained
+    found = re.match(r"imagenet (\S+) sha256:", started_from)
+    if not found:
+        return None
+    try:
+        return pretrained_card(torchvision.models.get_weight(found.group(1)))
+    except (ValueError, KeyError, AttributeError):  # not a torchvision entry (a test's planted one)
+        return {"weights": found.group(1)}
 
 
 def write_model(folder: Path, weights: bytes, card: dict[str, Any]) -> Path:
@@ -257,7 +281,9 @@ def read_card(folder: Path) -> dict[str, Any]:
 def build(card: dict[str, Any]) -> nn.Module:
     """The card's architecture with fresh weights (build_model's, so it is the trained one)."""
     arch = card["architecture"]
-    spec = Model(weights="none", conv1="reinit", small_input_stem=arch.get("small_input_stem", False))
+    # Cards written before other architectures have no arch: they are all resnet18.
+    spec = Model(arch=arch.get("arch", "resnet18"), weights="none", conv1="reinit",
+                 small_input_stem=arch.get("small_input_stem", False))
     return build_model(spec, Weights(None, "from model.pt"), arch["in_channels"], arch["num_classes"])
 
 

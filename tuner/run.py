@@ -175,6 +175,7 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
     """The dry run's plan: the resolved spec, the search and what it starts from, the arms, the
     weights and the data."""
     from tuner import sweep, warmstart
+    from tuner.model import describe as describe_model
     from tuner.model import weights_label
     from tuner.space import describe
 
@@ -216,6 +217,9 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
     out += ["", f"weights: {weights_label(weights)}",
             f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
             f"{data.num_classes} classes, from {data.source}"]
+    # The spec's own model section (a searched or per-arm weights setting may not be among them)
+    out += describe_model(spec.model, weights.get(spec.model.weights), data.in_channels,
+                          data.num_classes)
     if data.in_channels == 3:  # RGB: the pretrained conv1's filters fit as they are
         random_init = all(w.state_dict is None for w in weights.values())
         out.append("model.conv1: 3-channel RGB images, nothing to adapt: "

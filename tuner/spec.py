@@ -24,13 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from tuner.backbones import backbone, input_problem
 from tuner.fashion_mnist import CLASSES as FASHION_CLASSES
 
-STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # ResNet stages, input to output
+STAGES = backbone("resnet18").stage_names  # ResNet stages, input to output (the default arch's)
 # What a trial can vary: the rest (data, weights, resources, search) is set up once per sweep.
 # data.train_per_class too: each trial draws its own training images from the loaded split
 # (validation and test stay shared).
 SEARCHABLE = ("train.", "model.", "data.augment.", "data.train_per_class")
+# The architecture decides the stage names freeze policies use and the parameter shapes every
+# trial's weights must have: one per sweep (searching it is not supported).
 FIXED = ("model.arch",)
 # Weights are resolved and checked in the driver before anything runs, so only a list of them can
 # be searched (each one resolved up front), never a range.
@@ -41,7 +44,16 @@ CHOICE_ONLY = ("model.weights",)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ARM_NAME = NAME
 NAME_RULE = "a letter or digit first, then letters, digits, '_', '.' and '-' only"
-FREEZE_HELP = "none, head, gradual, lp-ft or until:<stage> with stage one of " + ", ".join(STAGES)
+FASHION_SIDE = 28  # Fashion-MNIST's images are 28x28
+
+
+def freeze_help(arch: str = "resnet18") -> str:
+    """The freeze policies an architecture takes, in words (its own stage names)."""
+    return ("none, head, gradual, lp-ft or until:<stage> with stage one of "
+            + ", ".join(backbone(arch).stage_names))
+
+
+FREEZE_HELP = freeze_help()
 
 
 class _Section(BaseModel):
@@ -207,12 +219,15 @@ def pick_classes(wanted: list[str | int], available: tuple[str, ...]) -> list[in
 
 
 class Model(_Section):
-    arch: Literal["resnet18"] = "resnet18"
+    # A torchvision classifier by name: tuner.backbones.ARCHS (resnet, efficientnet, mobilenet_v3,
+    # convnext, regnet_y, vit); its first convolution is fitted to the data's channels, its
+    # classifier replaced, and freeze and layer_decay work by its own stages.
+    arch: str = "resnet18"
     # imagenet | none | a tuner run folder, its model/model.pt, a trial checkpoint, or a state_dict
     weights: str = "imagenet"
     weights_fallback: Literal["none"] | None = None  # if ImageNet weights cannot be had
     conv1: Literal["sum", "reinit"] = "sum"
-    # For 28x28 input. false: ImageNet's stem (stride-2 conv1 and max-pool, 7x7 maps in layer1);
+    # ResNets only. For 28x28 input. false: ImageNet's stem (stride-2 conv1 and max-pool, 7x7 maps in layer1);
     # stride1: stride-1 conv1, no max-pool (28x28 in layer1); stride1_pool: stride-1 conv1 and the
     # max-pool (14x14 in layer1, about a quarter of stride1's compute). conv1 stays 7x7.
     small_input_stem: Literal[False, "stride1", "stride1_pool"] = False
@@ -220,22 +235,41 @@ class Model(_Section):
     # down) | lp-ft (Kumar et al. 2022: a linear probe, fc alone for lp_epochs, then everything)
     freeze: str = "none"
     lp_epochs: PositiveInt = 1  # lp-ft: epochs of the linear probe before the whole model trains
-    head_lr_multiplier: PositiveFloat = 1.0  # fc learns at this multiple of train.lr
-    # Layer-wise lr decay: layer4 learns at train.lr, layer3 at lr x layer_decay, layer2 at lr x
-    # layer_decay^2, ... the stem (conv1, bn1) at lr x layer_decay^4; fc as head_lr_multiplier says.
+    head_lr_multiplier: PositiveFloat = 1.0  # fc (the classifier layer) learns at this multiple of train.lr
+    # Layer-wise lr decay by the arch's stages: the last (ResNet layer4) learns at train.lr, the one
+    # before at lr x layer_decay, ... a ResNet's stem (conv1, bn1) at lr x layer_decay^4; fc as
+    # head_lr_multiplier says.
     # Earlier stages hold more general features, so a pretrained body changes least there.
     layer_decay: float = Field(1.0, gt=0, le=1)
-    keep_head: bool = False  # keep the weights file's fc (same classes) instead of a fresh one
+    keep_head: bool = False  # keep the weights file's fc/classifier (same classes) instead of a fresh one
 
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        backbone(v)  # ValueError naming the supported ones
+        return v
+
+    # The arch field comes first, so these see it (info.data): stage names and stem variants are
+    # the architecture's own. (Without a valid arch, its own error is the one reported.)
     @field_validator("freeze")
     @classmethod
-    def _freeze_policy(cls, v: str) -> str:
-        if v in ("none", "head", "gradual", "lp-ft"):
+    def _freeze_policy(cls, v: str, info) -> str:
+        if v in ("none", "head", "gradual", "lp-ft") or "arch" not in info.data:
             return v
+        arch = info.data["arch"]
         m = re.fullmatch(r"until:(\w+)", v)
-        if m and m.group(1) in STAGES:
+        if m and m.group(1) in backbone(arch).stage_names:
             return v
-        raise ValueError(f"unknown freeze policy {v!r}; use {FREEZE_HELP}")
+        raise ValueError(f"unknown freeze policy {v!r} for {arch}; use {freeze_help(arch)}")
+
+    @field_validator("small_input_stem")
+    @classmethod
+    def _resnet_stem(cls, v: Any, info) -> Any:
+        arch = info.data.get("arch")
+        if v and arch is not None and backbone(arch).family != "resnet":
+            raise ValueError(f"{v} changes a ResNet's stem (conv1 stride, max-pool); {arch} has no "
+                             "such stem: set it to false")
+        return v
 
     @field_validator("small_input_stem", mode="before")
     @classmethod
@@ -509,6 +543,12 @@ class Spec(_Section):
     @model_validator(mode="after")
     def _searched_fields(self) -> Spec:
         problems = []
+        side = self.data.image_size if self.data.dataset == "imagefolder" else FASHION_SIDE
+        if problem := input_problem(self.model.arch, side):
+            problems.append(f"model.arch: {problem}; "
+                            + ("set data.image_size (and data.resize) to fit"
+                               if self.data.dataset == "imagefolder" else
+                               "fashion_mnist's images are 28x28: choose another model.arch"))
         seen: dict[str, str] = {}
         for key, param in self.search.parameters.items():
             path = param_path(key)

@@ -143,7 +143,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     since_checkpoint = 0.0  # seconds of training since the last checkpoint (or the trial's start)
     for epoch in range(start, spec.train.epochs):
         t0 = time.perf_counter()
-        set_train_mode(model, apply_freeze(model, spec.model, epoch))
+        set_train_mode(model, apply_freeze(model, spec.model, epoch), spec.model.arch)
         batches = train_batches(train_set, spec.train.batch_size, spec.train.seed, epoch,
                                 spec.data.augment, fmt)
         train_loss, train_acc, seen = train_epoch(step_model, optimizer, batches, spec.train.precision,

@@ -110,7 +110,7 @@ def train_once(spec: Spec, weights: Weights, data: Dataset, lr: float, seed: int
                         generator=torch.Generator().manual_seed(seed))
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(run.train.epochs):
-        set_train_mode(model, apply_freeze(model, run.model, epoch))
+        set_train_mode(model, apply_freeze(model, run.model, epoch), run.model.arch)
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).backward()
