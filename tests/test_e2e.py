@@ -91,8 +91,8 @@ def test_summaries_and_best(quick_sweep):
     trials = pd.read_csv(run / "trials.csv")
     for key in ("epochs", "batch_size", "lr"):
         table = pd.read_csv(run / f"summary_by_{key}.csv")
-        assert {"mean", "std", "max", "count"} <= set(table.columns)
-        assert table["count"].sum() == (trials["status"] != "error").sum() == 3  # not the diverged
+        assert {"val_accuracy_mean", "val_accuracy_std", "val_accuracy_max", "trials"} <= set(table.columns)
+        assert table["trials"].sum() == (trials["status"] != "error").sum() == 3  # not the diverged
     best = json.loads((run / "best.json").read_text())
     assert best["val_accuracy"] == pytest.approx(trials["val_accuracy"].max())
     assert best["test_images"] == 500

@@ -256,7 +256,7 @@ def test_credentials_in_a_storage_uri_are_never_shown(s3, tmp_path, capsys, monk
     results = tmp_path / "results"
     plan = dry_run("--set", "model.weights=none", "--storage", uri, "--results", str(results))
     assert plan.returncode == 0, plan.stderr[-2000:]
-    assert f"storage: 's3://{BUCKET}/runs{s3.query}'" in plan.stdout  # where, not how
+    assert f"storage: s3://{BUCKET}/runs{s3.query}\n" in plan.stdout  # where, not how
     no_secret(plan.stdout, plan.stderr, plan.log)
 
     missing = f"s3://{KEY_ID}:{SECRET}@no-such-bucket/runs{s3.query}"
