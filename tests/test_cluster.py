@@ -49,6 +49,7 @@ def cluster(tmp_path_factory):
         reset_auth_token_state()
 
 
+@pytest.mark.slow  # Ray retries a refused token for ~20 s before it gives up
 def test_client_without_the_token_is_refused(cluster, tmp_path):
     proc = run_cli(*QUICK, "--address", cluster.address, "--results", str(tmp_path / "res"),
                    tmp_path=tmp_path, timeout=180, RAY_AUTH_TOKEN="0" * 64,
@@ -87,6 +88,7 @@ def test_dry_run_checks_the_request_against_the_clusters_nodes(cluster, tmp_path
     assert not results.exists()
 
 
+@pytest.mark.slow  # a two-node sweep with a lost node: ~26 s alone
 def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_path):
     """Last of the tests on the module's cluster: it loses the worker node for good."""
     results = tmp_path / "results"

@@ -46,6 +46,7 @@ def test_the_defaults_validate_and_checkpoint_only_where_needed():
     assert (r.validation, r.checkpoint_every, r.checkpoint_minutes) == ("needed", None, 5.0)
 
 
+@pytest.mark.slow  # a real sweep with MLflow and W&B logging: ~25 s alone
 def test_a_trial_reports_scores_only_for_the_epochs_it_validated(tmp_path):
     """One trial of three epochs (its length given as train.images) under FIFO: epochs 1 and 2 train and report without val_* scores,
     epoch 2 without a checkpoint; epoch 3 (the last) is validated, checkpointed, chosen and tested. The sweep's

@@ -25,6 +25,7 @@ def run_dir_of(results_root):
     return run.parent
 
 
+@pytest.mark.slow  # a sweep with a killed worker: ~30 s alone on 2 idle cores
 @pytest.mark.cluster
 def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     """run.max_failures: 0 and one trial's worker killed (the OOM killer, a lost node): that trial
@@ -64,6 +65,7 @@ def test_a_trial_that_fails_for_good_ends_and_the_sweep_finishes(tmp_path):
     assert "interrupted" not in (tmp_path / "cli.log").read_text()
 
 
+@pytest.mark.slow  # a sweep stopped by SIGTERM: ~25 s alone
 @pytest.mark.cluster
 def test_sigterm_stops_like_ctrl_c_and_a_live_run_cannot_be_resumed_twice(tmp_path, capsys,
                                                                           monkeypatch):

@@ -15,6 +15,7 @@ from tuner.batches import steps_per_epoch
 pytestmark = [needs_fashion, pytest.mark.cluster]
 
 
+@pytest.mark.slow  # a sweep and its resume: ~32 s alone
 def test_cosine_warmup_adamw_smoothing_erasing_small_stem_sweep_learns_and_resumes(tmp_path):
     """One trial of the new recipe; its worker is killed after epoch 1, and the retry continues
     the schedule from the checkpoint (a restarted schedule would warm up again)."""
