@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.batches import DeviceSplit, augment, draw_augment, epoch_order, normalize, train_batches
+from tuner.batches import (DeviceSplit, augment, draw_augment, epoch_order, largest_batch, normalize,
+                           steps_per_epoch, train_batches)
 from tuner.data import Pixels, Split
 from tuner.fashion_mnist import MEAN, STD
 from tuner.spec import Augment
@@ -18,13 +19,18 @@ def make_split(n: int) -> DeviceSplit:
     return DeviceSplit.put(Split(images, np.arange(n, dtype=np.int64)), CPU, Pixels((MEAN,), (STD,)))
 
 
-@pytest.mark.parametrize("n, batch", [(1000, 32), (1000, 128), (129, 64), (65, 64), (10, 128)])
+@pytest.mark.parametrize("n, batch", [(1000, 32), (1000, 128), (129, 64), (65, 64), (10, 128),
+                                      (100, 32), (2500, 32), (500, 32), (96, 64)])
 def test_every_example_exactly_once_per_epoch(n, batch):
     chunks = epoch_order(n, batch, seed=0, epoch=3, device=CPU)
     seen = torch.cat(chunks).sort().values
     assert torch.equal(seen, torch.arange(n))
-    assert all(len(c) > 1 for c in chunks)  # BatchNorm cannot train on one example
-    assert all(len(c) <= batch + 1 for c in chunks)
+    assert len(chunks) == steps_per_epoch(n, batch)  # what a schedule plans for
+    # no step on a scrap of a batch (BatchNorm trains on its statistics): at least half a batch,
+    # or all there is; and no batch as large as 1.5 batches
+    assert all(2 * len(c) >= min(batch, n) for c in chunks), [len(c) for c in chunks]
+    assert max(len(c) for c in chunks) == largest_batch(n, batch)  # what the memory check counts
+    assert all(2 * len(c) < 3 * batch for c in chunks)
 
 
 def test_order_is_seeded_and_changes_each_epoch():

@@ -51,22 +51,36 @@ class DeviceSplit:
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[torch.Tensor]:
     """Index batches covering all n examples once, in a permutation fixed by (seed, epoch).
 
-    The last batch keeps the remainder (as DataLoader does), except that a lone example is folded
-    into the batch before it: BatchNorm cannot train on a batch of one.
+    A remainder of less than half a batch joins the batch before it (which grows to under 1.5
+    batches) rather than making a step of its own. BatchNorm normalises a batch by its own
+    statistics and moves its running ones 10% towards them: a last batch of 4 images (100 images
+    at batch 32) gave every epoch a full optimizer step on noisy statistics and left them in the
+    model that is validated. Measured on 20 images per class (transfer-target.yaml, 5 seeds,
+    validation accuracy): scratch 0.699 +- 0.116 with the 4-image batch, 0.848 +- 0.019 without;
+    lp-ft 0.840 +- 0.018 against 0.866 +- 0.013.
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # CPU generator: same order anywhere
     perm = torch.randperm(n, generator=g).to(device)
     chunks = list(torch.split(perm, batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
+    if len(chunks) > 1 and 2 * len(chunks[-1]) < batch_size:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
 
 
+def largest_batch(n: int, batch_size: int) -> int:
+    """The most examples one training batch of `epoch_order` holds for n examples: a full batch,
+    with a remainder of less than half a batch that joined it, or all n if fewer."""
+    if n <= batch_size:
+        return n
+    rest = n % batch_size
+    return batch_size + rest if 2 * rest < batch_size else batch_size
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """How many batches `epoch_order` makes of n examples (a lone last example joins the batch
-    before it), so that a schedule knows its length before the first epoch."""
+    """How many batches `epoch_order` makes of n examples (a remainder of less than half a batch
+    joins the batch before it), so that a schedule knows its length before the first epoch."""
     steps = -(-n // batch_size)
-    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+    return steps - 1 if steps > 1 and 0 < 2 * (n % batch_size) < batch_size else steps
 
 
 def normalize(images: torch.Tensor, data: DeviceSplit) -> torch.Tensor:

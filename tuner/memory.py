@@ -21,6 +21,7 @@ from itertools import product
 
 import torch
 
+from tuner.batches import largest_batch
 from tuner.data import Dataset
 from tuner.device import autocast
 from tuner.errors import InputError
@@ -100,7 +101,10 @@ def _worst_setting(spec: Spec, data: Dataset) -> tuple[dict[str, int], str]:
     can = {path: values(spec, path) for path in MEMORY_FIELDS}
     states, optimizer = max((optimizer_states(o, m), o) for o, m in product(
         can["train.optimizer"], can["train.momentum"]))
+    # a remainder of under half a batch joins the last batch, which then holds more (and a split
+    # smaller than a batch is counted at the batch size all the same: a bound, not a guess)
     batch = int(max(can["train.batch_size"]))
+    batch = max(batch, largest_batch(len(data.for_training(spec.data).train), batch))
     # evaluate() runs the validation split in batches of eval_batch_size: never more than the split
     eval_batch = min(int(max(can["train.eval_batch_size"])), len(data.val))
     shape = data.train.images.shape[-2:] if data.pixels.crop is None else (data.pixels.crop,) * 2
