@@ -15,6 +15,7 @@ from helpers import ROOT, call_main, needs_fashion, reports, short_tmpdir
 from runs import planted_weights
 from scipy import stats
 
+from tuner import arms
 from tuner.compare import _scores, compare_table, difference, repeats_spec, t_interval, verdict
 from tuner.errors import InputError
 from tuner.model import build_model, resolve_all
@@ -159,6 +160,33 @@ def test_repeats_never_reuse_a_seed_a_search_trial_trained_with():
     assert [p["seed"] for p in rep.search.points_to_evaluate] == [9, 11, 12]
     assert rep.search.parameters["seed"].args == [9, 11, 12]
     assert all(rep.with_values(p).train.seed == p["seed"] for p in rep.search.points_to_evaluate)
+
+
+def test_every_arms_repeats_are_one_experiment_whose_trials_go_back_to_their_arm():
+    spec = load_spec(QUICK, ["compare.arms={full: {model.freeze: none}, head: {model.freeze: head},"
+                             " few: {model.freeze: head, data.train_per_class: 10}}"])
+    best = {"epochs": 2, "batch_size": 64, "lr": 5e-4}
+    plans = {arm: repeats_spec(spec.arm(arm), {**best, "lr": lr}, 2)
+             for arm, lr in [("full", 5e-4), ("head", 1e-2), ("few", 1e-3)]}
+    assert arms.groups(spec, list(plans)) == [["full", "head", "few"]]
+    merged = arms.merged_spec(spec, plans)
+    points = merged.search.points_to_evaluate
+    assert merged.search.num_samples == len(points) == 6 and merged.search.scheduler == "fifo"
+    # each point carries its arm's value of every field an arm sets, and runs as that arm would
+    values = spec.arm_settings()
+    for point, arm in zip(points, ["full", "full", "head", "head", "few", "few"], strict=True):
+        assert arms.arm_of(values, point) == arm
+        trial, own = merged.with_values(point), spec.arm(arm)
+        assert (trial.model.freeze, trial.data.train_per_class) == (
+            own.model.freeze, own.data.train_per_class)
+        assert trial.train.lr == plans[arm].search.points_to_evaluate[0]["lr"]
+    assert [p["train.seed"] for p in points] == [1, 2] * 3
+
+
+def test_arms_that_set_the_same_values_get_experiments_of_their_own():
+    """An A/A comparison: one experiment could not tell the two arms' trials apart."""
+    spec = load_spec(QUICK, ["compare.arms={A: {}, B: {}, C: {model.freeze: head}}"])
+    assert arms.groups(spec, ["A", "B", "C"]) == [["A", "C"], ["B"]]
 
 
 def test_t_interval():
@@ -376,7 +404,9 @@ def test_a_comparison_runs_is_interrupted_and_resumes(comparison):
     epochs = pd.read_csv(run / "epochs.csv")
     assert {"arm", "phase", "weights"} <= set(epochs.columns) and len(epochs) == len(trials)
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and len(status["compare"]["done"]) == 6
+    assert status["state"] == "finished"
+    # two searches, then every arm's confirming runs as one experiment and its repeats as one
+    assert status["compare"]["done"] == ["search:planted", "search:scratch", "confirm", "repeats"]
     assert status["trials"]["finished"] == len(trials) == status["cost"]["trial_epochs"]
     assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]

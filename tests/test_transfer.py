@@ -11,6 +11,7 @@ import yaml
 from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cli
 
 from tuner import fashion_mnist
+from tuner.bench.grid import grid_lrs
 from tuner.specfile import load_spec
 
 SOURCE = ROOT / "sweeps" / "transfer-source.yaml"
@@ -27,10 +28,16 @@ def test_the_study_is_two_halves_of_fashion_mnist_and_one_set_gives_the_source_t
         "scratch": ("none", "none"), "feature-extraction": ("results/src/run", "head"),
         "fine-tune": ("results/src/run", "none"), "lp-ft": ("results/src/run", "lp-ft")}
     assert target.compare.repeats >= 5 and target.search.confirm_top_k >= 2
-    for spec in (source, target):  # lr over at least two decades; one planned length under ASHA
+    for spec in (source, target):  # lr over at least two decades; one planned length
         lr = spec.search.parameters["lr"].loguniform
         assert lr[1] / lr[0] >= 100 and "epochs" not in spec.search.parameters
-        assert spec.search.scheduler == "asha" and spec.search.default_trial
+        assert spec.search.default_trial
+    assert source.search.scheduler == "asha"
+    # the target's search holds the plain grid's lrs (its ends and the own settings' middle), each
+    # trained to the end as the grid's runs are
+    assert target.search.scheduler == "fifo"
+    assert sorted([target.train.lr] + [p["lr"] for p in target.search.points_to_evaluate]) == \
+        pytest.approx(grid_lrs(target))
     assert {"model.head_lr_multiplier", "model.layer_decay"} <= set(target.search.parameters)
     assert "batch_size" in source.search.parameters
 

@@ -1,13 +1,15 @@
 """Strategies compared on equal terms: the arms of `compare:` in one run directory and one Ray session.
 
 Phase "search": each arm runs the spec's own search (same space and `num_samples`; a searcher seed
-of its own, Spec.arm) with its overrides, the arm's own settings as its first trial. Phase
-"confirm" (search.confirm_top_k): the arm's top configs trained again with a fresh seed, and its
-choice made on the mean (tuner.confirm). Phase "repeats": each arm's chosen config is trained
-again once per fresh `train.seed`, and so are the arm's own settings, with the same seeds; each of
-those runs is tested once. Every step (phase, arm) is its own Ray Tune experiment,
-`<experiment>/<arm>/<phase>`; status.json records the finished steps and the test scores, so
-`--resume` continues with the step it stopped in and never tests a run twice.
+of its own, Spec.arm) with its overrides, the arm's own settings as its first trial; one Ray Tune
+experiment per arm, `<experiment>/<arm>/search`. Phase "confirm" (search.confirm_top_k): each
+arm's top configs trained again with a fresh seed, and its choice made on the mean
+(tuner.confirm). Phase "repeats": each arm's chosen config is trained again once per fresh
+`train.seed`, and so are the arm's own settings, with the same seeds; each of those runs is tested
+once. The confirming runs of every arm are one experiment, and so are the repeats
+(`<experiment>/_arms/<phase>`, tuner.arms): fixed points, so the two cores stay busy across arms.
+status.json records the finished steps and the test scores, so `--resume` continues with the step
+it stopped in and never tests a run twice.
 
 Writes trials.csv and epochs.csv (every trial of every step, with `arm` and `phase` columns, and
 `role` for the repeats: chosen or default), compare.csv (one row per arm), compare.png, and prints
@@ -23,13 +25,14 @@ import math
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tuner import confirm, results, sweep
+from tuner import arms, confirm, results, sweep
 from tuner.data import Dataset
 from tuner.model import Weights
 from tuner.rundir import STATUS_FILE
@@ -37,15 +40,7 @@ from tuner.spec import Spec, param_path, same_point
 
 log = logging.getLogger(__name__)
 
-PHASES = ("search", "confirm", "repeats")
 CONFIDENCE = 0.95
-
-
-def steps(spec: Spec) -> list[tuple[str, str]]:
-    """(phase, arm) in the order they run: every arm's search, then every arm's confirming runs
-    (search.confirm_top_k), then every arm's repeats."""
-    return [(phase, arm) for phase in PHASES for arm in spec.compare.arms
-            if phase != "confirm" or confirm.top_k(spec.arm(arm)) > 0]
 
 
 def seed_key(best: dict) -> str:
@@ -103,6 +98,9 @@ def with_roles(table: pd.DataFrame, best: dict, default: dict | None) -> pd.Data
     return table.assign(role=roles)
 
 
+MERGED = "_arms"  # the folder of the steps that hold every arm (an arm's name starts with a letter)
+
+
 def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_dir: Path,
                    experiment: str, resume: str) -> int:
     """Run (or continue) every step, write the tables and figure, and print the answer.
@@ -116,62 +114,91 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     search_records = []  # their checkpoints go once the repeats are done (keep_checkpoints: best)
     searched, selections = {}, {}  # arm -> its search's table and records; its selection record
     repeat_records = {}  # arm -> its repeats: the models come from them
-    for phase, arm in steps(spec):
-        arm_spec = spec.arm(arm)
-        if phase != "search" and arm not in best:
-            log.warning("arm %s: no trial of its search finished; nothing to %s", arm, phase)
-            continue
-        if phase == "confirm":
-            top = confirm.candidates(searched[arm][0], arm_spec, confirm.top_k(arm_spec))
-            arm_spec = confirm.confirm_spec(arm_spec, [confirm.point_of(r, list(
-                arm_spec.search.parameters)) for _, r in top.iterrows()], seeds[arm])
-        if phase == "repeats":
-            arm_spec = repeats_spec(arm_spec, best[arm], spec.compare.repeats, seeds[arm],
-                                    defaults[arm])
-        step = f"{phase}:{arm}"
+
+    def run(step: str, step_spec: Spec, path: str, arm: str | None = None):
         done = step in progress["done"]
         if not done:
+            phase = step.split(":")[0]
             _status(status_path, state="running", phase=phase, arm=arm)
-            print(f"\n== {phase} {arm} ==", flush=True)
-        path = sweep.storage_join(experiment, arm, phase)
-        grid = sweep.run_step(arm_spec, data, weights, path, done)
-        records = sweep.collect(grid, arm_spec)
-        interrupted = not done and sweep.interrupted(grid, arm_spec, path)
-        table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
-        if phase == "search":
-            search_records += records
-            seeds[arm] = {arm_spec.with_values(r.params).train.seed for r in records}
-            searched[arm] = table, records
-            chosen = results.best_trial(table, arm_spec)
-            if chosen is not None:
-                best[arm] = next(r.params for r in records if r.trial_id == chosen["trial_id"])
-        elif phase == "confirm":
-            seeds[arm] |= {arm_spec.with_values(r.params).train.seed for r in records}
-            if not interrupted:  # the choice on the mean over both seeds
-                base = spec.arm(arm)
-                chosen, selections[arm] = confirm.choose(base, top, table)
-                best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
-                search_records += records  # never a model: their checkpoints go too
-        elif not interrupted:
-            table = _tested(table, records, arm_spec, data, progress["tests"].setdefault(arm, {}),
-                            status_path, progress)
-            repeat_records[arm] = records
-        if phase == "repeats":
-            table = with_roles(table, best[arm], defaults[arm])
+            print(f"\n== {phase} {arm or 'all arms'} ==", flush=True)
+        grid = sweep.run_step(step_spec, data, weights, path, done)
+        records = sweep.collect(grid, step_spec)
+        return records, done, not done and sweep.interrupted(grid, step_spec, path)
+
+    def keep(table: pd.DataFrame, records, arm: str, phase: str) -> None:
         trials.append(_tagged(table, arm, phase))
         epochs.append(_tagged(results.epochs_table(records), arm, phase))
         _write_tables(run_dir, trials, epochs)
-        if interrupted:
-            _status(status_path, state="partial", compare=progress)
-            print(f"\ncomparison interrupted in {phase} of arm {arm} after "
-                  f"{time.perf_counter() - t0:.0f} s; the tables in {run_dir} are partial.\n"
-                  f"resume with: {resume}", file=sys.stderr)
-            return 130
+
+    def stopped(phase: str, arm: str | None) -> int:
+        _status(status_path, state="partial", compare=progress)
+        print(f"\ncomparison interrupted in {phase}{f' of arm {arm}' if arm else ''} after "
+              f"{time.perf_counter() - t0:.0f} s; the tables in {run_dir} are partial.\n"
+              f"resume with: {resume}", file=sys.stderr)
+        return 130
+
+    def finished(step: str, done: bool) -> None:
         if not done:
             progress["done"].append(step)
-            if phase != "repeats":  # for a reader of status.json; a resume recomputes it
-                progress.setdefault("best", {})[arm] = best.get(arm)
+            progress["best"] = {a: best.get(a) for a in spec.compare.arms}  # for a reader
             _status(status_path, compare=progress)
+
+    for arm in spec.compare.arms:  # each arm's search: a searcher and a scheduler of its own
+        arm_spec = spec.arm(arm)
+        records, done, interrupted = run(f"search:{arm}", arm_spec,
+                                         sweep.storage_join(experiment, arm, "search"), arm)
+        table = results.trials_table(records, arm_spec, labels, interrupted=interrupted)
+        search_records += records
+        seeds[arm] = {arm_spec.with_values(r.params).train.seed for r in records}
+        searched[arm] = table, records
+        chosen = results.best_trial(table, arm_spec)
+        if chosen is not None:
+            best[arm] = next(r.params for r in records if r.trial_id == chosen["trial_id"])
+        keep(table, records, arm, "search")
+        if interrupted:
+            return stopped("search", arm)
+        finished(f"search:{arm}", done)
+    for arm in spec.compare.arms:
+        if arm not in best:
+            log.warning("arm %s: no trial of its search finished; nothing to confirm or repeat",
+                        arm)
+
+    # Every arm's confirming runs (search.confirm_top_k) as one experiment, then every arm's
+    # repeats as one: fixed points, no searcher (tuner.arms)
+    tops = {arm: confirm.candidates(searched[arm][0], spec.arm(arm), confirm.top_k(spec.arm(arm)))
+            for arm in best if confirm.top_k(spec.arm(arm)) > 0}
+    plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(r, list(
+        spec.search.parameters)) for _, r in top.iterrows()], seeds[arm])
+        for arm, top in tops.items()}
+    if plans:
+        mine, interrupted = _merged_step(run, finished, "confirm", spec, plans, experiment)
+        for arm, step_spec in plans.items():
+            records = mine[arm]
+            seeds[arm] |= {step_spec.with_values(r.params).train.seed for r in records}
+            table = results.trials_table(records, step_spec, labels, interrupted=interrupted)
+            if not interrupted:  # the choice on the mean over both seeds
+                chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], table)
+                best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
+                search_records += records  # never a model: their checkpoints go too
+            keep(table, records, arm, "confirm")
+        if interrupted:
+            return stopped("confirm", None)
+
+    plans = {arm: repeats_spec(spec.arm(arm), best[arm], spec.compare.repeats, seeds[arm],
+                               defaults[arm]) for arm in best}
+    if plans:
+        mine, interrupted = _merged_step(run, finished, "repeats", spec, plans, experiment)
+        if not interrupted:
+            _test_all(mine, plans, data, progress, status_path)
+        for arm, step_spec in plans.items():
+            records = mine[arm]
+            table = results.trials_table(records, step_spec, labels, interrupted=interrupted)
+            if not interrupted:
+                table = _with_tests(table, progress["tests"].get(arm, {}))
+                repeat_records[arm] = records
+            keep(with_roles(table, best[arm], defaults[arm]), records, arm, "repeats")
+        if interrupted:
+            return stopped("repeats", None)
     if spec.run.keep_checkpoints == "best":  # the repeats' checkpoints are the tested models
         deleted = sweep.prune_checkpoints(search_records, keep=None)
         log.info("deleted %d search checkpoint(s) (run.keep_checkpoints: best)", deleted)
@@ -179,16 +206,48 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
                    time.perf_counter() - t0, (data, weights, repeat_records), selections)
 
 
-def _tested(table: pd.DataFrame, records, spec: Spec, data: Dataset, tests: dict,
-            status_path: Path, progress: dict) -> pd.DataFrame:
-    """Each finished repeat tested once (scores kept in status.json, so a resumed run never tests
-    again); the table with test_accuracy and test_loss columns."""
-    finished = set(table.loc[table["status"] == "finished", "trial_id"])
-    for r in records:
-        if r.trial_id in finished and r.trial_id not in tests:
-            results.record_test_use(status_path.parent, r.trial_id, "a repeat")
-            tests[r.trial_id] = sweep.test_best(r, spec, data)
-            _status(status_path, compare=progress)
+def _merged_step(run, finished, phase: str, spec: Spec, plans: dict[str, Spec], experiment: str):
+    """Every arm's step `phase` as one experiment (or one per group of arms that tuner.arms can
+    tell apart): arm -> its records (params as its own step names them), and whether it was
+    interrupted."""
+    mine, values, interrupted = {arm: [] for arm in plans}, spec.arm_settings(), False
+    for i, group in enumerate(arms.groups(spec, list(plans))):
+        step = phase if i == 0 else f"{phase}-{i + 1}"
+        merged = arms.merged_spec(spec, {arm: plans[arm] for arm in group})
+        records, read_back, interrupted = run(step, merged,
+                                              sweep.storage_join(experiment, MERGED, step))
+        for r in records:
+            if not r.params:  # never started (an interrupted step)
+                continue
+            arm = arms.arm_of({a: values[a] for a in group}, r.params)
+            keys = [*plans[arm].search.parameters]
+            mine[arm].append(replace(r, params={k: v for k, v in r.params.items() if k in keys}))
+        if interrupted:
+            break
+        finished(step, read_back)
+    return mine, interrupted
+
+
+def _test_all(records: dict[str, list], plans: dict[str, Spec], data: Dataset, progress: dict,
+              status_path: Path) -> None:
+    """Each finished repeat of every arm tested once, as Ray tasks that run side by side (as many
+    at a time as the trials' resources allow). Scores are kept in status.json as they come, so a
+    resumed run never tests again."""
+    tests = progress.setdefault("tests", {})
+    started = []
+    for arm, mine in records.items():
+        done = tests.setdefault(arm, {})
+        for r in mine:
+            if r.error is None and r.checkpoint is not None and r.trial_id not in done:
+                results.record_test_use(status_path.parent, r.trial_id, "a repeat")
+                started.append((arm, r, sweep.start_test(r, plans[arm], data)))
+    for arm, r, task in started:
+        tests[arm][r.trial_id] = sweep.tested(r, task)
+        _status(status_path, compare=progress)
+
+
+def _with_tests(table: pd.DataFrame, tests: dict) -> pd.DataFrame:
+    """A repeats table with test_accuracy and test_loss columns (NaN where a run was not tested)."""
     scores = pd.DataFrame([tests.get(t, {}) for t in table["trial_id"]], index=table.index)
     return table.assign(test_accuracy=scores.get("test_accuracy", math.nan),
                         test_loss=scores.get("test_loss", math.nan))

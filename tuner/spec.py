@@ -642,6 +642,16 @@ class Spec(_Section):
                                  for err in e.errors()]
         return problems
 
+    def arm_settings(self) -> dict[str, dict[str, Any]]:
+        """arm -> its value of every field that some arm overrides (keys as in compare.arms), as
+        plain JSON values: what tells one arm's runs from another's."""
+        keys = list(dict.fromkeys(k for overrides in self.compare.arms.values() for k in overrides))
+        out = {}
+        for name in self.compare.arms:
+            raw = self.arm(name).model_dump(mode="json")
+            out[name] = {k: get_path(raw, param_path(k)) for k in keys}
+        return out
+
     def arm(self, name: str) -> Spec:
         """The spec one arm runs: its overrides applied, no `compare` section, and a searcher
         seed of its own (search.seed + the arm's place), so that the arms do not all draw the
