@@ -179,7 +179,7 @@ def _step_done(results: Path, step: str):
 def comparison(tmp_path_factory) -> Comparison:
     """sweeps/transfer-target.yaml's five classes, compared as two arms that differ in weights
     (planted state_dict / none), images per class (10 / 40) and freezing (none / head): 2 search
-    trials and 2 repeats each, 1 epoch. The driver is killed (SIGKILL, with its embedded Ray) once
+    trials, the best confirmed (and the other too if it challenges) and 2 repeats each, 1 epoch. The driver is killed (SIGKILL, with its embedded Ray) once
     the first arm's search is done, and the run is resumed to its end."""
     tmp_path = tmp_path_factory.mktemp("comparison")
     weights, _ = planted_weights(tmp_path)
@@ -187,8 +187,8 @@ def comparison(tmp_path_factory) -> Comparison:
     args = [str(ROOT / "sweeps" / "transfer-target.yaml"), "--results", str(results),
             *sets("model.weights=none", "data.train_subset=600", "data.test_subset=300",
                   "search.scheduler=fifo", "search.num_samples=2", "search.n_initial_points=1",
-                  "search.parameters={lr: {loguniform: [1.0e-3, 1.0e-2]}}",
-                  "train.epochs=1", "compare.repeats=2", "search.confirm_top_k=2",
+                  "search.parameters={lr: {loguniform: [1.0e-3, 1.0e-2]}}", "search.points_to_evaluate=[]",
+                  "train.epochs=1", "compare.repeats=2", "search.confirm_top_k=1",
                   f"compare.arms={{planted: {{model.weights: {weights}, data.train_per_class: 10}}, "
                   "scratch: {model.weights: none, data.train_per_class: 40, model.freeze: head}}")]
     proc = start_cli(*args, tmp_path=tmp_path)

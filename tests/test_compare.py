@@ -361,10 +361,21 @@ def test_a_comparison_runs_is_interrupted_and_resumes(comparison):
     # the finished step was read back, not trained again
     assert sorted(r["trial_dir"] for r in reports(run / "trials" / "planted" / "search")) == first
     trials = pd.read_csv(run / "trials.csv")
-    # per arm: 2 search trials (the first: the spec's own lr, 1e-3), both confirmed with seed 1,
-    # 2 repeats of the chosen config, and 2 of the own settings unless they are the choice
+    # per arm: 2 search trials (the first: the spec's own lr, 1e-3), the best confirmed with seed
+    # 1 (and the other with seed 1 too when its one score beats that mean: a challenger), 2
+    # repeats of the chosen config, and 2 of the own settings unless they are the choice
     size = trials.groupby(["arm", "phase"]).size()
-    assert (size.loc[:, "search"] == 2).all() and (size.loc[:, "confirm"] == 2).all()
+    assert (size.loc[:, "search"] == 2).all()
+    challenged = {}
+    for arm, rows in trials.groupby("arm"):
+        search = rows[rows["phase"] == "search"].sort_values("val_accuracy", ascending=False,
+                                                             kind="stable")
+        confirming = rows[rows["phase"] == "confirm"]
+        top = confirming[confirming["lr"] == search["lr"].iloc[0]]["val_accuracy"]
+        challenged[arm] = search["val_accuracy"].iloc[1] > (search["val_accuracy"].iloc[0]
+                                                            + top.iloc[0]) / 2
+        assert len(confirming) == 1 + challenged[arm]
+    print(f"challenged: {challenged}")
     assert set(trials["status"]) == {"finished"}
     for arm, rows in trials[trials["phase"] == "search"].groupby("arm"):
         assert (rows["lr"] == 1e-3).sum() == 1
@@ -406,7 +417,9 @@ def test_a_comparison_runs_is_interrupted_and_resumes(comparison):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished"
     # two searches, then every arm's confirming runs as one experiment and its repeats as one
-    assert status["compare"]["done"] == ["search:planted", "search:scratch", "confirm", "repeats"]
+    assert status["compare"]["done"] == ["search:planted", "search:scratch", "confirm",
+                                         *(["confirm-more"] if any(challenged.values()) else []),
+                                         "repeats"]
     assert status["trials"]["finished"] == len(trials) == status["cost"]["trial_epochs"]
     assert "Comparison" in (run / "report.html").read_text()  # the report shows compare.csv
     last = resumed.stdout.strip().splitlines()[-1]

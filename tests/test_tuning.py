@@ -270,6 +270,45 @@ def test_the_top_configs_are_retrained_with_one_fresh_seed_and_chosen_on_their_m
     assert chosen == "d" and selection["candidates"][1]["scores"] == [0.84]
 
 
+@pytest.mark.parametrize(("second_seed", "limit", "challenged"), [
+    ((0.70, 0.71), None, ["c", "d"]),  # both fell below c's and d's one score: both challenge
+    ((0.70, 0.71), 1, ["c"]),          # search.confirm_challengers caps the second round
+    ((0.70, 0.835), None, ["c"]),       # the choice (b2, mean 0.8375) still trails c's 0.84
+    ((0.86, 0.85), None, []),           # the first round's choice holds against every score
+    ((0.70, 0.71), 0, []),              # 0: no second round
+])
+def test_challengers_whose_one_score_beats_the_choices_mean_get_the_second_seed_too(
+        second_seed, limit, challenged):
+    sets = ["search.confirm_top_k=2"] + ([] if limit is None else
+                                         [f"search.confirm_challengers={limit}"])
+    spec = load_spec(QUICK, sets)
+    trials = _table([
+        {"trial_id": "a", "epochs": 2, "batch_size": 32, "lr": 5e-4, "val_accuracy": 0.88},
+        {"trial_id": "b", "epochs": 2, "batch_size": 64, "lr": 5e-4, "val_accuracy": 0.84},
+        {"trial_id": "b2", "epochs": 2, "batch_size": 64, "lr": 5e-4, "val_accuracy": 0.84},
+        {"trial_id": "c", "epochs": 2, "batch_size": 32, "lr": 2e-4, "val_accuracy": 0.84},
+        {"trial_id": "d", "epochs": 1, "batch_size": 32, "lr": 2e-4, "val_accuracy": 0.83},
+        {"trial_id": "e", "epochs": 1, "batch_size": 64, "lr": 1e-4, "val_accuracy": 0.60}])
+    top = confirm.candidates(trials, spec, 2)
+    assert list(top["trial_id"]) == ["a", "b"]
+    confirmed = _table([
+        {"trial_id": "x", "epochs": 2, "batch_size": 32, "lr": 5e-4, "train.seed": 1,
+         "val_accuracy": second_seed[0]},
+        {"trial_id": "y", "epochs": 2, "batch_size": 64, "lr": 5e-4, "train.seed": 1,
+         "val_accuracy": second_seed[1]}])
+    more = confirm.challengers(trials, spec, top, confirmed)
+    assert list(more["trial_id"]) == challenged
+    if challenged == ["c", "d"]:  # c holds on its second seed and is chosen over all four
+        again = _table([{"trial_id": "z", "epochs": 2, "batch_size": 32, "lr": 2e-4,
+                         "train.seed": 1, "val_accuracy": 0.83},
+                        {"trial_id": "w", "epochs": 1, "batch_size": 32, "lr": 2e-4,
+                         "train.seed": 1, "val_accuracy": 0.70}])
+        chosen, selection = confirm.choose(spec, pd.concat([top, more]),
+                                           pd.concat([confirmed, again]))
+        assert chosen == "c" and selection["first_choice"] == "a"
+        assert [r["trial_id"] for r in selection["candidates"]] == ["a", "b", "c", "d"]
+
+
 def test_the_mode_follows_the_metric():
     assert load_spec(QUICK, ["search.metric=val_loss"]).search.mode == "min"
     assert load_spec(QUICK).search.mode == "max"

@@ -170,19 +170,32 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(r, list(
         spec.search.parameters)) for _, r in top.iterrows()], seeds[arm])
         for arm, top in tops.items()}
-    if plans:
-        mine, interrupted = _merged_step(run, finished, "confirm", spec, plans, experiment)
+    confirmed, second = {}, {}  # arm -> its confirming runs' table (both rounds), their seeds
+    for phase in ("confirm", "confirm-more"):  # the top configs, then challengers (tuner.confirm)
+        if not plans:
+            break
+        mine, interrupted = _merged_step(run, finished, phase, spec, plans, experiment)
         for arm, step_spec in plans.items():
             records = mine[arm]
-            seeds[arm] |= {step_spec.with_values(r.params).train.seed for r in records}
             table = results.trials_table(records, step_spec, labels, interrupted=interrupted)
-            if not interrupted:  # the choice on the mean over both seeds
-                chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], table)
-                best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
-                search_records += records  # never a model: their checkpoints go too
+            search_records += records  # never a model: their checkpoints go too
+            second.setdefault(arm, set()).update(
+                step_spec.with_values(r.params).train.seed for r in records)
+            confirmed[arm] = pd.concat([confirmed.get(arm), table], ignore_index=True)
             keep(table, records, arm, "confirm")
         if interrupted:
             return stopped("confirm", None)
+        if phase == "confirm":  # the same second seed for the challengers as for the top configs
+            more = {arm: confirm.challengers(searched[arm][0], spec.arm(arm), tops[arm],
+                                             confirmed[arm]) for arm in plans}
+            plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(
+                r, list(spec.search.parameters)) for _, r in rows.iterrows()], seeds[arm])
+                for arm, rows in more.items() if len(rows)}
+            tops = {arm: pd.concat([tops[arm], more.get(arm)]) for arm in tops}
+    for arm in confirmed:  # the choice on the mean over both seeds
+        seeds[arm] |= second[arm]
+        chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], confirmed[arm])
+        best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
 
     plans = {arm: repeats_spec(spec.arm(arm), best[arm], spec.compare.repeats, seeds[arm],
                                defaults[arm]) for arm in best}

@@ -7,7 +7,11 @@ configs of the search are each trained once more, all with the same fresh train.
 choice is the best mean score over both runs. `selection` records every candidate's scores and the
 regret of a one-seed choice (the chosen config's first score minus its mean).
 
-Pure functions over tables; the confirming trials run as one more Ray Tune experiment
+A second round (`challengers`): when the first round's means fall below a runner-up's single
+score, the runner-up gets the same second seed, as an incumbent must be beaten on its own seeds in
+SMAC's intensification.
+
+Pure functions over tables; the confirming trials run as one more Ray Tune experiment per round
 (sweep.run_step), beside the search's.
 """
 
@@ -45,6 +49,32 @@ def candidates(trials: pd.DataFrame, spec: Spec, k: int) -> pd.DataFrame:
         if len(picked) == k:
             break
     return pd.DataFrame(picked)
+
+
+def challenger_limit(spec: Spec) -> int:
+    """search.confirm_challengers, or its default: as many as the first round confirmed."""
+    c = spec.search.confirm_challengers
+    return top_k(spec) if c is None else c
+
+
+def challengers(trials: pd.DataFrame, spec: Spec, top: pd.DataFrame,
+                confirmed: pd.DataFrame) -> pd.DataFrame:
+    """The second round: the configs after `top` in the search's ranking (best first, at most
+    challenger_limit) whose one score beats the mean of the config `choose` takes from the first
+    round. A seed that flattered the first round's candidates leaves their means below a
+    runner-up's single score; that runner-up then gets the same second seed, and the choice is
+    made over all of them. None when the first round's choice holds against every single score."""
+    limit = challenger_limit(spec)
+    if limit == 0 or top.empty:
+        return top.iloc[:0]
+    _, selection = choose(spec, top, confirmed)
+    best = next(r["mean"] for r in selection["candidates"] if r["trial_id"] == selection["chosen"])
+    ranked = candidates(trials, spec, len(top) + limit).iloc[len(top):]
+    if ranked.empty:
+        return top.iloc[:0]
+    metric = spec.search.metric
+    beats = ranked[metric] > best if spec.search.mode == "max" else ranked[metric] < best
+    return ranked[beats]
 
 
 def point_of(row: pd.Series, keys: list[str]) -> dict[str, Any]:

@@ -183,30 +183,42 @@ def earlier_trials(experiments: list[str]) -> list:
 
 def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, trials, records):
     """search.confirm_top_k: the top configs trained again with a fresh seed (an experiment of
-    their own beside the search's, resumed like it), confirm.csv written, and the choice made on
-    the mean. Returns (the chosen trial's row, the selection record, the confirming trials'
-    table), or None if the confirming runs were interrupted."""
+    their own beside the search's, resumed like it), then the challengers with the same seed
+    (tuner.confirm.challengers: a second experiment, when any), confirm.csv written, and the
+    choice made on the mean. Returns (the chosen trial's row, the selection record, the
+    confirming trials' table), or None if the confirming runs were interrupted."""
+    import pandas as pd
+
     from tuner import confirm, results, sweep
 
     top = confirm.candidates(trials, spec, confirm.top_k(spec))
-    configs = [confirm.point_of(row, list(spec.search.parameters)) for _, row in top.iterrows()]
     used = {spec.with_values(r.params).train.seed for r in records}
-    this = confirm.confirm_spec(spec, configs, used)
     parent, name = sweep.storage_split(experiment)
-    path = sweep.storage_join(parent, f"{name}-confirm")
-    status = json.loads((run_dir / STATUS_FILE).read_text())
-    done = status.get("confirm", {}).get("done", False)
-    if not done:
-        print(f"\nconfirming the top {len(configs)} config(s) with another seed "
-              f"(search.confirm_top_k)", flush=True)
-    grid = sweep.run_step(this, data, weights, path, done)
-    crecords = sweep.collect(grid, this)
-    if not done and sweep.interrupted(grid, this, path):
-        return None
-    table = results.trials_table(crecords, this, labels(weights))
+    tables, crecords = [], []
+    for key, rows in (("confirm", top), ("confirm_more", None)):
+        if rows is None:  # the second round: whoever's one score beats the first round's choice
+            rows = confirm.challengers(trials, spec, top, tables[0])
+            if rows.empty:
+                break
+            top = pd.concat([top, rows])
+        configs = [confirm.point_of(row, list(spec.search.parameters)) for _, row in rows.iterrows()]
+        this = confirm.confirm_spec(spec, configs, used)  # the same fresh seed in both rounds
+        path = sweep.storage_join(parent, f"{name}-{key.replace('_', '-')}")
+        status = json.loads((run_dir / STATUS_FILE).read_text())
+        done = status.get(key, {}).get("done", False)
+        if not done:
+            print(f"\nconfirming {'the top' if key == 'confirm' else 'the challenging'} "
+                  f"{len(configs)} config(s) with another seed (search.confirm_top_k)", flush=True)
+        grid = sweep.run_step(this, data, weights, path, done)
+        round_records = sweep.collect(grid, this)
+        crecords += round_records
+        if not done and sweep.interrupted(grid, this, path):
+            return None
+        tables.append(results.trials_table(round_records, this, labels(weights)))
+        results.update_json(run_dir / STATUS_FILE,
+                            {key: {"experiment": stored(path, run_dir), "done": True}})
+    table = pd.concat(tables, ignore_index=True)
     results.write_csv(run_dir / "confirm.csv", table)
-    results.update_json(run_dir / STATUS_FILE,
-                        {"confirm": {"experiment": stored(path, run_dir), "done": True}})
     chosen, selection = confirm.choose(spec, top, table)
     if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is
         sweep.prune_checkpoints(crecords, keep=None)

@@ -203,11 +203,12 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
         from tuner import confirm
 
         arms, r, k = len(spec.compare.arms), spec.compare.repeats, confirm.top_k(spec)
+        c = confirm.challenger_limit(spec) if k else 0
         steps = [f"{s.planned_trials()} searched", *([f"{k} confirming"] if k else []),
-                 f"{r} repeats of the choice"]
+                 *([f"up to {c} challengers"] if c else []), f"{r} repeats of the choice"]
         if default is not None:  # unless the choice is the own settings: then they are the same runs
             steps.append(f"up to {r} of its own settings")
-        most = s.planned_trials() + k + r * (2 if default is not None else 1)
+        most = s.planned_trials() + k + c + r * (2 if default is not None else 1)
         out += ["", f"arms (each searched as above, then its choice re-run with {r} seeds and "
                     f"tested once per seed): {arms} x ({' + '.join(steps)}) = up to "
                     f"{arms * most} trials"]

@@ -410,6 +410,11 @@ class Search(_Section):
     # best mean over both runs (tuner.confirm): a config that won once by luck is not chosen.
     # Costs k trials more. None: 2 from 8 planned trials on, 3 from 20, none below 8.
     confirm_top_k: int | None = Field(None, ge=0)
+    # Challengers: when a config's one score beats the chosen config's mean over both seeds, it is
+    # trained with the same second seed too (a second round, at most this many configs, the next
+    # best of the search first), so a choice whose second seed fell is not kept for want of a
+    # look at the runner-up. None: as many as confirm_top_k; 0: no second round.
+    confirm_challengers: int | None = Field(None, ge=0)
     # Keys are spec paths; a bare name means a train field ("lr" is "train.lr").
     parameters: dict[str, Param] = {}
     # Run directories whose finished trials (searched values and final metric) TPE starts from, as
