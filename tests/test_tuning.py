@@ -309,6 +309,46 @@ def test_challengers_whose_one_score_beats_the_choices_mean_get_the_second_seed_
         assert [r["trial_id"] for r in selection["candidates"]] == ["a", "b", "c", "d"]
 
 
+def test_prefer_chooses_within_one_standard_error_of_the_best_mean():
+    """search.prefer: {lr: min}. On 800 validation images, 92% has a binomial standard error of
+    0.96 points: a mean of 0.915 is as good as 0.921 for all validation can tell, and the smaller
+    lr is taken; a mean of 0.905 is not, and stays behind."""
+    spec = load_spec(QUICK, ["search.confirm_top_k=2", "search.prefer={lr: min}"])
+    trials = _table([
+        {"trial_id": "hot", "epochs": 2, "batch_size": 32, "lr": 1e-3, "val_accuracy": 0.921},
+        {"trial_id": "mid", "epochs": 2, "batch_size": 32, "lr": 5e-4, "val_accuracy": 0.918},
+        {"trial_id": "low", "epochs": 2, "batch_size": 32, "lr": 1e-4, "val_accuracy": 0.914},
+        {"trial_id": "bad", "epochs": 2, "batch_size": 32, "lr": 2e-4, "val_accuracy": 0.80}])
+    top = confirm.candidates(trials, spec, 2)
+    confirmed = _table([
+        {"trial_id": "x", "epochs": 2, "batch_size": 32, "lr": 1e-3, "train.seed": 1,
+         "val_accuracy": 0.921},
+        {"trial_id": "y", "epochs": 2, "batch_size": 32, "lr": 5e-4, "train.seed": 1,
+         "val_accuracy": 0.912}])
+    # the runner-up's one score (0.914) lies within the error of the best mean: it challenges
+    more = confirm.challengers(trials, spec, top, confirmed, 800)
+    assert list(more["trial_id"]) == ["low"]
+    chosen, selection = confirm.choose(spec, top, confirmed, 800)
+    assert selection["standard_error"] == pytest.approx(math.sqrt(0.921 * 0.079 / 800))
+    assert chosen == "mid" and selection["best_mean_choice"] == "hot"  # 0.915 within 0.0095
+    assert selection["within_error"] == ["hot", "mid"]
+    assert "preferred (lr min) within one standard error" in confirm.describe(selection)
+    for second, expected in [(0.916, "low"), (0.896, "mid")]:  # the challenger: 0.915 / 0.905
+        again = _table([{"trial_id": "z", "epochs": 2, "batch_size": 32, "lr": 1e-4,
+                         "train.seed": 1, "val_accuracy": second}])
+        chosen, _ = confirm.choose(spec, pd.concat([top, more]), pd.concat([confirmed, again]),
+                                   800)
+        assert chosen == expected
+    # without search.prefer: the best mean, and challengers must beat it outright
+    plain = load_spec(QUICK, ["search.confirm_top_k=2"])
+    assert confirm.choose(plain, top, confirmed, 800)[0] == "hot"
+    assert confirm.challengers(trials, plain, top, confirmed, 800).empty
+    with pytest.raises(InputError, match="prefer.momentum: not a searched parameter"):
+        load_spec(QUICK, ["search.prefer={momentum: min}"])
+    with pytest.raises(InputError, match="needs an accuracy"):
+        load_spec(QUICK, ["search.prefer={lr: min}", "search.metric=val_loss"])
+
+
 def test_the_mode_follows_the_metric():
     assert load_spec(QUICK, ["search.metric=val_loss"]).search.mode == "min"
     assert load_spec(QUICK).search.mode == "max"

@@ -187,14 +187,15 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
             return stopped("confirm", None)
         if phase == "confirm":  # the same second seed for the challengers as for the top configs
             more = {arm: confirm.challengers(searched[arm][0], spec.arm(arm), tops[arm],
-                                             confirmed[arm]) for arm in plans}
+                                             confirmed[arm], len(data.val)) for arm in plans}
             plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(
                 r, list(spec.search.parameters)) for _, r in rows.iterrows()], seeds[arm])
                 for arm, rows in more.items() if len(rows)}
             tops = {arm: pd.concat([tops[arm], more.get(arm)]) for arm in tops}
     for arm in confirmed:  # the choice on the mean over both seeds
         seeds[arm] |= second[arm]
-        chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], confirmed[arm])
+        chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], confirmed[arm],
+                                                 len(data.val))
         best[arm] = next(r.params for r in searched[arm][1] if r.trial_id == chosen)
 
     plans = {arm: repeats_spec(spec.arm(arm), best[arm], spec.compare.repeats, seeds[arm],

@@ -18,6 +18,7 @@ Pure functions over tables; the confirming trials run as one more Ray Tune exper
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pandas as pd
@@ -57,24 +58,40 @@ def challenger_limit(spec: Spec) -> int:
     return top_k(spec) if c is None else c
 
 
-def challengers(trials: pd.DataFrame, spec: Spec, top: pd.DataFrame,
-                confirmed: pd.DataFrame) -> pd.DataFrame:
+def challengers(trials: pd.DataFrame, spec: Spec, top: pd.DataFrame, confirmed: pd.DataFrame,
+                val_images: int | None = None) -> pd.DataFrame:
     """The second round: the configs after `top` in the search's ranking (best first, at most
-    challenger_limit) whose one score beats the mean of the config `choose` takes from the first
-    round. A seed that flattered the first round's candidates leaves their means below a
+    challenger_limit) whose one score beats the first round's best mean, or with search.prefer
+    comes within one standard error of it (`standard_error`: the choice could then fall to
+    them). A seed that flattered the first round's candidates leaves their means below a
     runner-up's single score; that runner-up then gets the same second seed, and the choice is
-    made over all of them. None when the first round's choice holds against every single score."""
+    made over all of them. Empty when the first round's choice holds against every single score."""
     limit = challenger_limit(spec)
     if limit == 0 or top.empty:
         return top.iloc[:0]
-    _, selection = choose(spec, top, confirmed)
-    best = next(r["mean"] for r in selection["candidates"] if r["trial_id"] == selection["chosen"])
+    _, selection = choose(spec, top, confirmed, val_images)
+    best = selection["best_mean"]
     ranked = candidates(trials, spec, len(top) + limit).iloc[len(top):]
     if ranked.empty:
         return top.iloc[:0]
     metric = spec.search.metric
-    beats = ranked[metric] > best if spec.search.mode == "max" else ranked[metric] < best
-    return ranked[beats]
+    if spec.search.mode == "min":
+        return ranked[ranked[metric] < best]
+    return ranked[ranked[metric] >= best - selection["standard_error"]] if spec.search.prefer \
+        else ranked[ranked[metric] > best]
+
+
+def standard_error(accuracy: float, val_images: int | None) -> float:
+    """The binomial standard error of an accuracy measured on `val_images` images (0 unknown)."""
+    if not val_images or not 0 <= accuracy <= 1:
+        return 0.0
+    return math.sqrt(accuracy * (1 - accuracy) / val_images)
+
+
+def preferred(config: dict[str, Any], prefer: dict[str, str]) -> tuple:
+    """A sort key: smallest first for "min", largest first for "max", in search.prefer's order."""
+    return tuple(float(config[k]) if how == "min" else -float(config[k])
+                 for k, how in prefer.items())
 
 
 def point_of(row: pd.Series, keys: list[str]) -> dict[str, Any]:
@@ -98,10 +115,14 @@ def confirm_spec(spec: Spec, configs: list[dict[str, Any]], used: set[int]) -> S
     return Spec.model_validate(raw)
 
 
-def choose(spec: Spec, top: pd.DataFrame, confirmed: pd.DataFrame) -> tuple[str, dict[str, Any]]:
+def choose(spec: Spec, top: pd.DataFrame, confirmed: pd.DataFrame,
+           val_images: int | None = None) -> tuple[str, dict[str, Any]]:
     """The chosen search trial (its id: its checkpoint is the model) and the selection record:
     every candidate's first and confirming scores and their mean, and the regret of choosing on
-    one seed. A candidate whose confirming run failed keeps its one score."""
+    one seed. A candidate whose confirming run failed keeps its one score.
+
+    The choice is the best mean; with search.prefer (and `val_images`, the validation set's
+    size), the preferred config among those within one standard error of the best mean."""
     metric, better = spec.search.metric, (max if spec.search.mode == "max" else min)
     keys = [k for k in spec.search.parameters if param_path(k) != "train.seed"]
     ok = scored_trials(confirmed, spec) if len(confirmed) else confirmed
@@ -112,14 +133,25 @@ def choose(spec: Spec, top: pd.DataFrame, confirmed: pd.DataFrame) -> tuple[str,
         scores = [float(cand[metric]), *again]
         rows.append({"trial_id": str(cand["trial_id"]), "config": point_of(cand, list(
             spec.search.parameters)), "scores": scores, "mean": sum(scores) / len(scores)})
-    chosen = better(rows, key=lambda r: r["mean"])
+    top_mean = better(rows, key=lambda r: r["mean"])
+    chosen, error, near = top_mean, 0.0, [top_mean]
+    prefer = spec.search.prefer
+    if prefer and spec.search.mode == "max":
+        error = standard_error(top_mean["mean"], val_images)
+        near = [r for r in rows if r["mean"] >= top_mean["mean"] - error]
+        chosen = min(near, key=lambda r: (*preferred(r["config"], prefer), -r["mean"]))
     sign = 1 if spec.search.mode == "max" else -1
-    return chosen["trial_id"], {
+    record = {
         "confirm_top_k": len(rows), "metric": metric, "candidates": rows,
         "chosen": chosen["trial_id"],
         "first_choice": rows[0]["trial_id"],  # what one seed would have chosen
         "regret": sign * (chosen["scores"][0] - chosen["mean"]),
+        "best_mean": top_mean["mean"], "standard_error": error,
     }
+    if prefer:
+        record.update(best_mean_choice=top_mean["trial_id"], prefer=dict(prefer),
+                      within_error=[r["trial_id"] for r in near])
+    return chosen["trial_id"], record
 
 
 def describe(selection: dict[str, Any]) -> str:
@@ -134,4 +166,9 @@ def describe(selection: dict[str, Any]) -> str:
         first = rows[0]
         head += (f"; one seed would have chosen trial {first['trial_id']} ({first['scores'][0]:.4f}"
                  f", mean {first['mean']:.4f})")
+    if selection.get("prefer") and selection["best_mean_choice"] != selection["chosen"]:
+        wanted = ", ".join(f"{k} {how}" for k, how in selection["prefer"].items())
+        head += (f"; preferred ({wanted}) within one standard error "
+                 f"({selection['standard_error']:.4f}) of the best mean "
+                 f"{selection['best_mean']:.4f}, trial {selection['best_mean_choice']}'s")
     return head

@@ -197,7 +197,7 @@ def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, tr
     tables, crecords = [], []
     for key, rows in (("confirm", top), ("confirm_more", None)):
         if rows is None:  # the second round: whoever's one score beats the first round's choice
-            rows = confirm.challengers(trials, spec, top, tables[0])
+            rows = confirm.challengers(trials, spec, top, tables[0], len(data.val))
             if rows.empty:
                 break
             top = pd.concat([top, rows])
@@ -219,7 +219,7 @@ def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, tr
                             {key: {"experiment": stored(path, run_dir), "done": True}})
     table = pd.concat(tables, ignore_index=True)
     results.write_csv(run_dir / "confirm.csv", table)
-    chosen, selection = confirm.choose(spec, top, table)
+    chosen, selection = confirm.choose(spec, top, table, len(data.val))
     if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is
         sweep.prune_checkpoints(crecords, keep=None)
     return trials[trials["trial_id"] == chosen].iloc[0], selection, table
