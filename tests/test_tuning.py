@@ -332,6 +332,8 @@ def test_prefer_chooses_within_one_standard_error_of_the_best_mean():
     assert selection["standard_error"] == pytest.approx(math.sqrt(0.921 * 0.079 / 800))
     assert chosen == "mid" and selection["best_mean_choice"] == "hot"  # 0.915 within 0.0095
     assert selection["within_error"] == ["hot", "mid"]
+    assert spec.with_values(confirm.point_of(top.iloc[0], list(spec.search.parameters))).train.lr \
+        == 1e-3  # a trial's own spec searches nothing, so it prefers nothing
     assert "preferred (lr min) within one standard error" in confirm.describe(selection)
     for second, expected in [(0.916, "low"), (0.896, "mid")]:  # the challenger: 0.915 / 0.905
         again = _table([{"trial_id": "z", "epochs": 2, "batch_size": 32, "lr": 1e-4,

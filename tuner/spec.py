@@ -750,7 +750,7 @@ class Spec(_Section):
         """The fixed spec of one trial: these searched values (keys as in search.parameters) put
         in and validated; nothing is left to search in it."""
         raw = self.model_dump()
-        raw["search"].update(parameters={}, points_to_evaluate=[])
+        raw["search"].update(parameters={}, points_to_evaluate=[], prefer={})
         raw["compare"] = None  # a trial is one arm's (its spec comes from Spec.arm)
         for key, value in values.items():
             set_path(raw, param_path(key), value)
