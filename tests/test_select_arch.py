@@ -5,6 +5,7 @@ every trial shares said once in status.json): rules and tables without Ray."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -250,3 +251,74 @@ def test_every_searched_arch_has_stages_for_the_dry_run():
     for arch in ARCHS:
         assert backbone(arch).describe().startswith(arch)
     assert Weights(None, "x").state_dict is None
+
+
+# --- the trainable under search.select: best_epoch, with Ray's calls stood in for -------------------
+
+
+def run_trial(monkeypatch, tmp_path, accuracies, checkpoint=None, epochs=4):
+    """train_trial of a tiny ResNet-18 trial in this process, its validation accuracies scripted;
+    returns its reports, each with the checkpoint.pt it saved (or None)."""
+    import numpy as np
+
+    from tuner import trainable
+    from tuner.data import Dataset, Pixels, Split
+
+    def split(n):
+        return Split(np.zeros((n, 28, 28), np.uint8), np.arange(n) % 3)
+
+    data = Dataset(split(6), split(3), split(3), "test", ("a", "b", "c"), 1, Pixels((0.5,), (0.5,)))
+    spec = Spec.model_validate({"model": {"weights": "none"}, "train": {
+        "epochs": epochs, "batch_size": 3}, "search": {"select": "best_epoch"}})
+    scripted = iter(accuracies)
+    monkeypatch.setattr(trainable, "evaluate", lambda *a: (1.0, next(scripted)))
+    monkeypatch.setattr(trainable.ray, "get", lambda ref: ref)
+    monkeypatch.setattr(trainable, "trial_device", lambda: torch.device("cpu"))  # no Ray asked
+
+    class Context:
+        def get_node_id(self):
+            return "node"
+
+    monkeypatch.setattr(trainable.ray, "get_runtime_context", lambda: Context())
+    monkeypatch.setattr(trainable.ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: checkpoint)
+    reports = []
+
+    def report(metrics, checkpoint=None):
+        saved = None
+        if checkpoint is not None:  # its folder is gone after the call: keep a copy
+            saved = tmp_path / f"ckpt-{metrics['epoch']}"
+            saved.mkdir(parents=True)
+            (saved / "checkpoint.pt").write_bytes(
+                (Path(checkpoint.path) / "checkpoint.pt").read_bytes())
+        reports.append((metrics, saved))
+
+    monkeypatch.setattr(trainable.tune, "report", report)
+    trainable.train_trial({}, spec=spec, data=data, weights={"none": Weights(None, "none")})
+    return reports
+
+
+def test_the_trainable_keeps_its_best_epoch_in_every_later_checkpoint(monkeypatch, tmp_path):
+    reports = run_trial(monkeypatch, tmp_path, [0.5, 0.9, 0.7, 0.9])
+    assert [m["score"] for m, _ in reports] == [0.5, 0.9, 0.9, 0.9]
+    assert [m["score_epoch"] for m, _ in reports] == [1, 2, 2, 2]  # a tie does not replace it
+    saved = {m["epoch"]: path for m, path in reports}
+    assert saved[2] is not None and saved[4] is not None  # the improving epoch and the last
+    at_best = torch.load(saved[2] / "checkpoint.pt", weights_only=True)
+    last = torch.load(saved[4] / "checkpoint.pt", weights_only=True)
+    assert at_best["best"] == {"epoch": 2, "score": 0.9}  # the model itself is the best
+    assert last["best"]["epoch"] == 2
+    best = model_state(last)
+    assert all(torch.equal(best[k], at_best["model"][k]) for k in best)
+    assert not all(torch.equal(last["model"][k], at_best["model"][k]) for k in best)
+
+
+def test_a_resumed_trial_goes_on_from_the_best_it_had(monkeypatch, tmp_path):
+    from ray import tune
+
+    first = run_trial(monkeypatch, tmp_path / "a", [0.5, 0.9, 0.7, 0.6])
+    third = next(path for m, path in first if m["epoch"] == 3)
+    assert third is None  # not improving, not the last: no checkpoint
+    second = next(path for m, path in first if m["epoch"] == 2)
+    again = run_trial(monkeypatch, tmp_path / "b", [0.8, 0.95], tune.Checkpoint.from_directory(second))
+    assert [(m["epoch"], m["score"], m["score_epoch"]) for m, _ in again] == [(3, 0.9, 2), (4, 0.95, 4)]
