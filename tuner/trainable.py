@@ -257,7 +257,8 @@ def epoch_plan(epoch: int, spec: Spec, stop_epochs: frozenset[int],
     """(validate, checkpoint) after `epoch` (1-based), with `since_checkpoint` seconds trained since
     the last checkpoint. A decision reads the epoch where the scheduler may stop the trial and its
     last: both are validated and checkpointed. Other epochs are validated only with run.validation:
-    every_epoch, and checkpointed after the first (storage that refuses checkpoints fails the trial
+    every_epoch or search.select: best_epoch (which then checkpoints an epoch that improves the
+    score itself), and checkpointed after the first (storage that refuses checkpoints fails the trial
     within an epoch, and a trial stopped after it resumes from there), every run.checkpoint_every
     epochs, or once run.checkpoint_minutes of training have passed."""
     decides = epoch == spec.train.epochs or epoch in stop_epochs
