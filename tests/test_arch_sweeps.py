@@ -33,6 +33,7 @@ def sweep(tmp_path, *args: str):
     return run, root
 
 
+@pytest.mark.cluster
 @pytest.mark.slow  # two trials of 3 epochs and the test, predict and export: ~40 s
 def test_a_mobilenet_sweep_keeps_each_trial_s_best_epoch_then_predicts_and_exports(tmp_path, capsys):
     run, root = sweep(tmp_path, "--set", "model.arch=mobilenet_v3_small",
@@ -86,6 +87,7 @@ def test_a_mobilenet_sweep_keeps_each_trial_s_best_epoch_then_predicts_and_expor
     assert traced(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
+@pytest.mark.cluster
 @pytest.mark.slow  # a dry run, then one trial per arch (one epoch), the test and predict: ~40 s
 def test_a_sweep_searches_the_arch(tmp_path):
     space = "search.parameters={model.arch: {choice: [mobilenet_v3_small, efficientnet_b0]}}"
