@@ -32,9 +32,6 @@ STAGES = backbone("resnet18").stage_names  # ResNet stages, input to output (the
 # data.train_per_class too: each trial draws its own training images from the loaded split
 # (validation and test stay shared).
 SEARCHABLE = ("train.", "model.", "data.augment.", "data.train_per_class")
-# Nothing under model.*, train.* or data.augment.* is fixed for a whole sweep any more (model.arch
-# is searchable); kept for the rule's shape.
-FIXED: tuple[str, ...] = ()
 # Weights are resolved and checked in the driver before anything runs, and every architecture is
 # checked against the freeze policies and the input size at spec load, so only lists of them can
 # be searched, never a range.
@@ -571,7 +568,7 @@ class Spec(_Section):
             except KeyError:
                 problems.append(f"search.parameters.{key}: {path} is not a spec field")
                 continue
-            if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
+            if not path.startswith(SEARCHABLE):
                 problems.append(f"search.parameters.{key}: {path} is fixed for the whole sweep "
                                 "(data and resources are set up once); search "
                                 "train.*, model.*, data.augment.* fields or "
@@ -681,7 +678,7 @@ class Spec(_Section):
                     problems.append(f"{where}.{key}: every arm uses the spec's {path} (the arms "
                                     "compare strategies on one model); compare architectures "
                                     "with a search of model.arch or in separate sweeps")
-                elif not f"{path}.".startswith(SEARCHABLE) or path.startswith(FIXED):
+                elif not f"{path}.".startswith(SEARCHABLE):
                     problems.append(f"{where}.{key}: an arm can set train.*, model.* and "
                                     "data.augment.* fields and data.train_per_class; the rest of "
                                     "data, search, resources and run are shared so that the arms "
