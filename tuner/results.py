@@ -164,7 +164,7 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
     for column in ("stopped_at_epoch", "score_epoch"):
         if column in table:
             table[column] = pd.to_numeric(table[column]).astype("Int64")  # blank, not 1.0, in the CSV
-    # 1 for the best final metric among the trials that did not fail; blank for the rest
+    # 1 for the best score (search.select) among the trials that did not fail; blank for the rest
     metric = spec.search.metric
     scored = table[metric].where(table["status"] != "error")
     table["rank"] = scored.rank(ascending=spec.search.mode == "min", method="min").astype("Int64")
