@@ -19,6 +19,7 @@ from ray._private.authentication.authentication_token_generator import (
 )
 from ray._private.authentication_test_utils import reset_auth_token_state
 from ray.cluster_utils import Cluster
+from tuner.results import read_trials
 
 
 pytestmark = pytest.mark.cluster
@@ -117,7 +118,7 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_pa
     best = json.loads((run.parent / "best.json").read_text())
     assert best["checkpoint"].startswith(str(shared / f"fashion-quick-{run.parent.name}"))
     assert not (run.parent / "trials").exists()  # the driver's run folder holds only the tables
-    trials, epochs = pd.read_csv(run), pd.read_csv(run.parent / "epochs.csv")
+    trials, epochs = read_trials(run.parent), pd.read_csv(run.parent / "epochs.csv")
     assert len(trials) == 2 and set(trials["status"]) == {"finished"}
     moved = epochs[epochs.trial_id == on_worker["trial_id"]].set_index("epoch")
     assert moved.index.tolist() == [1, 2]  # epoch 1 was not trained again

@@ -12,6 +12,7 @@ from helpers import FOLDER_QUICK, ROOT, make_image_folder, needs_fashion, run_cl
 
 from tuner import fashion_mnist
 from tuner.bench.grid import grid_lrs
+from tuner.results import read_trials
 from tuner.specfile import load_spec
 
 SOURCE = ROOT / "sweeps" / "transfer-source.yaml"
@@ -79,7 +80,7 @@ def test_arms_train_on_their_own_number_of_images_and_share_validation_and_test(
     adapted = "conv1 adapted 1->3 channels (repeated), fc re-initialised (5->3 classes)"
     tensors = yaml.safe_load((folder_run / "spec.yaml").read_text())["provenance"]["weights_tensors"]
     assert tensors[str(source)].endswith(adapted), tensors
-    assert pd.read_csv(folder_run / "trials.csv")["weights"].str.contains(adapted, regex=False).all()
+    assert read_trials(folder_run)["weights"].str.contains(adapted, regex=False).all()
     gray = torch.load(source / "model.pt", weights_only=True)
     rgb = torch.load(folder_run / "model" / "model.pt", weights_only=True)
     assert gray["conv1.weight"].shape == (64, 1, 7, 7) and rgb["conv1.weight"].shape == (64, 3, 7, 7)

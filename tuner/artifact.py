@@ -36,7 +36,7 @@ from tuner.errors import InputError
 from tuner.model import (CARD_FILE, MODEL_FILE, Weights, build_model, pretrained_card,
                          reference_shapes, skipped)
 from tuner.results import plain, repeat_rows
-from tuner.spec import Model, Spec
+from tuner.spec import Model, Spec, weights_key
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def save_best(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weigh
               "val_loss": best["val_loss"], "test_accuracy": test["test_accuracy"],
               "test_loss": test["test_loss"], "test_images": len(data.test)}
     card = make_card(spec, data, trial_id=record.trial_id, config=record.params, scores=scores,
-                     started_from=best["weights"], weights=weights.get(trial.model.weights))
+                     started_from=best["weights"],
+                     weights=weights.get(weights_key(trial.model, weights)))
     write_model(run_dir / MODEL_DIR, state, card)
     return MODEL_DIR
 
@@ -225,7 +226,7 @@ def save_arms(run_dir: Path, spec: Spec, data: Dataset, weights: dict[str, Weigh
         card = make_card(arm_spec, data, trial_id=record.trial_id, config=record.params,
                          scores={**scores, "test_images": len(data.test)},
                          started_from=str(row["weights"]),
-                         weights=weights.get(trial.model.weights), arm=arm)
+                         weights=weights.get(weights_key(trial.model, weights)), arm=arm)
         write_model(run_dir / MODEL_DIR / arm, sweep.fetch_weights(record, arm_spec), card)
         out[arm] = f"{MODEL_DIR}/{arm}"
     return out

@@ -58,7 +58,7 @@ def write_ending(spec: Spec, data, weights, run_dir: Path, experiment: str, grid
                                                            key=lambda r: r.trial_id)
         partial = sweep.interrupted(grid, spec if added is None else added.spec, experiment)
         trials = results.trials_table(records, spec, labels(weights), interrupted=partial)
-        results.write_csv(run_dir / "trials.csv", trials)
+        results.write_trials(run_dir, trials)
         epochs = results.epochs_table(records)
         results.write_csv(run_dir / "epochs.csv", epochs)
         for key, table in results.summary_tables(trials, spec).items():
@@ -132,6 +132,9 @@ def write_ending(spec: Spec, data, weights, run_dir: Path, experiment: str, grid
             metric: best[metric],
             "val_accuracy": best["val_accuracy"],
             "val_loss": best["val_loss"],
+            # the epoch whose validation scores and weights these are (search.select)
+            "select": spec.search.select,
+            "score_epoch": None if pd.isna(best.get("score_epoch")) else int(best["score_epoch"]),
             "val_images": len(data.val),
             "epochs_completed": int(best["epochs_completed"]),
             **test,  # test_accuracy, evaluated once after the sweep and never used to choose; where

@@ -88,8 +88,7 @@ def model_from_checkpoints(run_dir: Path, spec, data) -> Path:
     from tuner import results
     from tuner.trainable import checkpoint_weights
 
-    trials = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str}) \
-        if (run_dir / "trials.csv").is_file() else pd.DataFrame()
+    trials = results.read_trials(run_dir) if (run_dir / "trials.csv").is_file() else pd.DataFrame()
     best = results.best_trial(trials, spec) if spec.search.metric in trials else None
     tested = read_json(run_dir / "best.json") if (run_dir / "best.json").is_file() else None
     if tested is not None:

@@ -127,7 +127,7 @@ class LiveTables(tune.Callback):
         try:
             records = self.records(trials)
             table = results.trials_table(records, self.spec, self.weights)
-            results.write_csv(self.run_dir / "trials.csv", table)
+            results.write_trials(self.run_dir, table)
             results.write_csv(self.run_dir / "epochs.csv", results.epochs_table(records))
             self._write_status(table)
         except Exception as e:  # noqa: BLE001  never stop a sweep over its progress view

@@ -21,6 +21,7 @@ from itertools import product
 
 import torch
 
+from tuner.backbones import backbone
 from tuner.batches import largest_batch
 from tuner.data import Dataset
 from tuner.device import autocast
@@ -36,7 +37,7 @@ MB = 1e6
 # sizes, precision their dtype, the optimizer its state). data.* is fixed for a run; freeze is
 # counted at its largest (every parameter trained), whatever it is.
 MEMORY_FIELDS = ("train.batch_size", "train.eval_batch_size", "train.optimizer", "train.momentum",
-                 "model.small_input_stem", "train.precision")
+                 "model.arch", "model.small_input_stem", "train.precision")
 
 
 def check_resident(spec: Spec, data: Dataset, nodes: list[dict]) -> None:
@@ -109,17 +110,27 @@ def _worst_setting(spec: Spec, data: Dataset) -> tuple[dict[str, int], str]:
     eval_batch = min(int(max(can["train.eval_batch_size"])), len(data.val))
     shape = data.train.images.shape[-2:] if data.pixels.crop is None else (data.pixels.crop,) * 2
     best = None
-    for stem, precision in product(can["model.small_input_stem"], can["train.precision"]):
-        section = spec.model.model_copy(update={"small_input_stem": stem, "weights": "none"})
+    archs = can["model.arch"]
+    for arch, stem, precision in product(archs, can["model.small_input_stem"],
+                                         can["train.precision"]):
+        if stem and backbone(arch).family != "resnet":
+            continue  # a ResNet's stem only (the spec refuses it with another arch)
+        section = spec.model.model_copy(update={"arch": arch, "small_input_stem": stem,
+                                                "weights": "none"})
         params, train, evaluation = _measured(section.model_dump_json(), data.in_channels,
                                               data.num_classes, tuple(shape), precision)
         peaks = {"training": train * batch, "evaluation": evaluation * eval_batch}
         phase = max(peaks, key=peaks.get)
-        if best is None or peaks[phase] > best[0]:
-            best = (peaks[phase], f"{phase} at batch {batch if phase == 'training' else eval_batch}"
+        # each arch its own parameters: the worst trial is the largest sum, not the largest peak
+        total = peaks[phase] + params * (2 + states)
+        if best is None or total > best[0]:
+            best = (total, peaks[phase], params,
+                    f"{phase} at batch {batch if phase == 'training' else eval_batch}"
                     f" (training {peaks['training'] / MB:,.0f} MB, evaluation "
-                    f"{peaks['evaluation'] / MB:,.0f} MB), stem {stem or 'imagenet'}, {precision}")
-    activations, where = best
+                    f"{peaks['evaluation'] / MB:,.0f} MB), "
+                    + (f"{arch}, " if len(archs) > 1 else "")
+                    + f"stem {stem or 'imagenet'}, {precision}")
+    _, activations, params, where = best
     need = {"data": resident_bytes(data), "model": params * (2 + states), "activations": activations}
     return need, f"{where}, {optimizer} ({states} state(s) per parameter)"
 

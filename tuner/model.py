@@ -29,7 +29,7 @@ from torchvision.models import ResNet18_Weights, WeightsEnum
 
 from tuner.backbones import Backbone, backbone
 from tuner.errors import InputError
-from tuner.spec import STAGES, Model, Train
+from tuner.spec import STAGES, Model, Train, weights_key  # noqa: F401  (weights_key: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def resolve_weights(spec: Model, imagenet: WeightsEnum | None = None) -> Weights
                          f"({type(e).__name__}: {said[:200]}{'...' if len(said) > 200 else ''})"
                          ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state, kind = state["model"], "tuner checkpoint"
+        state, kind = model_state(state), "tuner checkpoint"
     _check_fits(state, f"model.weights: {path}", path, spec.arch)
     classes = None
     card = path.with_name(CARD_FILE)
@@ -174,12 +174,26 @@ def _weights_file(path: Path, given: str) -> tuple[Path, str]:
 
 def resolve_all(models: Iterable[Model]) -> dict[str, Weights]:
     """Each distinct weights setting among these model sections resolved once: setting (imagenet,
-    none, a path) -> Weights. Trials look theirs up by their own model.weights. Raises InputError."""
+    none, a path) -> Weights; where one setting is used by several architectures (model.arch
+    searched), once per arch, keyed `setting@arch` (imagenet is each arch's own). Trials look
+    theirs up with weights_key. Raises InputError."""
+    models = list(models)
+    archs: dict[str, set[str]] = {}
+    for m in models:
+        archs.setdefault(m.weights, set()).add(m.arch)
     out: dict[str, Weights] = {}
     for m in models:
-        if m.weights not in out:
-            out[m.weights] = resolve_weights(m)
+        key = f"{m.weights}@{m.arch}" if len(archs[m.weights]) > 1 else m.weights
+        if key not in out:
+            out[key] = resolve_weights(m)
     return out
+
+
+def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The model a trial checkpoint stands for: its best validated epoch's weights when it keeps
+    them (search.select: best_epoch), else the weights it was saved with."""
+    best = checkpoint.get("best") or {}
+    return best.get("model") or checkpoint["model"]
 
 
 def weights_label(weights: dict[str, Weights]) -> str:

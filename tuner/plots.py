@@ -70,7 +70,8 @@ def draw_curves(ax: Axes, epochs: pd.DataFrame, spec: Spec, best_id: str | None)
 
 
 def draw_param(ax: Axes, trials: pd.DataFrame, key: str, spec: Spec, best_id: str | None) -> None:
-    """The final metric of each scored trial against one searched value."""
+    """The score of each scored trial (its final metric, or its best epoch's: search.select)
+    against one searched value."""
     metric = spec.search.metric
     done = scored_trials(trials, spec)
     x = done[key]
@@ -86,7 +87,8 @@ def draw_param(ax: Axes, trials: pd.DataFrame, key: str, spec: Spec, best_id: st
         ax.set_xticks(sorted(set(spec.search.parameters[key].args)))  # just the choices
     elif kind in ("randint", "quniform"):
         ax.xaxis.set_major_locator(MaxNLocator(integer=kind == "randint"))
-    ax.set(xlabel=key, ylabel=metric, title=f"final {metric} by {key}")
+    which = "best-epoch" if spec.search.select == "best_epoch" else "final"  # the trial's score
+    ax.set(xlabel=key, ylabel=metric, title=f"{which} {metric} by {key}")
 
 
 def _unit_axis(values: pd.Series, key: str, spec: Spec) -> tuple[np.ndarray, list[tuple[float, str]]]:

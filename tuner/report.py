@@ -90,6 +90,8 @@ def load_run(path: Path) -> RunView:
     trials, epochs = _read_csv(path / "trials.csv"), _read_csv(path / "epochs.csv")
     if not trials.empty and "status" not in trials:
         raise InputError(f"{path / 'trials.csv'}: not a tuner trials table (no status column)")
+    if not trials.empty:  # the columns said once in status.json, back in every row
+        trials = results.with_shared(trials, path)
     compare = _read_csv(path / "compare.csv")
     png = path / "compare.png"
     return RunView(path=path, spec=spec, provenance=provenance,

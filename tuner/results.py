@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.rundir import SESSIONS, STATUS_FILE, TEST_LEDGER, read_json, stored
-from tuner.spec import Spec, get_path, param_path, same_point
+from tuner.spec import Spec, get_path, param_path, same_point, weights_key
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
 # wall clock in whole seconds, and `time_total_s`, the trial's running time, stay: they time the sweep.)
@@ -104,6 +104,12 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
     Costs: `trial_epochs` counts the epochs the trial trained and reported (an epoch retried after a
     failure once); `device_s` is its wall time x its GPUs (x its CPUs if it has no GPU). With ASHA,
     `stopped_at_epoch` is the epoch (a rung) where the scheduler stopped a trial early.
+
+    The score: `val_accuracy` and `val_loss` are those of the epoch `score_epoch`, the trial's last
+    validated one (search.select: last) or its best validated one by search.metric and
+    search.mode (best_epoch; the first of equals), whose weights its checkpoint keeps. The
+    planned length is `epochs_planned`, or the searched `epochs` column itself when train.epochs
+    is searched (the two would be one column twice).
     """
     rows = []
     for r in records:
@@ -111,19 +117,24 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
         last = r.reports[-1] if r.reports else {}
         trial_spec = spec.with_values(r.params)
         planned = int(last.get("epochs_planned") or trial_spec.train.epochs)  # a length in images: the trial's own
-        label = weights if isinstance(weights, str) else weights.get(trial_spec.model.weights)
+        label = (weights if isinstance(weights, str)
+                 else weights.get(weights_key(trial_spec.model, weights)))
         error = r.error or last.get("error")
         done = int(last.get("epoch", 0))
         status = ("error" if error else r.state if r.state in LIVE_STATES
                   else "finished" if done >= planned
                   else "unfinished" if interrupted else "stopped_early")
         row = {"trial_id": r.trial_id, "status": status, "error": error, **r.params}
+        scored = score_report(r.reports, spec)
         for m in ("val_accuracy", "val_loss"):
-            row[m] = last.get(m)
+            row[m] = scored.get(m)
             if m in reps:
                 row[f"best_{m}"] = reps[m].max() if m.endswith("accuracy") else reps[m].min()
             else:
                 row[f"best_{m}"] = None
+        row["score_epoch"] = scored.get("epoch") if scored.get(spec.search.metric) is not None else None
+        if spec.search.select == "best_epoch":  # the last epoch's, beside the best one's
+            row.update(last_val_accuracy=last.get("val_accuracy"), last_val_loss=last.get("val_loss"))
         # Ray's running time of the trial (model build, data upload, every epoch, retries), seconds
         wall = float(last.get("time_total_s", 0.0))
         start = (reps["timestamp"] - reps["time_total_s"]).min() if {"timestamp", "time_total_s"} <= set(reps) else None
@@ -148,12 +159,68 @@ def trials_table(records: list[TrialRecord], spec: Spec, weights: str | dict[str
                                      "val_accuracy", "val_loss", "epochs_completed", "wall_time_s",
                                      "trial_epochs", "device_s"])
     table = pd.DataFrame(rows)
-    if "stopped_at_epoch" in table:
-        table = table.astype({"stopped_at_epoch": "Int64"})  # blank, not 1.0, in the CSV
-    # 1 for the best final metric among the trials that did not fail; blank for the rest
+    if any(param_path(k) == "train.epochs" for k in spec.search.parameters):
+        table = table.drop(columns="epochs_planned")  # the searched epochs column says it
+    for column in ("stopped_at_epoch", "score_epoch"):
+        if column in table:
+            table[column] = pd.to_numeric(table[column]).astype("Int64")  # blank, not 1.0, in the CSV
+    # 1 for the best score (search.select) among the trials that did not fail; blank for the rest
     metric = spec.search.metric
     scored = table[metric].where(table["status"] != "error")
     table["rank"] = scored.rank(ascending=spec.search.mode == "min", method="min").astype("Int64")
+    return table
+
+
+def score_report(reports: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
+    """The report a trial is scored by: its last (search.select: last), or its validated one with
+    the best search.metric (best_epoch; the first of equals, as the trainable keeps it). A trial
+    that diverged is scored by its last report (the worst scores, and its error)."""
+    if not reports:
+        return {}
+    last, metric = reports[-1], spec.search.metric
+    if spec.search.select == "last" or last.get("error"):
+        return last
+    valid = [r for r in reports if r.get(metric) is not None and not pd.isna(r.get(metric))]
+    if not valid:
+        return last
+    pick = max if spec.search.mode == "max" else min
+    return pick(valid, key=lambda r: r[metric])  # max and min return the first of equals
+
+
+# Columns of trials.csv that usually hold one value for every trial: long, and said once in
+# status.json (`trials_shared`) instead; kept as columns where they differ (a comparison's arms
+# from other weights, trials on several nodes).
+SHARED_COLUMNS = ("weights", "node_id")
+SHARED_KEY = "trials_shared"
+
+
+def write_trials(run_dir: Path, table: pd.DataFrame) -> None:
+    """trials.csv, with each SHARED_COLUMNS column that holds one value for all trials moved to
+    status.json's `trials_shared` (read_trials puts it back)."""
+    shared = {c: table[c].iloc[0] for c in SHARED_COLUMNS
+              if c in table and len(table) and table[c].nunique(dropna=False) == 1
+              and pd.notna(table[c].iloc[0])}
+    write_csv(Path(run_dir) / "trials.csv", table.drop(columns=list(shared)))
+    update_json(Path(run_dir) / STATUS_FILE, {SHARED_KEY: {k: plain(v) for k, v in shared.items()}})
+
+
+def read_trials(run_dir: Path, **read_csv) -> pd.DataFrame:
+    """A run's trials.csv with the columns write_trials moved to status.json put back (the same
+    value in every row). Keyword arguments go to pandas.read_csv (trial ids stay text)."""
+    table = pd.read_csv(Path(run_dir) / "trials.csv", **{"dtype": {"trial_id": str}, **read_csv})
+    return with_shared(table, run_dir)
+
+
+def with_shared(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """`table` (a run's trials.csv) with status.json's `trials_shared` columns filled in."""
+    status = Path(run_dir) / STATUS_FILE
+    try:
+        shared = json.loads(status.read_text()).get(SHARED_KEY) or {} if status.is_file() else {}
+    except ValueError:  # a damaged status.json: the table as it is
+        shared = {}
+    for column, value in shared.items():
+        if column not in table:
+            table[column] = value
     return table
 
 

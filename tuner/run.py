@@ -29,7 +29,7 @@ from tuner.ending import labels, write_ending, write_report
 from tuner.errors import ArgumentParser, InputError
 from tuner.rundir import STATUS_FILE, driver_lock, load_resumable
 from tuner.signals import fitting, handle_sigterm, stopped_code, stopped_word
-from tuner.spec import Spec
+from tuner.spec import Spec, weights_key
 from tuner.specfile import dump_spec, load_spec, redact
 
 log = logging.getLogger("tuner")
@@ -125,7 +125,7 @@ def check_inputs(spec: Spec, recorded_weights: str | None = None, run_dir: Path 
         data = load_for(spec)
     with phases.phase("checks"):
         for m in spec.model_variants():
-            check_surgery(m, weights[m.weights], data.classes)
+            check_surgery(m, weights[weights_key(m, weights)], data.classes)
         leakage.check(spec, data)  # no start from a run that saw this run's test images
     return weights, data
 
@@ -218,9 +218,12 @@ def plan_text(spec: Spec, weights: dict, data) -> str:
     out += ["", f"weights: {weights_label(weights)}",
             f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
             f"{data.num_classes} classes, from {data.source}"]
-    # The spec's own model section (a searched or per-arm weights setting may not be among them)
-    out += describe_model(spec.model, weights.get(spec.model.weights), data.in_channels,
-                          data.num_classes)
+    # The spec's own model section (a searched or per-arm weights setting may not be among them);
+    # with model.arch searched, each arch's
+    for arch in spec.archs():
+        model = spec.model.model_copy(update={"arch": arch})
+        out += describe_model(model, weights.get(weights_key(model, weights)), data.in_channels,
+                              data.num_classes)
     if data.in_channels == 3:  # RGB: the pretrained conv1's filters fit as they are
         random_init = all(w.state_dict is None for w in weights.values())
         out.append("model.conv1: 3-channel RGB images, nothing to adapt: "
@@ -325,9 +328,13 @@ def surgeries(spec: Spec, weights: dict, data) -> dict[str, str]:
     re-initialised (model.surgery), keyed by its model.weights setting."""
     from tuner.model import surgery
 
-    return {m.weights: f"{weights[m.weights].label}; "
-                       f"{surgery(m, weights[m.weights], data.in_channels, data.num_classes)}"
-            for m in spec.model_variants() if weights[m.weights].state_dict is not None}
+    out = {}
+    for m in spec.model_variants():
+        key = weights_key(m, weights)
+        if weights[key].state_dict is not None:
+            out[key] = (f"{weights[key].label}; "
+                        f"{surgery(m, weights[key], data.in_channels, data.num_classes)}")
+    return out
 
 
 def spec_record(spec: Spec, weights: str, data, args: argparse.Namespace,

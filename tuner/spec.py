@@ -32,12 +32,12 @@ STAGES = backbone("resnet18").stage_names  # ResNet stages, input to output (the
 # data.train_per_class too: each trial draws its own training images from the loaded split
 # (validation and test stay shared).
 SEARCHABLE = ("train.", "model.", "data.augment.", "data.train_per_class")
-# The architecture decides the stage names freeze policies use and the parameter shapes every
-# trial's weights must have: one per sweep (searching it is not supported).
-FIXED = ("model.arch",)
-# Weights are resolved and checked in the driver before anything runs, so only a list of them can
-# be searched (each one resolved up front), never a range.
-CHOICE_ONLY = ("model.weights",)
+# Weights are resolved and checked in the driver before anything runs, and every architecture is
+# checked against the freeze policies and the input size at spec load, so only lists of them can
+# be searched, never a range.
+CHOICE_ONLY = ("model.weights", "model.arch")
+# An arm of a comparison keeps the spec's architecture: the arms compare strategies on one model.
+ARM_FIXED = ("model.arch",)
 # A spec's and an arm's name is a folder name (results/<name>/, trials/<arm>/, model/<arm>/): a
 # letter or digit first, so never '.', '..' or a hidden folder, and no separator to leave the
 # folder it is made in.
@@ -422,6 +422,11 @@ class Search(_Section):
     # values prefer, in order: {lr: min} takes the smallest lr, the least departure from a
     # pretrained body. Challengers are then the runners-up within that error. {}: the best mean.
     prefer: dict[str, Literal["min", "max"]] = {}
+    # A trial's score: its last validated epoch's metric ("last"), or its best validated epoch's
+    # ("best_epoch", as Lightning's ModelCheckpoint monitors a metric): that epoch's weights are then
+    # kept in the trial's checkpoint, and they are the model tested and saved. best_epoch
+    # validates every epoch (run.validation is then every_epoch in effect).
+    select: Literal["last", "best_epoch"] = "last"
     # Keys are spec paths; a bare name means a train field ("lr" is "train.lr").
     parameters: dict[str, Param] = {}
     # Run directories whose finished trials (searched values and final metric) TPE starts from, as
@@ -475,6 +480,12 @@ class Search(_Section):
                 f"({self.num_samples}), or TPE never runs"
             )
         return self
+
+    @property
+    def reported_metric(self) -> str:
+        """The report field the searcher and the scheduler read: the metric itself, or under
+        select: best_epoch `score`, the best validated epoch's metric so far (trainable)."""
+        return "score" if self.select == "best_epoch" else self.metric
 
     def planned_trials(self) -> int:
         """How many trials this search runs: num_samples, or for a grid its size x num_samples."""
@@ -576,15 +587,15 @@ class Spec(_Section):
             except KeyError:
                 problems.append(f"search.parameters.{key}: {path} is not a spec field")
                 continue
-            if not path.startswith(SEARCHABLE) or path.startswith(FIXED):
+            if not path.startswith(SEARCHABLE):
                 problems.append(f"search.parameters.{key}: {path} is fixed for the whole sweep "
-                                "(data, architecture and resources are set up once); search "
+                                "(data and resources are set up once); search "
                                 "train.*, model.*, data.augment.* fields or "
                                 "data.train_per_class")
                 continue
             if path in CHOICE_ONLY and param.kind != "choice":
                 problems.append(f"search.parameters.{key}: {path} can only be searched with "
-                                "choice (each one is loaded before the sweep starts)")
+                                "choice (each one is checked before the sweep starts)")
                 continue
             if path in seen:
                 problems.append(f"search.parameters.{key}: {path} is searched twice "
@@ -609,6 +620,7 @@ class Spec(_Section):
                 elif not param.contains(value):
                     problems.append(f"{where}: {value!r} lies outside its search space "
                                     f"({param.kind} {list(param.args)})")
+        problems += self._arch_problems()
         if self.length_unit == "images":
             if self.search_for("train.epochs"):
                 problems.append("search.parameters.epochs: the length is train.images here; search "
@@ -624,6 +636,46 @@ class Spec(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _arch_problems(self) -> list[str]:
+        """With model.arch searched: every other searched model.* value must suit every arch in the
+        choice (a freeze stage, a ResNet stem), and the weights must be a setting each arch has
+        (imagenet is each arch's own; a file holds one arch's tensors). The fixed fields are
+        checked against each arch by the probes of model.arch itself."""
+        arch = self.search_for("model.arch")
+        if arch is None or arch.kind != "choice":
+            return []
+        problems = []
+        key = next(k for k in self.search.parameters if param_path(k) == "model.arch")
+        weights = self.search_for("model.weights")
+        files = [w for w in (weights.choice if weights else [self.model.weights])
+                 if w not in ("imagenet", "none")]
+        if files:
+            problems.append(f"search.parameters.{key}: model.weights {files[0]!r} is a file of one "
+                            "architecture; with model.arch searched, use imagenet (each arch's "
+                            "own) or none")
+        for other, param in self.search.parameters.items():
+            path = param_path(other)
+            if other == key or not path.startswith("model.") or path == "model.weights":
+                continue
+            for a in arch.choice:
+                for value in param.probes():
+                    raw = self.model_dump()
+                    raw["search"], raw["compare"] = {}, None
+                    set_path(raw, "model.arch", a)
+                    set_path(raw, path, value)
+                    try:
+                        Spec.model_validate(raw)
+                    except ValidationError as e:
+                        problems += [f"search.parameters.{other}: value {value!r} with model.arch "
+                                     f"{a}: {err['msg'].removeprefix('Value error, ')}"
+                                     for err in e.errors()]
+        return problems
+
+    def archs(self) -> list[str]:
+        """Every architecture a trial of this sweep can build: the searched choice, or model.arch."""
+        arch = self.search_for("model.arch")
+        return list(arch.choice) if arch else [self.model.arch]
 
     def _arm_problems(self) -> list[str]:
         """What is wrong with the arms' overrides: keys that are not spec fields or that an arm may
@@ -641,7 +693,11 @@ class Spec(_Section):
                     problems.append(f"{where}.{key}: {path} is not a spec field")
                     continue
                 clash = [s for s in searched if s == path or s.startswith(path + ".")]
-                if not f"{path}.".startswith(SEARCHABLE) or path.startswith(FIXED):
+                if path in ARM_FIXED:
+                    problems.append(f"{where}.{key}: every arm uses the spec's {path} (the arms "
+                                    "compare strategies on one model); compare architectures "
+                                    "with a search of model.arch or in separate sweeps")
+                elif not f"{path}.".startswith(SEARCHABLE):
                     problems.append(f"{where}.{key}: an arm can set train.*, model.* and "
                                     "data.augment.* fields and data.train_per_class; the rest of "
                                     "data, search, resources and run are shared so that the arms "
@@ -684,13 +740,15 @@ class Spec(_Section):
 
     def model_variants(self) -> list[Model]:
         """Every model section a trial of this sweep can start from (per arm, per searched
-        weights choice), so that the driver resolves all their weights before anything runs."""
+        weights choice, per searched arch), so that the driver resolves all their weights before
+        anything runs."""
         specs = [self.arm(n) for n in self.compare.arms] if self.compare else [self]
         out = []
         for s in specs:
             weights = s.search_for("model.weights")
-            for choice in weights.choice if weights else [s.model.weights]:
-                out.append(s.model.model_copy(update={"weights": choice}))
+            for arch in s.archs():
+                for choice in weights.choice if weights else [s.model.weights]:
+                    out.append(s.model.model_copy(update={"weights": choice, "arch": arch}))
         return out
 
     def default_point(self) -> tuple[dict[str, Any] | None, str]:
@@ -758,6 +816,14 @@ class Spec(_Section):
         length = raw["train"]["images"] or raw["train"]["epochs"]
         raw["search"]["grace_period"] = min(raw["search"]["grace_period"], length)
         return Spec.model_validate(raw)
+
+
+def weights_key(model: Model, weights: dict) -> str:
+    """The key of a model section's weights in model.resolve_all's mapping (or in one with the
+    same keys, such as the labels): `setting@arch` where the sweep has one per arch (model.arch
+    searched), else the setting."""
+    per_arch = f"{model.weights}@{model.arch}"
+    return per_arch if per_arch in weights else model.weights
 
 
 def param_path(key: str) -> str:

@@ -22,7 +22,7 @@ from tuner.errors import InputError
 from tuner.model import Weights
 from tuner.results import TrialRecord, trial_params
 from tuner.space import param_space
-from tuner.spec import Spec, same_point
+from tuner.spec import Spec, same_point, weights_key
 from tuner.trainable import checkpoint_weights, test_checkpoint, train_trial
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def make_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights], experimen
         _trainable(spec, data, weights),
         param_space=param_space(spec.search),
         tune_config=tune.TuneConfig(
-            metric=spec.search.metric,
+            metric=spec.search.reported_metric,
             mode=spec.search.mode,
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
@@ -258,7 +258,7 @@ def restore_tuner(spec: Spec, data: Dataset, weights: dict[str, Weights],
 def run_step(spec: Spec, data: Dataset, weights: dict[str, Weights], path: str, done: bool):
     """One experiment of a run (a comparison's step, a sweep's confirming runs) at `path`: its
     ResultGrid, read back if it finished (`done`), else run, or continued if it started."""
-    needed = {m.weights for m in spec.model_variants()}
+    needed = {weights_key(m, weights) for m in spec.model_variants()}
     weights = {setting: w for setting, w in weights.items() if setting in needed}
     if done:
         return restore_tuner(spec, data, weights, path).get_results()

@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -29,8 +30,10 @@ from tuner.model import (
     apply_freeze,
     build_model,
     make_optimizer,
+    model_state,
     set_train_mode,
     surgery,
+    weights_key,
 )
 from tuner.schedule import make_lr_schedule
 from tuner.spec import Spec
@@ -103,12 +106,17 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     there and after its last epoch (every epoch with run.validation: every_epoch), and checkpoints
     there (a stopped trial is tested on the epoch it reported), after its last epoch, and in between
     as run.checkpoint_every and run.checkpoint_minutes ask. An epoch that is not validated reports
-    no val_* metrics."""
+    no val_* metrics.
+
+    With search.select: best_epoch every epoch is validated, each report carries `score` (the best
+    validated epoch's metric so far: what the searcher and ASHA read) and `score_epoch`, an epoch
+    that improves the score is checkpointed, and every checkpoint after it keeps that epoch's
+    weights (`best`), so the rolling checkpoint never loses them."""
     spec = spec.with_values(config)
     data = data.for_training(spec.data)  # an arm's (or a searched) data.train_per_class
     spec = spec.for_training_set(len(data.train))  # a length in images: epochs for this size
     stops = stop_epochs(stop_points, spec, len(data.train))
-    initial: Weights = ray.get(weights[spec.model.weights])
+    initial: Weights = ray.get(weights[weights_key(spec.model, weights)])
     device = trial_device()
     setup(device, spec.resources.cpu, spec.train.precision)
     torch.manual_seed(spec.train.seed)
@@ -124,6 +132,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
     step_model = compiled(model, spec.train.compile)
 
     start = 0
+    best: Best | None = None  # search.select: best_epoch: the best validated epoch so far
     checkpoint = tune.get_checkpoint()
     if checkpoint:  # a retry or a resumed sweep: continue after the last finished epoch
         with checkpoint.as_directory() as d:
@@ -134,6 +143,9 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
         if "scheduler" in state:  # checkpoints from before schedules have none: constant lr
             scheduler.load_state_dict(state["scheduler"])
         start = state["epoch"]
+        if "best" in state:  # search.select: best_epoch
+            best = Best(state["best"]["epoch"], state["best"]["score"],
+                        state["best"].get("model") or clone_state(state["model"]))
 
     train_set = DeviceSplit.put(data.train, device, data.pixels)
     val_set = DeviceSplit.put(data.val, device, data.pixels)
@@ -158,6 +170,12 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
                                          spec.train.precision)
             scores = {"val_loss": val_loss, "val_accuracy": val_acc}
             validate_s = time.perf_counter() - t0 - train_s
+        if spec.search.select == "best_epoch" and scores and improves(
+                scores[spec.search.metric], best, spec.search.mode):
+            best = Best(epoch + 1, scores[spec.search.metric], None)  # the model itself, for now
+            save = True  # Lightning's ModelCheckpoint saves where the monitored metric improves
+        if best is not None:
+            scores.update(score=best.score, score_epoch=best.epoch)
         metrics = {
             "epoch": epoch + 1,  # epochs completed
             "epochs_planned": spec.train.epochs,
@@ -179,7 +197,7 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
         error = divergence(train_loss, scores.get("val_loss", 0.0), epoch + 1)
         if error:
             # Stop here rather than raise: a retry would diverge the same way.
-            tune.report(diverged_report(metrics, error))
+            tune.report(diverged_report(metrics, error, spec.search.mode))
             return
         if not save:
             tune.report({**metrics, "checkpoint_bytes": 0, "checkpoint_s": 0.0})
@@ -189,6 +207,10 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             path = Path(d) / CHECKPOINT_FILE
             state = {"model": model.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch + 1}
+            if best is not None:  # the best epoch's weights travel in every later checkpoint
+                state["best"] = {"epoch": best.epoch, "score": best.score}
+                if best.epoch != epoch + 1:
+                    state["best"]["model"] = best.state
             if not last:  # the optimizer's state (Adam's: twice the model) only where training
                 state["optimizer"] = optimizer.state_dict()  # can go on from this checkpoint
             torch.save(state, path)
@@ -196,6 +218,31 @@ def train_trial(config: dict, *, spec: Spec, data: Dataset, weights: dict[str, r
             metrics["checkpoint_s"] = time.perf_counter() - t1  # the local write; Tune's copy to
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # storage is not in it
         since_checkpoint = 0.0
+        if best is not None and best.state is None:  # kept (on the CPU) for the checkpoints after
+            best = Best(best.epoch, best.score, clone_state(model.state_dict()))
+
+
+@dataclass(frozen=True)
+class Best:
+    """search.select: best_epoch: a trial's best validated epoch, its metric and its weights (None
+    while they are the model's own, in the epoch that set them)."""
+
+    epoch: int
+    score: float
+    state: dict | None
+
+
+def improves(value: float, best: Best | None, mode: str) -> bool:
+    """Whether a validated epoch's metric beats the best so far: strictly, so that of equal epochs
+    the first counts (as trials_table picks it)."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best.score if mode == "max" else value < best.score)
+
+
+def clone_state(state: dict) -> dict:
+    """A CPU copy of a state_dict: the best epoch's weights, kept while training changes the model."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def stop_epochs(points: frozenset[float], spec: Spec, train_images: int) -> frozenset[int]:
@@ -210,14 +257,18 @@ def epoch_plan(epoch: int, spec: Spec, stop_epochs: frozenset[int],
     """(validate, checkpoint) after `epoch` (1-based), with `since_checkpoint` seconds trained since
     the last checkpoint. A decision reads the epoch where the scheduler may stop the trial and its
     last: both are validated and checkpointed. Other epochs are validated only with run.validation:
-    every_epoch, and checkpointed after the first (storage that refuses checkpoints fails the trial
+    every_epoch or search.select: best_epoch (which then checkpoints an epoch that improves the
+    score itself), and checkpointed after the first (storage that refuses checkpoints fails the trial
     within an epoch, and a trial stopped after it resumes from there), every run.checkpoint_every
     epochs, or once run.checkpoint_minutes of training have passed."""
     decides = epoch == spec.train.epochs or epoch in stop_epochs
     every = spec.run.checkpoint_every
     save = (decides or epoch == 1 or bool(every and epoch % every == 0)
             or since_checkpoint >= 60 * spec.run.checkpoint_minutes)
-    return decides or spec.run.validation == "every_epoch", save
+    # search.select: best_epoch chooses among validated epochs: all of them count
+    validate = (decides or spec.run.validation == "every_epoch"
+                or spec.search.select == "best_epoch")
+    return validate, save
 
 
 def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
@@ -229,11 +280,13 @@ def divergence(train_loss: float, val_loss: float, epoch: int) -> str | None:
     return None
 
 
-def diverged_report(metrics: dict, error: str) -> dict:
+def diverged_report(metrics: dict, error: str, mode: str = "max") -> dict:
     """The last report of a trial that diverged: the worst scores, so that the searcher and ASHA
     rank it below every trial that trained (NaN logits would score the share of class 0, their
     argmax, and TPE cannot rank a NaN loss), and `error`, which says what happened."""
-    return {**metrics, "val_accuracy": 0.0, "val_loss": DIVERGED_LOSS, "error": error}
+    # search.select: best_epoch: the score too (an earlier good epoch must not rank it)
+    worst = {"score": 0.0 if mode == "max" else DIVERGED_LOSS} if "score" in metrics else {}
+    return {**metrics, "val_accuracy": 0.0, "val_loss": DIVERGED_LOSS, "error": error, **worst}
 
 
 def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> dict:
@@ -244,21 +297,27 @@ def test_checkpoint(checkpoint: tune.Checkpoint, spec: Spec, data: Dataset) -> d
     setup(device, spec.resources.cpu, spec.train.precision)
     with checkpoint.as_directory() as d:
         model = load_checkpoint_model(d, spec, data, device)
-        epoch = torch.load(Path(d) / CHECKPOINT_FILE, mmap=True, weights_only=True)["epoch"]
+        state = torch.load(Path(d) / CHECKPOINT_FILE, mmap=True, weights_only=True)
+        epoch = state["epoch"]
+        model_epoch = state["best"]["epoch"] if "best" in state else epoch
     test = DeviceSplit.put(data.test, device, data.pixels)
     loss, accuracy = evaluate(model, test, spec.train.eval_batch_size, spec.train.precision)
+    # checkpoint_epoch: the epoch the checkpoint was saved after; model_epoch: whose weights were
+    # tested (search.select: best_epoch: the best validated epoch's)
     return {"test_accuracy": accuracy, "test_loss": loss, "checkpoint_epoch": epoch,
+            "model_epoch": model_epoch,
             "test_device": str(device),
             "test_node_ip": ray.util.get_node_ip_address(), "test_pid": os.getpid()}
 
 
 def load_checkpoint_model(path: str | Path, spec: Spec, data: Dataset,
                           device: torch.device) -> nn.Module:
-    """Rebuild a trial's model (spec with its searched values) and load its checkpoint."""
+    """Rebuild a trial's model (spec with its searched values) and load its checkpoint (its best
+    epoch's weights under search.select: best_epoch)."""
     model = build_model(spec.model, Weights(None, "from checkpoint"), data.in_channels,
                         data.num_classes)
     state = torch.load(Path(path) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(model_state(state))
     return model.to(device, memory_format=memory_format(device, spec.train.precision))
 
 
@@ -267,7 +326,8 @@ def checkpoint_weights(checkpoint: tune.Checkpoint) -> bytes:
     (about 45 MB; no optimizer or scheduler state). Run as a Ray task, so that it reads the
     checkpoint where the trials' storage is reachable (a shared folder or object storage)."""
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
+        state = model_state(torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu",
+                                       weights_only=True))
     plain = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     buffer = io.BytesIO()
     torch.save(plain, buffer)

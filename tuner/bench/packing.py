@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tuner import results
 from tuner.bench.common import append_csv, machine
 
 
@@ -82,8 +83,8 @@ def sweep_once(args: argparse.Namespace, n: int) -> dict:
 
 
 def _table(run_dir: Path | None, name: str) -> pd.DataFrame:
-    try:
-        return pd.read_csv(run_dir / name)
+    try:  # trials.csv's columns shared by every trial live in status.json (results.read_trials)
+        return results.read_trials(run_dir) if name == "trials.csv" else pd.read_csv(run_dir / name)
     except (TypeError, FileNotFoundError, pd.errors.EmptyDataError):  # no run, or no trial ran
         return pd.DataFrame()
 
