@@ -6,8 +6,9 @@ lr/10, lr, 10 lr when lr is fixed), the arm's other settings as the spec fixes t
 batch size, optimizer, freeze policy, starting weights), trained by a plain PyTorch loop (a
 shuffled DataLoader over normalised tensors, one optimizer step per batch, no scheduler tricks) on
 the same training, validation and test images as tuner's trials; the lr best on validation is
-then trained with `compare.repeats` fresh seeds (the seeds tuner's repeats use), each run tested
-once. The model is built by the same surgery as tuner's (conv1 adapted, fc new), so that only the
+then trained with `compare.repeats` fresh seeds (train.seed + 1 onwards), each run tested once
+(a plain loop's seed and tuner's draw different batches and inits, so the two are compared
+unpaired). The model is built by the same surgery as tuner's (conv1 adapted, fc new), so that only the
 tuning differs.
 """
 
