@@ -188,6 +188,7 @@ def comparison(tmp_path_factory) -> Comparison:
             *sets("model.weights=none", "data.train_subset=600", "data.test_subset=300",
                   "search.scheduler=fifo", "search.num_samples=2", "search.n_initial_points=1",
                   "search.parameters={lr: {loguniform: [1.0e-3, 1.0e-2]}}", "search.points_to_evaluate=[]",
+                  "search.prefer={}",
                   "train.epochs=1", "compare.repeats=2", "search.confirm_top_k=1",
                   f"compare.arms={{planted: {{model.weights: {weights}, data.train_per_class: 10}}, "
                   "scratch: {model.weights: none, data.train_per_class: 40, model.freeze: head}}")]

@@ -59,8 +59,9 @@ def tuner_trial(spec_file: Path, epochs: int, results: Path, every_epoch: bool) 
     """One real one-trial sweep of the spec in `spec_file`; its epochs' phases, from epochs.csv."""
     from tuner import api
 
-    overrides = {"search.parameters": {}, "search.num_samples": 1, "search.scheduler": "fifo",
-                 "search.confirm_top_k": 0, "train.epochs": epochs, "train.images": None}
+    overrides = {"search.parameters": {}, "search.points_to_evaluate": [], "search.prefer": {},
+                 "search.num_samples": 1, "search.scheduler": "fifo", "search.confirm_top_k": 0,
+                 "train.epochs": epochs, "train.images": None}  # the spec's own settings alone
     if every_epoch:
         overrides.update({"run.validation": "every_epoch", "run.checkpoint_every": 1})
     run = api.run_sweep(spec_file, overrides, results=results)
