@@ -167,9 +167,8 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
     # repeats as one: fixed points, no searcher (tuner.arms)
     tops = {arm: confirm.candidates(searched[arm][0], spec.arm(arm), confirm.top_k(spec.arm(arm)))
             for arm in best if confirm.top_k(spec.arm(arm)) > 0}
-    plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(r, list(
-        spec.search.parameters)) for _, r in top.iterrows()], seeds[arm])
-        for arm, top in tops.items()}
+    plans = {arm: confirm.confirm_spec(spec.arm(arm), confirm.configs(top, spec), seeds[arm])
+             for arm, top in tops.items()}
     confirmed, second = {}, {}  # arm -> its confirming runs' table (both rounds), their seeds
     for phase in ("confirm", "confirm-more"):  # the top configs, then challengers (tuner.confirm)
         if not plans:
@@ -188,10 +187,9 @@ def run_comparison(spec: Spec, data: Dataset, weights: dict[str, Weights], run_d
         if phase == "confirm":  # the same second seed for the challengers as for the top configs
             more = {arm: confirm.challengers(searched[arm][0], spec.arm(arm), tops[arm],
                                              confirmed[arm], len(data.val)) for arm in plans}
-            plans = {arm: confirm.confirm_spec(spec.arm(arm), [confirm.point_of(
-                r, list(spec.search.parameters)) for _, r in rows.iterrows()], seeds[arm])
-                for arm, rows in more.items() if len(rows)}
-            tops = {arm: pd.concat([tops[arm], more.get(arm)]) for arm in tops}
+            plans = {arm: confirm.confirm_spec(spec.arm(arm), confirm.configs(rows, spec),
+                                               seeds[arm]) for arm, rows in more.items() if len(rows)}
+            tops = {arm: pd.concat([tops[arm], more[arm]]) for arm in tops}
     for arm in confirmed:  # the choice on the mean over both seeds
         seeds[arm] |= second[arm]
         chosen, selections[arm] = confirm.choose(spec.arm(arm), tops[arm], confirmed[arm],

@@ -74,11 +74,10 @@ def challengers(trials: pd.DataFrame, spec: Spec, top: pd.DataFrame, confirmed: 
     ranked = candidates(trials, spec, len(top) + limit).iloc[len(top):]
     if ranked.empty:
         return top.iloc[:0]
-    metric = spec.search.metric
-    if spec.search.mode == "min":
-        return ranked[ranked[metric] < best]
-    return ranked[ranked[metric] >= best - selection["standard_error"]] if spec.search.prefer \
-        else ranked[ranked[metric] > best]
+    score = ranked[spec.search.metric]
+    if spec.search.prefer:  # within the error the choice could fall to them (max: val_accuracy)
+        return ranked[score >= best - selection["standard_error"]]
+    return ranked[score > best if spec.search.mode == "max" else score < best]
 
 
 def standard_error(accuracy: float, val_images: int | None) -> float:
@@ -96,6 +95,11 @@ def preferred(config: dict[str, Any], prefer: dict[str, str]) -> tuple:
 
 def point_of(row: pd.Series, keys: list[str]) -> dict[str, Any]:
     return {k: plain(row[k]) for k in keys}
+
+
+def configs(rows: pd.DataFrame, spec: Spec) -> list[dict[str, Any]]:
+    """The searched values of each of `rows` (candidates, challengers), for confirm_spec."""
+    return [point_of(row, list(spec.search.parameters)) for _, row in rows.iterrows()]
 
 
 def confirm_spec(spec: Spec, configs: list[dict[str, Any]], used: set[int]) -> Spec:
@@ -136,7 +140,7 @@ def choose(spec: Spec, top: pd.DataFrame, confirmed: pd.DataFrame,
     top_mean = better(rows, key=lambda r: r["mean"])
     chosen, error, near = top_mean, 0.0, [top_mean]
     prefer = spec.search.prefer
-    if prefer and spec.search.mode == "max":
+    if prefer:  # the spec allows it for val_accuracy only: higher is better
         error = standard_error(top_mean["mean"], val_images)
         near = [r for r in rows if r["mean"] >= top_mean["mean"] - error]
         chosen = min(near, key=lambda r: (*preferred(r["config"], prefer), -r["mean"]))

@@ -9,7 +9,6 @@ below the command lines that call it (run, resume); their heavy imports are made
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -194,33 +193,38 @@ def confirm_choice(spec: Spec, data, weights, run_dir: Path, experiment: str, tr
 
     from tuner import confirm, results, sweep
 
-    top = confirm.candidates(trials, spec, confirm.top_k(spec))
     used = {spec.with_values(r.params).train.seed for r in records}
     parent, name = sweep.storage_split(experiment)
-    tables, crecords = [], []
-    for key, rows in (("confirm", top), ("confirm_more", None)):
-        if rows is None:  # the second round: whoever's one score beats the first round's choice
-            rows = confirm.challengers(trials, spec, top, tables[0], len(data.val))
-            if rows.empty:
-                break
-            top = pd.concat([top, rows])
-        configs = [confirm.point_of(row, list(spec.search.parameters)) for _, row in rows.iterrows()]
-        this = confirm.confirm_spec(spec, configs, used)  # the same fresh seed in both rounds
+    crecords = []
+
+    def round_of(key: str, rows: pd.DataFrame, what: str) -> pd.DataFrame | None:
+        """One round's experiment (status.json's `key` once it is done): its table, or None if
+        it was interrupted. Both rounds train with the same fresh seed."""
+        this = confirm.confirm_spec(spec, confirm.configs(rows, spec), used)
         path = sweep.storage_join(parent, f"{name}-{key.replace('_', '-')}")
-        status = json.loads((run_dir / STATUS_FILE).read_text())
-        done = status.get(key, {}).get("done", False)
+        done = results.read_json(run_dir / STATUS_FILE).get(key, {}).get("done", False)
         if not done:
-            print(f"\nconfirming {'the top' if key == 'confirm' else 'the challenging'} "
-                  f"{len(configs)} config(s) with another seed (search.confirm_top_k)", flush=True)
+            print(f"\nconfirming {what} {len(rows)} config(s) with another seed "
+                  f"(search.confirm_top_k)", flush=True)
         grid = sweep.run_step(this, data, weights, path, done)
-        round_records = sweep.collect(grid, this)
-        crecords += round_records
+        mine = sweep.collect(grid, this)
+        crecords.extend(mine)
         if not done and sweep.interrupted(grid, this, path):
             return None
-        tables.append(results.trials_table(round_records, this, labels(weights)))
         results.update_json(run_dir / STATUS_FILE,
                             {key: {"experiment": stored(path, run_dir), "done": True}})
-    table = pd.concat(tables, ignore_index=True)
+        return results.trials_table(mine, this, labels(weights))
+
+    top = confirm.candidates(trials, spec, confirm.top_k(spec))
+    table = round_of("confirm", top, "the top")
+    if table is None:
+        return None
+    more = confirm.challengers(trials, spec, top, table, len(data.val))
+    if len(more):  # the second round: whose one score beats (or, with prefer, nears) the choice
+        extra = round_of("confirm_more", more, "the challenging")
+        if extra is None:
+            return None
+        top, table = pd.concat([top, more]), pd.concat([table, extra], ignore_index=True)
     results.write_csv(run_dir / "confirm.csv", table)
     chosen, selection = confirm.choose(spec, top, table, len(data.val))
     if spec.run.keep_checkpoints == "best":  # never the model: the search trial's is

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.rundir import SESSIONS, STATUS_FILE, TEST_LEDGER, read_json, stored
+from tuner.rundir import SESSIONS, STATUS_FILE, TEST_LEDGER, read_json, read_json_if_any, stored
 from tuner.spec import Spec, get_path, param_path, same_point, weights_key
 
 # Ray Tune's own bookkeeping in each report, left out of epochs.csv. (`timestamp`, the report's
@@ -213,11 +213,8 @@ def read_trials(run_dir: Path, **read_csv) -> pd.DataFrame:
 
 def with_shared(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """`table` (a run's trials.csv) with status.json's `trials_shared` columns filled in."""
-    status = Path(run_dir) / STATUS_FILE
-    try:
-        shared = json.loads(status.read_text()).get(SHARED_KEY) or {} if status.is_file() else {}
-    except ValueError:  # a damaged status.json: the table as it is
-        shared = {}
+    status = read_json_if_any(Path(run_dir) / STATUS_FILE)  # missing or damaged: the table as it is
+    shared = (status.get(SHARED_KEY) or {}) if isinstance(status, dict) else {}
     for column, value in shared.items():
         if column not in table:
             table[column] = value
